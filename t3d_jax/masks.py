@@ -1,0 +1,98 @@
+"""Every attention mask and position-id rule of T3D, as pure functions of shapes.
+
+Convention everywhere: bool arrays, True = the row (query) may attend to the column (key).
+
+Training layout (t3d-method.md §2): the model input is [prompt (L0) | clean x0 (L1) |
+noisy xt (L1)], N = L0 + 2*L1.
+  * noisy block i sees the prompt, clean blocks < i, and all of noisy block i;
+  * clean block i sees the prompt and clean blocks 0..i (block-causal);
+  * the prompt is block-causal in blocks aligned to its END (position L0);
+  * prompt pad keys are hidden from every row; a prompt row left with no visible key
+    attends to itself only.
+Response blocks are counted from the response start; the last one may be partial.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def _training_blocks(prompt_len: int, response_len: int, block_size: int):
+  """Per position of [prompt | x0 | xt]: (segment 0/1/2, block index).
+
+  Prompt block ids are negative, aligned so that block -1 ends at position L0."""
+  if block_size <= 0:
+    raise ValueError(f"block_size must be positive, got {block_size}")
+  if prompt_len < 0 or response_len < 0:
+    raise ValueError(f"negative length: prompt_len={prompt_len}, response_len={response_len}")
+  p = jnp.arange(prompt_len)
+  r = jnp.arange(response_len)
+  seg = jnp.concatenate([jnp.zeros(prompt_len, jnp.int32), jnp.ones(response_len, jnp.int32),
+                         jnp.full(response_len, 2, jnp.int32)])
+  blk = jnp.concatenate([(p - prompt_len) // block_size, r // block_size, r // block_size])
+  return seg, blk
+
+
+def training_mask(prompt_len: int, response_len: int, block_size: int) -> jnp.ndarray:
+  """The T3D training mask [N, N], N = prompt_len + 2*response_len, without padding."""
+  seg, blk = _training_blocks(prompt_len, response_len, block_size)
+  qs, qb = seg[:, None], blk[:, None]
+  ks, kb = seg[None, :], blk[None, :]
+  prompt_key = ks == 0
+  allow_prompt_row = (qs == 0) & prompt_key & (kb <= qb)
+  allow_clean_row = (qs == 1) & (prompt_key | ((ks == 1) & (kb <= qb)))
+  allow_noisy_row = (qs == 2) & (prompt_key | ((ks == 1) & (kb < qb)) | ((ks == 2) & (kb == qb)))
+  return allow_prompt_row | allow_clean_row | allow_noisy_row
+
+
+def training_batch_mask(ids: jnp.ndarray, prompt_len: int, block_size: int,
+                        pad_id: int) -> jnp.ndarray:
+  """Pad-aware training mask [B, N, N] from the [prompt | x0 | xt] ids [B, N].
+
+  Prompt positions holding ``pad_id`` are hidden as keys (prompts are left-padded);
+  prompt rows that then see nothing attend to themselves only. Response pads stay
+  visible: the model is trained to predict them (``post_num``)."""
+  b, n = ids.shape
+  response_len = (n - prompt_len) // 2
+  if prompt_len + 2 * response_len != n:
+    raise ValueError(f"ids length {n} is not prompt_len + 2*response_len (prompt_len={prompt_len})")
+  base = training_mask(prompt_len, response_len, block_size)
+  prompt_pad = (jnp.arange(n)[None, :] < prompt_len) & (ids == pad_id)     # [B, N]
+  mask = base[None] & ~prompt_pad[:, None, :]
+  empty = ~mask.any(-1) & (jnp.arange(n)[None, :] < prompt_len)            # [B, N]
+  return mask | (empty[:, :, None] & jnp.eye(n, dtype=bool)[None])
+
+
+def training_positions(ids: jnp.ndarray, prompt_len: int, pad_id: int) -> jnp.ndarray:
+  """Position ids [B, N] for [prompt | x0 | xt]: prompt positions count non-pad tokens,
+  the response continues from there, the noisy copy reuses the clean positions. Pad
+  prompt positions get 1 (as the released code; they are hidden anyway)."""
+  n = ids.shape[1]
+  response_len = (n - prompt_len) // 2
+  head = ids[:, : prompt_len + response_len]
+  valid = (jnp.arange(prompt_len + response_len)[None] >= prompt_len) | (head != pad_id)
+  pos = jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
+  pos = jnp.where(valid, pos, 1)
+  return jnp.concatenate([pos, pos[:, prompt_len:]], axis=1)
+
+
+def causal_mask(length: int) -> jnp.ndarray:
+  """Plain causal mask [T, T] (AR reference; not used by SDAR decoding)."""
+  return jnp.tril(jnp.ones((length, length), bool))
+
+
+def staircase_mask(length: int, block_size: int, offset: int = 0) -> jnp.ndarray:
+  """Block-causal prefill mask [T, T], blocks aligned to position -offset: a token sees
+  every token of its own block and of earlier blocks."""
+  blk = (jnp.arange(length) + offset) // block_size
+  return blk[None, :] <= blk[:, None]
+
+
+def decode_mask(cache_valid: jnp.ndarray, query_len: int,
+                query_valid: jnp.ndarray | None = None) -> jnp.ndarray:
+  """Decode mask [B, T, S+T]: a query block of T tokens sees every valid cache slot
+  (cache_valid [B, S]) and, bidirectionally, every (valid) token of its own block."""
+  b, _ = cache_valid.shape
+  if query_valid is None:
+    query_valid = jnp.ones((b, query_len), bool)
+  keys = jnp.concatenate([cache_valid, query_valid], axis=1)
+  return jnp.broadcast_to(keys[:, None, :], (b, query_len, keys.shape[1]))

@@ -1,0 +1,2 @@
+from t3d_jax.models.sdar import (KVCache, SDAR, SDARConfig, abstract_params, forward,
+                                 forward_with_cache, init_params, logical_axes, write_cache)

@@ -1,0 +1,271 @@
+"""SDAR: the Qwen3 decoder in Flax (linen), with explicit attention masks and positions.
+
+SDAR is a block-diffusion LM whose network is exactly Qwen3; only the attention mask
+differs, and logit i predicts the token AT position i (no shift). The model therefore
+never builds a mask itself: callers pass a boolean mask (True = may attend) and the
+position ids, so training masks, prefill and KV-cache decoding all share one network.
+
+Layers are stacked (``nn.scan``) so params carry a leading ``layers`` axis and the
+compile time does not grow with depth. Every param carries logical axis names
+(``vocab``, ``embed``, ``heads``, ``kv_heads``, ``head_dim``, ``mlp``, ``norm``,
+``layers``) that sharding rules map onto mesh axes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def as_dtype(name: str):
+  if name not in _DTYPES:
+    raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
+  return _DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class SDARConfig:
+  """Architecture plus numerics. Hashable, so it can be a static jit argument."""
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float = 1_000_000.0
+  rms_norm_eps: float = 1e-6
+  tie_word_embeddings: bool = False
+  attention_bias: bool = False
+  dtype: str = "float32"        # compute dtype
+  param_dtype: str = "float32"  # storage dtype of the params
+  remat: bool = False           # rematerialise each layer in the backward pass
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+    as_dtype(self.dtype), as_dtype(self.param_dtype)
+
+  def replace(self, **kw) -> "SDARConfig":
+    return dataclasses.replace(self, **kw)
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any], **overrides) -> "SDARConfig":
+    """From a transformers config.json dict (Qwen3 or SDAR)."""
+    rope = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    if rope_type not in (None, "default"):
+      raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only default RoPE)")
+    theta = hf.get("rope_theta", rope.get("rope_theta", 10_000.0))
+    nh = hf["num_attention_heads"]
+    kw = dict(
+        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=nh, num_kv_heads=hf.get("num_key_value_heads") or nh,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // nh,
+        rope_theta=float(theta), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attention_bias=bool(hf.get("attention_bias", False)))
+    kw.update(overrides)
+    return cls(**kw)
+
+  @classmethod
+  def from_json(cls, path, **overrides) -> "SDARConfig":
+    with open(path) as f:
+      return cls.from_hf(json.load(f), **overrides)
+
+
+class KVCache(NamedTuple):
+  """Keys/values of committed tokens: [layers, batch, length, kv_heads, head_dim]."""
+  k: Array
+  v: Array
+
+  @classmethod
+  def zeros(cls, cfg: SDARConfig, batch: int, length: int) -> "KVCache":
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    z = jnp.zeros(shape, as_dtype(cfg.dtype))
+    return cls(z, z)
+
+
+def _param(module: nn.Module, name: str, shape, names, init, cfg: SDARConfig):
+  return module.param(name, nn.with_logical_partitioning(init, names), shape,
+                      as_dtype(cfg.param_dtype))
+
+
+class RMSNorm(nn.Module):
+  cfg: SDARConfig
+  dim: int
+  names: tuple = ("norm",)
+
+  @nn.compact
+  def __call__(self, x):
+    w = _param(self, "scale", (self.dim,), self.names, nn.initializers.ones, self.cfg)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
+    return w.astype(x.dtype) * y.astype(x.dtype)
+
+
+def rope(x: Array, positions: Array, theta: float) -> Array:
+  """Rotate-half RoPE (as transformers' Qwen3). x [B, T, H, D], positions [B, T]."""
+  d = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq          # [B, T, D/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]        # [B, T, 1, D]
+  cos, sin = jnp.cos(emb), jnp.sin(emb)
+  x32 = x.astype(jnp.float32)
+  rot = jnp.concatenate([-x32[..., d // 2:], x32[..., : d // 2]], axis=-1)
+  return (x32 * cos + rot * sin).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  cfg: SDARConfig
+
+  def _proj(self, x, name, heads, head_names):
+    cfg = self.cfg
+    init = nn.initializers.normal(0.02)
+    w = _param(self, f"{name}_kernel", (cfg.hidden_size, heads, cfg.head_dim),
+               ("embed", head_names, "head_dim"), init, cfg)
+    y = jnp.einsum("btd,dhk->bthk", x, w.astype(x.dtype))
+    if cfg.attention_bias:
+      b = _param(self, f"{name}_bias", (heads, cfg.head_dim), (head_names, "head_dim"),
+                 nn.initializers.zeros, cfg)
+      y = y + b.astype(x.dtype)
+    return y
+
+  @nn.compact
+  def __call__(self, x, mask, positions, cache_kv):
+    cfg = self.cfg
+    q = self._proj(x, "q", cfg.num_heads, "heads")
+    k = self._proj(x, "k", cfg.num_kv_heads, "kv_heads")
+    v = self._proj(x, "v", cfg.num_kv_heads, "kv_heads")
+    q = RMSNorm(cfg, cfg.head_dim, ("head_dim",), name="q_norm")(q)
+    k = RMSNorm(cfg, cfg.head_dim, ("head_dim",), name="k_norm")(k)
+    q = rope(q, positions, cfg.rope_theta)
+    k = rope(k, positions, cfg.rope_theta)
+    new_kv = (k, v)
+    if cache_kv is not None:  # keys = [committed cache | this query block]
+      k = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)
+      v = jnp.concatenate([cache_kv[1].astype(v.dtype), v], axis=1)
+    b, t, _, d = q.shape
+    g = cfg.num_heads // cfg.num_kv_heads
+    q = q.reshape(b, t, cfg.num_kv_heads, g, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.num_heads, d)
+    wo = _param(self, "o_kernel", (cfg.num_heads, d, cfg.hidden_size),
+                ("heads", "head_dim", "embed"), nn.initializers.normal(0.02), cfg)
+    return jnp.einsum("bthk,hkd->btd", out, wo.astype(out.dtype)), new_kv
+
+
+class MLP(nn.Module):
+  cfg: SDARConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, init = self.cfg, nn.initializers.normal(0.02)
+    shape, names = (cfg.hidden_size, cfg.intermediate_size), ("embed", "mlp")
+    gate = _param(self, "gate_kernel", shape, names, init, cfg)
+    up = _param(self, "up_kernel", shape, names, init, cfg)
+    down = _param(self, "down_kernel", shape[::-1], names[::-1], init, cfg)
+    h = jax.nn.silu(x @ gate.astype(x.dtype)) * (x @ up.astype(x.dtype))
+    return h @ down.astype(x.dtype)
+
+
+class Block(nn.Module):
+  """One pre-norm decoder layer; scanned over the layer axis."""
+  cfg: SDARConfig
+
+  @nn.compact
+  def __call__(self, x, cache_kv, mask, positions):
+    cfg = self.cfg
+    h, new_kv = Attention(cfg, name="attn")(
+        RMSNorm(cfg, cfg.hidden_size, name="input_norm")(x), mask, positions, cache_kv)
+    x = x + h
+    x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, cfg.hidden_size, name="post_attn_norm")(x))
+    return x, new_kv
+
+
+class SDAR(nn.Module):
+  cfg: SDARConfig
+
+  @nn.compact
+  def __call__(self, ids, mask, positions, cache: Optional[KVCache] = None):
+    """ids [B, T] int; mask [B, T, S+T] (or [T, S+T]) bool; positions [B, T].
+
+    Without a cache S = 0. Returns (logits [B, T, V], KVCache of the T new tokens).
+    """
+    cfg = self.cfg
+    dtype = as_dtype(cfg.dtype)
+    if mask.ndim == 2:
+      mask = jnp.broadcast_to(mask, (ids.shape[0],) + mask.shape)
+    table = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
+                   nn.initializers.normal(0.02), cfg)
+    x = jnp.take(table, ids, axis=0).astype(dtype)
+    block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
+    layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                     metadata_params={nn.PARTITION_NAME: "layers"})
+    cache_kv = None if cache is None else (cache.k, cache.v)
+    x, (k, v) = layers(cfg, name="layers")(x, cache_kv, mask, positions)
+    x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x)
+    if cfg.tie_word_embeddings:
+      logits = x @ table.astype(dtype).T
+    else:
+      head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
+                    nn.initializers.normal(0.02), cfg)
+      logits = x @ head.astype(dtype)
+    return logits, KVCache(k, v)
+
+
+def init_params(cfg: SDARConfig, rng: Array, boxed: bool = False):
+  """Random params (plain arrays; ``boxed=True`` keeps the logical-axis metadata)."""
+  ids = jnp.zeros((1, 1), jnp.int32)
+  variables = SDAR(cfg).init(rng, ids, jnp.ones((1, 1, 1), bool), ids)
+  return variables["params"] if boxed else nn.unbox(variables["params"])
+
+
+def abstract_params(cfg: SDARConfig):
+  """ShapeDtypeStructs of the params, boxed with logical axis names (no allocation)."""
+  return jax.eval_shape(lambda r: init_params(cfg, r, boxed=True), jax.random.key(0))
+
+
+def logical_axes(cfg: SDARConfig):
+  """Pytree of logical PartitionSpecs, one per param."""
+  return nn.get_partition_spec(abstract_params(cfg))
+
+
+def forward(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array) -> Array:
+  """Logits [B, T, V] for ids [B, T] under a bool mask [B, T, T] (True = may attend)
+  and position ids [B, T]. Logit i scores the token at position i."""
+  return SDAR(cfg).apply({"params": params}, ids, mask, positions)[0]
+
+
+def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
+                       cache: KVCache) -> tuple[Array, KVCache]:
+  """Decode step: a query block ids [B, T] attends to ``cache`` (length S) and itself
+  under mask [B, T, S+T]. Returns logits and the block's own keys/values, which the
+  caller appends (``write_cache``) once the block is committed."""
+  return SDAR(cfg).apply({"params": params}, ids, mask, positions, cache)
+
+
+def write_cache(cache: KVCache, new: KVCache, start: Array, count: Optional[int] = None) -> KVCache:
+  """Write the first ``count`` tokens of ``new`` into ``cache`` at per-row offsets
+  ``start`` [B] (a static-shape append)."""
+  if count is not None:
+    new = KVCache(new.k[:, :, :count], new.v[:, :, :count])
+
+  def put(c, n, s):  # c [L, S, H, D], n [L, T, H, D]
+    return jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (0, s, 0, 0))
+  put_b = jax.vmap(put, in_axes=(1, 1, 0), out_axes=1)
+  return KVCache(put_b(cache.k, new.k, start), put_b(cache.v, new.v, start))
