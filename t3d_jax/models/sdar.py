@@ -165,7 +165,11 @@ class Attention(nn.Module):
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.num_heads, d)
     wo = _param(self, "o_kernel", (cfg.num_heads, d, cfg.hidden_size),
                 ("heads", "head_dim", "embed"), nn.initializers.normal(0.02), cfg)
-    return jnp.einsum("bthk,hkd->btd", out, wo.astype(out.dtype)), new_kv
+    y = jnp.einsum("bthk,hkd->btd", out, wo.astype(out.dtype))
+    if cfg.attention_bias:
+      y = y + _param(self, "o_bias", (cfg.hidden_size,), ("embed",), nn.initializers.zeros,
+                     cfg).astype(y.dtype)
+    return y, new_kv
 
 
 class MLP(nn.Module):

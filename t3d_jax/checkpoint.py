@@ -1,0 +1,76 @@
+"""Orbax checkpoints of param trees (converted HF weights, exported students).
+
+A *model dir* is what ``convert`` writes and every later mode reads:
+
+  <model_dir>/params/            orbax StandardCheckpointer tree (dtype as stored)
+  <model_dir>/sdar_config.json   the architecture (SDARConfig fields)
+  <model_dir>/hf_meta/           original config.json, tokenizer, remote-code files
+
+Writes go to a temp dir that is renamed into place, so a crash leaves no half model dir.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from t3d_jax.models.sdar import SDARConfig
+
+PARAMS, CONFIG, HF_META = "params", "sdar_config.json", "hf_meta"
+
+
+def save_params(directory, params) -> None:
+  """Save a param tree (numpy or jax arrays) with orbax; blocks until written."""
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(Path(directory).absolute(), jax.tree.map(_to_jax, params))
+  ckptr.wait_until_finished()
+  ckptr.close()
+
+
+def _to_jax(x):
+  return jax.numpy.asarray(x) if isinstance(x, np.ndarray) else x
+
+
+def restore_params(directory, abstract=None):
+  """Restore a param tree; ``abstract`` (ShapeDtypeStructs, optionally with shardings)
+  places the arrays directly where they belong."""
+  ckptr = ocp.StandardCheckpointer()
+  try:
+    return ckptr.restore(Path(directory).absolute(), abstract)
+  finally:
+    ckptr.close()
+
+
+def is_model_dir(path) -> bool:
+  p = Path(path)
+  return (p / CONFIG).is_file() and (p / PARAMS).is_dir()
+
+
+def save_model_dir(model_dir, params, cfg: SDARConfig, meta_dir=None, overwrite=False) -> Path:
+  from t3d_jax.convert.hf import ConversionError, _commit_dir, copy_meta_files
+  model_dir = Path(model_dir).absolute()
+  if model_dir.exists() and any(model_dir.iterdir()) and not overwrite:
+    raise ConversionError(f"{model_dir}: exists and is not empty; set overwrite=True to replace")
+  model_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.tmp-", dir=model_dir.parent))
+  try:
+    save_params(tmp / PARAMS, params)
+    (tmp / CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    (tmp / HF_META).mkdir()
+    if meta_dir is not None:
+      copy_meta_files(meta_dir, tmp / HF_META)
+    _commit_dir(tmp, model_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return model_dir
+
+
+def load_model_config(model_dir) -> SDARConfig:
+  return SDARConfig(**json.loads((Path(model_dir) / CONFIG).read_text()))

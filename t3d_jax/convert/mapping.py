@@ -1,0 +1,120 @@
+"""One table, HF tensor name <-> param path, used in both directions.
+
+Each row names a transformers (Qwen3 / SDAR) tensor, the param path in our tree, and a
+pair of exact (lossless) reshapes: ``to_param`` turns the HF tensor into our layout and
+``to_hf`` turns it back. Per-layer rows carry ``{i}`` in the HF name and live in the
+stacked ``layers`` subtree with a leading layer axis.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterator
+
+import numpy as np
+
+from t3d_jax.models.sdar import SDARConfig
+
+Fn = Callable[[np.ndarray, SDARConfig], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  hf: str                      # HF name, "{i}" = layer index
+  path: tuple[str, ...]        # path in the params tree
+  to_param: Fn                 # HF tensor -> param (one layer's slice for per-layer rows)
+  to_hf: Fn                    # inverse
+  hf_shape: Callable[[SDARConfig], tuple[int, ...]]
+  when: Callable[[SDARConfig], bool] = lambda c: True
+
+  @property
+  def per_layer(self) -> bool:
+    return "{i}" in self.hf
+
+
+def _same(x, c):
+  return x
+
+
+def _t(x, c):
+  return np.ascontiguousarray(x.T)
+
+
+def _in_heads(heads: Callable[[SDARConfig], int]) -> tuple[Fn, Fn]:
+  """Linear [heads*hd, H] <-> kernel [H, heads, hd]."""
+  return (lambda x, c: np.ascontiguousarray(x.T).reshape(c.hidden_size, heads(c), c.head_dim),
+          lambda x, c: np.ascontiguousarray(x.reshape(c.hidden_size, -1).T))
+
+
+def _bias_heads(heads: Callable[[SDARConfig], int]) -> tuple[Fn, Fn]:
+  return (lambda x, c: x.reshape(heads(c), c.head_dim), lambda x, c: x.reshape(-1))
+
+
+_o = (lambda x, c: np.ascontiguousarray(x.T).reshape(c.num_heads, c.head_dim, c.hidden_size),
+      lambda x, c: np.ascontiguousarray(x.reshape(-1, c.hidden_size).T))
+
+_NH = lambda c: c.num_heads      # noqa: E731
+_NKV = lambda c: c.num_kv_heads  # noqa: E731
+_bias = lambda c: c.attention_bias  # noqa: E731
+_L = "model.layers.{i}."
+_A = ("layers", "attn")
+_M = ("layers", "mlp")
+
+ROWS: tuple[Row, ...] = (
+    Row("model.embed_tokens.weight", ("embedding",), _same, _same,
+        lambda c: (c.vocab_size, c.hidden_size)),
+    Row(_L + "input_layernorm.weight", ("layers", "input_norm", "scale"), _same, _same,
+        lambda c: (c.hidden_size,)),
+    Row(_L + "self_attn.q_proj.weight", _A + ("q_kernel",), *_in_heads(_NH),
+        lambda c: (c.num_heads * c.head_dim, c.hidden_size)),
+    Row(_L + "self_attn.q_proj.bias", _A + ("q_bias",), *_bias_heads(_NH),
+        lambda c: (c.num_heads * c.head_dim,), _bias),
+    Row(_L + "self_attn.k_proj.weight", _A + ("k_kernel",), *_in_heads(_NKV),
+        lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
+    Row(_L + "self_attn.k_proj.bias", _A + ("k_bias",), *_bias_heads(_NKV),
+        lambda c: (c.num_kv_heads * c.head_dim,), _bias),
+    Row(_L + "self_attn.v_proj.weight", _A + ("v_kernel",), *_in_heads(_NKV),
+        lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
+    Row(_L + "self_attn.v_proj.bias", _A + ("v_bias",), *_bias_heads(_NKV),
+        lambda c: (c.num_kv_heads * c.head_dim,), _bias),
+    Row(_L + "self_attn.o_proj.weight", _A + ("o_kernel",), *_o,
+        lambda c: (c.hidden_size, c.num_heads * c.head_dim)),
+    Row(_L + "self_attn.o_proj.bias", _A + ("o_bias",), _same, _same,
+        lambda c: (c.hidden_size,), _bias),
+    Row(_L + "self_attn.q_norm.weight", _A + ("q_norm", "scale"), _same, _same,
+        lambda c: (c.head_dim,)),
+    Row(_L + "self_attn.k_norm.weight", _A + ("k_norm", "scale"), _same, _same,
+        lambda c: (c.head_dim,)),
+    Row(_L + "post_attention_layernorm.weight", ("layers", "post_attn_norm", "scale"), _same,
+        _same, lambda c: (c.hidden_size,)),
+    Row(_L + "mlp.gate_proj.weight", _M + ("gate_kernel",), _t, _t,
+        lambda c: (c.intermediate_size, c.hidden_size)),
+    Row(_L + "mlp.up_proj.weight", _M + ("up_kernel",), _t, _t,
+        lambda c: (c.intermediate_size, c.hidden_size)),
+    Row(_L + "mlp.down_proj.weight", _M + ("down_kernel",), _t, _t,
+        lambda c: (c.hidden_size, c.intermediate_size)),
+    Row("model.norm.weight", ("final_norm", "scale"), _same, _same, lambda c: (c.hidden_size,)),
+    Row("lm_head.weight", ("lm_head",), _t, _t, lambda c: (c.vocab_size, c.hidden_size),
+        lambda c: not c.tie_word_embeddings),
+)
+
+
+def entries(cfg: SDARConfig) -> Iterator[tuple[str, Row, int | None]]:
+  """(hf_name, row, layer index or None) for every tensor of ``cfg``, in HF order."""
+  for row in ROWS:
+    if not row.when(cfg):
+      continue
+    if row.per_layer:
+      for i in range(cfg.num_layers):
+        yield row.hf.format(i=i), row, i
+    else:
+      yield row.hf, row, None
+
+
+def hf_order_entries(cfg: SDARConfig) -> list[tuple[str, Row, int | None]]:
+  """Entries in transformers' natural order: embed, layer 0 (all), layer 1, ..., norm, head."""
+  def key(e):
+    name, row, i = e
+    if i is None:
+      return (0 if name.startswith("model.embed") else 2, 0, ROWS.index(row))
+    return (1, i, ROWS.index(row))
+  return sorted(entries(cfg), key=key)
