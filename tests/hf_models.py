@@ -41,7 +41,7 @@ def torch_logits(model, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray
   """transformers logits with a 4D bool mask (sdpa: True = attend)."""
   model.config._attn_implementation = "sdpa"
   with torch.no_grad():
-    out = model(input_ids=torch.as_tensor(np.asarray(ids), dtype=torch.long),
-                attention_mask=torch.as_tensor(np.asarray(mask))[:, None],
-                position_ids=torch.as_tensor(np.asarray(positions), dtype=torch.long))
+    out = model(input_ids=torch.tensor(np.array(ids), dtype=torch.long),
+                attention_mask=torch.tensor(np.array(mask, bool))[:, None],
+                position_ids=torch.tensor(np.array(positions), dtype=torch.long))
   return out.logits.float().numpy()
