@@ -35,6 +35,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["t3d_jax", "t3d_jax.*"]),
     include_package_data=True,
+    # The shipped question/answer sets (GSM8K train/test, MATH500), see t3d_jax/data.
+    package_data={"t3d_jax.data": ["files/*.jsonl"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch: the PyTorch side of tests and export checks. Pinned: on these machines

@@ -1,0 +1,1 @@
+"""Data: JSONL io, shipped question/answer sets, tokenizers, TFDS builders, iteration."""

@@ -1,0 +1,130 @@
+"""Tokenizer helpers: load any HF tokenizer dir, build the math prompt, resolve token ids.
+
+One prompt for rollout, distillation and evaluation alike (t3d-method.md §6): the
+tokenizer's own chat template applied to a single user message
+
+    "{question}\\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+with the generation prompt added (for the Qwen template that is the original release's
+literal string plus the trailing newline after ``assistant``). A ``prompt_template``
+string containing ``{question}`` overrides the chat template (it is used verbatim, only
+``{question}`` is substituted, so braces such as ``\\boxed{}`` need no escaping).
+
+Token ids: the diffusion mask token is required (``<|MASK|>`` by default; no silent
+fall-back to pad as in the original), pad and eos too; the stop ids are eos plus
+``<|im_end|>`` and ``<|endoftext|>`` where the vocabulary has them. Each missing token is
+reported by name together with the tokenizer dir.
+
+The offline builders live in :mod:`t3d_jax.data.tokenizer_build` and are re-exported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional, Sequence, Union
+
+from t3d_jax.data.tokenizer_build import (  # noqa: F401  (re-exported API)
+    CHAT_TEMPLATE, MASK_TOKEN, build_sdar_tokenizer, train_tiny_bpe)
+
+PathLike = Union[str, os.PathLike]
+
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+class TokenizerError(ValueError):
+  """A tokenizer dir that lacks something T3D needs; the message names it and the dir."""
+
+
+def load_tokenizer(path: PathLike):
+  """``AutoTokenizer.from_pretrained(path)`` from a local dir only (never the hub)."""
+  from transformers import AutoTokenizer
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise TokenizerError(f"{path}: tokenizer dir not found")
+  try:
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+  except Exception as e:  # transformers raises many types; keep the dir in the message
+    raise TokenizerError(f"{path}: cannot load tokenizer ({type(e).__name__}: {e})") from e
+
+
+def _dir(tokenizer) -> str:
+  return getattr(tokenizer, "name_or_path", "") or "<in-memory tokenizer>"
+
+
+def math_user_message(question: str) -> str:
+  """The user turn of the math prompt: question, newline, the boxed instruction."""
+  return f"{question}\n{MATH_INSTRUCTION}"
+
+
+def math_prompt(tokenizer, question: str, prompt_template: Optional[str] = None) -> str:
+  """The exact prompt string decoded from (and stored in trajectory rows)."""
+  if prompt_template:
+    if "{question}" not in prompt_template:
+      raise TokenizerError(f"prompt_template has no {{question}} placeholder: "
+                           f"{prompt_template!r}")
+    return prompt_template.replace("{question}", question)
+  if not getattr(tokenizer, "chat_template", None):
+    raise TokenizerError(f"{_dir(tokenizer)}: tokenizer has no chat_template; set "
+                         f"prompt_template (a string with {{question}}) instead")
+  messages = [{"role": "user", "content": math_user_message(question)}]
+  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+  """Token ids of each text, no BOS/EOS added (prompts already carry their specials)."""
+  out = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+  return [list(map(int, ids)) for ids in out]
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+  """Ids the sampler and the trainer need."""
+  mask_id: int
+  pad_id: int
+  eos_id: int
+  stop_ids: tuple[int, ...]     # eos first, then <|im_end|>/<|endoftext|> when present
+  vocab_size: int               # len(tokenizer): ids are < vocab_size
+
+
+def _token_id(tokenizer, token: str) -> Optional[int]:
+  vocab = tokenizer.get_vocab()
+  return vocab.get(token)
+
+
+def special_ids(tokenizer, mask_token: str = MASK_TOKEN,
+                pad_token: Optional[str] = None) -> SpecialIds:
+  """Resolves mask / pad / eos / stop ids; raises :class:`TokenizerError` naming the
+  missing token and the dir.
+
+  The mask id is the tokenizer's ``mask_token`` when set, else ``mask_token`` looked up
+  in the vocabulary. ``pad_token`` overrides the tokenizer's pad token."""
+  where = _dir(tokenizer)
+  mask_id = tokenizer.mask_token_id if getattr(tokenizer, "mask_token", None) else None
+  if mask_id is None:
+    mask_id = _token_id(tokenizer, mask_token)
+  if mask_id is None:
+    raise TokenizerError(f"{where}: mask token {mask_token!r} not in the vocabulary and "
+                         f"no mask_token set; a diffusion LM needs one")
+  if pad_token is not None:
+    pad_id = _token_id(tokenizer, pad_token)
+    if pad_id is None:
+      raise TokenizerError(f"{where}: pad token {pad_token!r} not in the vocabulary")
+  else:
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+      raise TokenizerError(f"{where}: no pad token (pad_token unset); set one in "
+                           f"tokenizer_config.json or pass pad_token")
+  eos_id = tokenizer.eos_token_id
+  if eos_id is None:
+    raise TokenizerError(f"{where}: no eos token (eos_token unset in tokenizer_config.json)")
+  if int(mask_id) in (int(pad_id), int(eos_id)):
+    raise TokenizerError(f"{where}: mask id {mask_id} equals the pad or eos id; the mask "
+                         f"token must be a token of its own")
+  stops = [int(eos_id)]
+  for tok in STOP_TOKENS:
+    tid = _token_id(tokenizer, tok)
+    if tid is not None and tid not in stops:
+      stops.append(int(tid))
+  return SpecialIds(mask_id=int(mask_id), pad_id=int(pad_id), eos_id=int(eos_id),
+                    stop_ids=tuple(stops), vocab_size=len(tokenizer))

@@ -1,0 +1,1 @@
+"""Evaluation: answer grading, decoding metrics (accuracy, NFE, TPF, tokens/s, AUP), plots."""
