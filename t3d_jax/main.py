@@ -1,0 +1,48 @@
+"""The one entry point: python -m t3d_jax.main --config configs/X.py [--config.key=value ...].
+
+Parses the config, initialises multi-host JAX when asked, and dispatches ``config.mode``
+to ``t3d_jax.modes.<mode>.run(config)``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+MODES = ("convert", "export")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
+                                          lock_config=True)
+
+
+def run(config) -> None:
+  if config.mode not in MODES:
+    raise ValueError(f"config.mode={config.mode!r} is not one of {', '.join(MODES)}")
+  if config.jax_distributed:
+    import jax
+    jax.distributed.initialize()
+  importlib.import_module(f"t3d_jax.modes.{config.mode}").run(config)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config=configs/<name>.py is required")
+  logging.info("config:\n%s", _CONFIG.value)
+  try:
+    run(_CONFIG.value)
+  except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+    if os.environ.get("T3D_TRACEBACK"):
+      raise
+    logging.error("%s: %s", type(e).__name__, e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
