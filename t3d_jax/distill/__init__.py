@@ -1,0 +1,1 @@
+"""T3D distillation: training examples (examples), losses (losses)."""
