@@ -35,6 +35,7 @@ def test_reads_rows_and_custom_fields(tmp_path):
     (b'{"question": "a", "answer": "b"}\n{"question": "only"}\n',
      r"bad\.jsonl, row 2: row has no 'answer' field"),
     (b'{"answer": "b"}\n', r"bad\.jsonl, row 1: row has no 'question' field"),
+    (b'{"question": null, "answer": "b"}\n', r"bad\.jsonl, row 1: field 'question' is null"),
     (b'{"question": "  ", "answer": "b"}\n', r"row 1: field 'question' is empty"),
     (b'{"question": "q", "answer": [1]}\n', r"row 1: field 'answer' must be a string"),
 ])

@@ -72,9 +72,11 @@ def read_jsonl(path: PathLike) -> list[dict]:
 
 
 def _text_field(obj: Mapping[str, Any], field: str, path: PathLike, row: int) -> str:
-  if field not in obj or obj[field] is None:
+  if field not in obj:
     raise JsonlError(f"{_where(path, row)}: row has no {field!r} field "
                      f"(fields present: {sorted(obj)})")
+  if obj[field] is None:
+    raise JsonlError(f"{_where(path, row)}: field {field!r} is null")
   value = obj[field]
   if isinstance(value, bool) or not isinstance(value, (str, int, float)):
     raise JsonlError(f"{_where(path, row)}: field {field!r} must be a string or a "
