@@ -28,7 +28,7 @@ PARAMS, CONFIG, HF_META = "params", "sdar_config.json", "hf_meta"
 def save_params(directory, params) -> None:
   """Save a param tree (numpy or jax arrays) with orbax; blocks until written."""
   ckptr = ocp.StandardCheckpointer()
-  ckptr.save(Path(directory).absolute(), jax.tree.map(_to_jax, params))
+  ckptr.save(Path(directory).absolute(), params)
   ckptr.wait_until_finished()
   ckptr.close()
 

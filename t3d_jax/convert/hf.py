@@ -75,21 +75,19 @@ class TensorSource:
     for fname in sorted(set(self.weight_map.values())):
       if not (self.dir / fname).is_file():
         raise ConversionError(f"{self.dir / fname}: weight shard listed in the index is missing")
-    self._open: dict[str, Any] = {}
 
   def __contains__(self, name: str) -> bool:
     return name in self.weight_map
 
-  def _handle(self, fname):
-    if fname not in self._open:
-      self._open[fname] = safe_open(self.dir / fname, "np")
-    return self._open[fname]
-
+  # A handle per read: a long-lived handle keeps every touched page of the memory-mapped
+  # shard resident, which would count the whole checkpoint a second time in RSS.
   def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._handle(self.weight_map[name]).get_slice(name).get_shape())
+    with safe_open(self.file_of(name), "np") as f:
+      return tuple(f.get_slice(name).get_shape())
 
   def get(self, name: str) -> np.ndarray:
-    return self._handle(self.weight_map[name]).get_tensor(name)
+    with safe_open(self.file_of(name), "np") as f:
+      return f.get_tensor(name)
 
   def file_of(self, name: str) -> Path:
     return self.dir / self.weight_map[name]
