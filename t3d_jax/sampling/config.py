@@ -1,0 +1,159 @@
+"""DecodeConfig: every knob of block-diffusion decoding, plus input validation.
+
+A frozen (hashable) dataclass, so it is a static argument of the jitted sampler. The
+semantics follow t3d-method.md §1 with the t3d_jax defaults of §6.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+STRATEGIES = ("sequential", "low_confidence_static", "low_confidence_dynamic",
+              "entropy_bounded")
+PROMPT_MODES = ("engine", "aligned")
+COMMIT_MODES = ("separate", "fused")
+
+
+class DecodeError(ValueError):
+  """Bad decoding configuration or input; the message names the offending field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """Block-diffusion decoding settings.
+
+  block_size: tokens per block (b). denoising_steps: forwards per block (s); the block's
+    masked positions are revealed over at most s steps on the even schedule (b split as
+    evenly as possible, earlier steps taking the remainder).
+  strategy: which masked positions a step reveals: 'sequential' (leftmost n),
+    'low_confidence_static' (n most confident), 'low_confidence_dynamic' (all with
+    confidence > threshold, at least the n most confident), 'entropy_bounded' (lowest
+    entropy first, the longest prefix whose cumulative entropy < entropy_bound, at least 1).
+  temperature: 0 = greedy (argmax; confidence and entropy from softmax at T = 1);
+    otherwise x0 is sampled from softmax(top_p(top_k(logits / T))) and confidence /
+    entropy come from that processed distribution. top_k 0 and top_p 1 disable them.
+  max_new_tokens: exactly this many tokens per sequence unless a stop id ends it earlier.
+  mask_id: the mask token (required). stop_ids: EOS and stop tokens; the block is cut after
+    the first one and the sequence finishes. pad_id: fills ids past each length (default
+    mask_id).
+  prompt_mode: 'engine' (the original engine: prompt prefilled in whole blocks aligned to
+    position 0, the tail prompt_len % b placed in the first generated block as already
+    revealed) or 'aligned' (the whole prompt prefilled with blocks aligned to its end, the
+    response starting on a block boundary, as in training).
+  commit_mode: 'separate' (one extra forward per finished block writes its KV, the
+    original) or 'fused' (that KV is written by the forward of the next block's first
+    step; same results, one forward per block fewer).
+  reveal_all_on_last_step: t3d_jax default True: the last allowed step of a block reveals
+    every remaining mask. False keeps the original (masks left in the committed block,
+    step_map 0 there; only entropy_bounded with s < b can leave masks).
+  max_length: optional static budget prompt + new tokens; fixes the KV-cache length
+    (max_length + block_size) across batches. Must be a multiple of block_size.
+  """
+  block_size: int = 4
+  denoising_steps: int = 4
+  strategy: str = "low_confidence_static"
+  threshold: float = 0.9
+  entropy_bound: float = 0.35
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  max_new_tokens: int = 128
+  mask_id: Optional[int] = None
+  stop_ids: tuple = ()
+  pad_id: Optional[int] = None
+  prompt_mode: str = "engine"
+  commit_mode: str = "fused"
+  reveal_all_on_last_step: bool = True
+  max_length: Optional[int] = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "stop_ids", tuple(int(t) for t in self.stop_ids))
+
+  def replace(self, **kw) -> "DecodeConfig":
+    return dataclasses.replace(self, **kw)
+
+  @property
+  def pad(self) -> int:
+    return self.mask_id if self.pad_id is None else self.pad_id
+
+  def validate(self, vocab_size: Optional[int] = None) -> "DecodeConfig":
+    """Raise DecodeError naming the first bad field; return self."""
+    def bad(msg):
+      raise DecodeError(f"DecodeConfig: {msg}")
+    if self.mask_id is None:
+      bad("mask_id is required (the tokenizer has no mask token?); "
+          "t3d_jax never falls back to the pad id")
+    if self.block_size < 1:
+      bad(f"block_size must be >= 1, got {self.block_size}")
+    if self.denoising_steps < 1:
+      bad(f"denoising_steps must be >= 1, got {self.denoising_steps}")
+    if self.strategy not in STRATEGIES:
+      bad(f"strategy {self.strategy!r} is not one of {STRATEGIES}")
+    if self.prompt_mode not in PROMPT_MODES:
+      bad(f"prompt_mode {self.prompt_mode!r} is not one of {PROMPT_MODES}")
+    if self.commit_mode not in COMMIT_MODES:
+      bad(f"commit_mode {self.commit_mode!r} is not one of {COMMIT_MODES}")
+    if self.temperature < 0:
+      bad(f"temperature must be >= 0, got {self.temperature}")
+    if self.top_k < 0:
+      bad(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+    if not 0.0 < self.top_p <= 1.0:
+      bad(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.max_new_tokens < 1:
+      bad(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if self.max_length is not None and self.max_length % self.block_size:
+      bad(f"max_length={self.max_length} is not a multiple of block_size={self.block_size} "
+          "(the KV-cache layout is made of whole blocks)")
+    if self.max_length is not None and self.max_length < self.max_new_tokens:
+      bad(f"max_length={self.max_length} < max_new_tokens={self.max_new_tokens}")
+    if vocab_size is not None:
+      ids = {"mask_id": self.mask_id, "pad_id": self.pad}
+      ids.update({f"stop_ids[{i}]": t for i, t in enumerate(self.stop_ids)})
+      for name, t in ids.items():
+        if not 0 <= t < vocab_size:
+          bad(f"{name}={t} is outside the vocabulary [0, {vocab_size})")
+      if self.mask_id in self.stop_ids:
+        bad(f"mask_id={self.mask_id} is also a stop id")
+    return self
+
+
+def transfer_schedule(block_size: int, steps: int) -> np.ndarray:
+  """Tokens to reveal at each step of a block: b split evenly, remainder first."""
+  base, rem = divmod(block_size, steps)
+  return np.array([base + (i < rem) for i in range(steps)], np.int32)
+
+
+def cache_length(dcfg: DecodeConfig, prompt_width: int) -> int:
+  """KV-cache slots for prompts of padded width ``prompt_width``: prompt + new tokens
+  rounded up to whole blocks, plus one block for the last block's overhang."""
+  b = dcfg.block_size
+  if dcfg.max_length is not None:
+    return dcfg.max_length + b
+  return -(-(prompt_width + dcfg.max_new_tokens) // b) * b + b
+
+
+def check_inputs(dcfg: DecodeConfig, vocab_size: int, prompt_ids, prompt_lens) -> None:
+  """Validate config and (concrete) prompts; raise DecodeError naming the problem."""
+  dcfg.validate(vocab_size)
+  shape = tuple(np.shape(prompt_ids))
+  if len(shape) != 2:
+    raise DecodeError(f"prompt_ids must be [batch, width], got shape {shape}")
+  if tuple(np.shape(prompt_lens)) != shape[:1]:
+    raise DecodeError(f"prompt_lens must be [batch]={shape[:1]}, got {np.shape(prompt_lens)}")
+  if dcfg.max_length is not None and shape[1] > dcfg.max_length:
+    raise DecodeError(f"prompt width {shape[1]} exceeds max_length={dcfg.max_length}")
+  try:
+    lens = np.asarray(prompt_lens)
+  except Exception:  # traced: nothing more to check here
+    return
+  if lens.size and (lens.min() < 0 or lens.max() > shape[1]):
+    raise DecodeError(f"prompt_lens must lie in [0, {shape[1]}] (the padded width), got "
+                      f"min {lens.min()} max {lens.max()}")
+  if dcfg.max_length is not None and lens.size:
+    i = int(np.argmax(lens))
+    if lens[i] + dcfg.max_new_tokens > dcfg.max_length:
+      raise DecodeError(
+          f"prompt too long: row {i} has {int(lens[i])} prompt tokens + max_new_tokens="
+          f"{dcfg.max_new_tokens} > max_length={dcfg.max_length}")
