@@ -276,3 +276,11 @@ def test_loss_config_from_mapping():
   assert (cfg.alpha, cfg.beta, cfg.path_k_steps) == (0.3, 0.1, 2)
   with pytest.raises(ValueError, match="path_k_steps"):
     losses.LossConfig(path_k_steps=0)
+
+
+def test_loss_rows_drop_the_clean_rows():
+  x = jnp.arange(2 * (3 + 2 * 4) * 2).reshape(2, 11, 2)
+  rows = np.asarray(losses.loss_rows(x, 3))
+  np.testing.assert_array_equal(rows, np.concatenate([np.asarray(x)[:, :3], np.asarray(x)[:, 7:]], 1))
+  with pytest.raises(ValueError, match="prompt_len"):
+    losses.loss_rows(x, 4)

@@ -58,6 +58,15 @@ class LossConfig:
 
 # ----------------------------------------------------------------------------- basics
 
+def loss_rows(logits: Array, prompt_len: int) -> Array:
+  """The rows the losses use: [B, L0+2*L1, ...] model output of [prompt | x0 | xt] ->
+  [B, L0+L1, ...] = [prompt rows | noisy rows] (the clean rows are context only)."""
+  response_len = (logits.shape[1] - prompt_len) // 2
+  if prompt_len + 2 * response_len != logits.shape[1]:
+    raise ValueError(f"length {logits.shape[1]} is not prompt_len + 2*L1 (prompt_len={prompt_len})")
+  return jnp.concatenate([logits[:, :prompt_len], logits[:, prompt_len + response_len:]], axis=1)
+
+
 def log_normalizer(logits: Array) -> Array:
   """logsumexp over the vocabulary in float32: [B, T, V] -> [B, T]."""
   return jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
