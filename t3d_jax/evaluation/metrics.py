@@ -1,0 +1,111 @@
+"""Decoding metrics: accuracy, response length, NFE, TPF, tokens/s, and d3LLM's AUP.
+
+Per-sample inputs (one dict per decoded prompt, as the eval mode writes them):
+
+* ``correct`` (bool): the grade;
+* ``response_length`` (int): generated tokens kept in the response (up to and including
+  the stop token; padding after it not counted);
+* ``nfe`` (int): forward passes of the model that this sample took part in (every
+  denoising step, plus commit passes where the sampler runs them; the prompt prefill is
+  not counted).
+
+Aggregates (:func:`summarize`):
+
+* accuracy = mean of ``correct`` (fraction in [0, 1]);
+* mean_response_length = mean of ``response_length``;
+* nfe_total = sum of ``nfe``; nfe_mean = nfe_total / n;
+* TPF (tokens per forward) = sum(response_length) / sum(nfe): tokens produced per
+  forward pass of one sequence, the hardware-independent parallelism of the decoder;
+* tokens_per_s = sum(response_length) / wall seconds of the decoding (batched
+  throughput; depends on hardware and batch size, reported with both).
+
+AUP, accuracy under parallelism (Qian et al., "d3LLM", 2026; formula as in the d3LLM
+leaderboard's ``aup_utils.py``, re-derived here). Given the points (rho_i, y_i) of one
+model at several decoding settings, rho = TPF and y = accuracy in PERCENT:
+
+1. sort the points by rho (ascending): rho_1 < ... < rho_m;
+2. keep only points with y_i >= y_1 - y_min_offset (default 5 points below the accuracy
+   at the lowest parallelism); the leaderboard code asserts instead, we drop;
+3. with the quality weight W(y) = min(1, exp(-alpha * (1 - y / y_max))), alpha = 3 and
+   y_max the best accuracy among all models compared (default: the best of these
+   points),
+
+       AUP = rho_1 * y_1 + sum_{i=2..m} (rho_i - rho_{i-1}) * (y_i W(y_i) + y_{i-1} W(y_{i-1})) / 2
+
+   i.e. the rectangle under the first point plus the trapezoidal area under the
+   quality-weighted accuracy curve. Higher is better: faster decoding only counts while
+   accuracy holds up.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Optional, Sequence
+
+
+def accuracy(correct: Iterable[bool]) -> float:
+  """Fraction of correct samples; raises on an empty list."""
+  values = [bool(c) for c in correct]
+  if not values:
+    raise ValueError("accuracy of zero samples")
+  return sum(values) / len(values)
+
+
+def tokens_per_forward(total_tokens: float, total_forwards: float) -> float:
+  """TPF = tokens / forward passes (0 when no forward ran)."""
+  return float(total_tokens) / float(total_forwards) if total_forwards > 0 else 0.0
+
+
+def summarize(samples: Sequence[Mapping], wall_time_s: Optional[float] = None) -> dict:
+  """Aggregate metrics of per-sample dicts with ``correct``, ``response_length``, ``nfe``.
+
+  ``tokens_per_s`` is present only when ``wall_time_s`` is given (and > 0)."""
+  if not samples:
+    raise ValueError("summarize of zero samples")
+  for k in ("correct", "response_length", "nfe"):
+    missing = [i for i, s in enumerate(samples) if k not in s]
+    if missing:
+      raise KeyError(f"samples {missing[:5]} lack {k!r}")
+  n = len(samples)
+  tokens = sum(int(s["response_length"]) for s in samples)
+  nfe = sum(int(s["nfe"]) for s in samples)
+  out = {
+      "n": n,
+      "accuracy": accuracy(s["correct"] for s in samples),
+      "mean_response_length": tokens / n,
+      "nfe_total": nfe,
+      "nfe_mean": nfe / n,
+      "tpf": tokens_per_forward(tokens, nfe),
+      "tokens_total": tokens,
+  }
+  if wall_time_s is not None and wall_time_s > 0:
+    out["wall_time_s"] = float(wall_time_s)
+    out["tokens_per_s"] = tokens / float(wall_time_s)
+  return out
+
+
+def aup_weight(y: float, y_max: float, alpha: float = 3.0) -> float:
+  """W(y) = min(1, exp(-alpha * (1 - y / y_max)))."""
+  return min(1.0, math.exp(-alpha * (1.0 - y / y_max)))
+
+
+def aup(tpf: Sequence[float], accuracy_pct: Sequence[float], y_max: Optional[float] = None,
+        alpha: float = 3.0, y_min_offset: float = 5.0) -> float:
+  """Accuracy under parallelism of one model's (TPF, accuracy %) points; see module doc."""
+  if len(tpf) != len(accuracy_pct) or not tpf:
+    raise ValueError(f"need equal, non-zero numbers of TPF and accuracy values, got "
+                     f"{len(tpf)} and {len(accuracy_pct)}")
+  if any(r <= 0 for r in tpf):
+    raise ValueError(f"TPF values must be positive: {list(tpf)}")
+  if any(not 0 <= y <= 100 for y in accuracy_pct):
+    raise ValueError(f"accuracy must be in percent [0, 100]: {list(accuracy_pct)}")
+  points = sorted(zip(map(float, tpf), map(float, accuracy_pct)))
+  y_max = max(y for _, y in points) if y_max is None else float(y_max)
+  if y_max <= 0:
+    return 0.0
+  floor = points[0][1] - y_min_offset
+  points = [(r, y) for r, y in points if y >= floor]
+  total = points[0][0] * points[0][1]
+  for (r0, y0), (r1, y1) in zip(points, points[1:]):
+    total += 0.5 * (r1 - r0) * (y1 * aup_weight(y1, y_max, alpha)
+                                + y0 * aup_weight(y0, y_max, alpha))
+  return total
