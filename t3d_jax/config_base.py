@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from t3d_jax.errors import InputError
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -32,7 +34,7 @@ def model_dir(config) -> str:
   if config.model_dir:
     return config.model_dir
   if not config.workdir:
-    raise ValueError("set --config.workdir (or --config.model_dir)")
+    raise InputError("set --config.workdir (or --config.model_dir)")
   return f"{config.workdir}/model"
 
 
@@ -48,4 +50,4 @@ def parse_size(text: str) -> int:
   try:
     return int(t)
   except ValueError:
-    raise ValueError(f"config max_shard_size={text!r}: expected e.g. '2GB', '500MB' or bytes")
+    raise InputError(f"config max_shard_size={text!r}: expected e.g. '2GB', '500MB' or bytes")

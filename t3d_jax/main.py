@@ -12,6 +12,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from t3d_jax.errors import InputError
+
 MODES = ("convert", "export", "demo")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
@@ -20,7 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.p
 
 def run(config) -> None:
   if config.mode not in MODES:
-    raise ValueError(f"config.mode={config.mode!r} is not one of {', '.join(MODES)}")
+    raise InputError(f"config.mode={config.mode!r} is not one of {', '.join(MODES)}")
   if config.jax_distributed:
     import jax
     jax.distributed.initialize()
@@ -35,7 +37,7 @@ def main(argv) -> None:
   logging.info("config:\n%s", _CONFIG.value)
   try:
     run(_CONFIG.value)
-  except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+  except (InputError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
     if os.environ.get("T3D_TRACEBACK"):
       raise
     logging.error("%s: %s", type(e).__name__, e)

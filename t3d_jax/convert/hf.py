@@ -19,6 +19,7 @@ from absl import logging
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from t3d_jax.errors import InputError
 from t3d_jax.convert.mapping import entries, hf_order_entries
 from t3d_jax.models.sdar import SDARConfig
 
@@ -29,7 +30,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 _DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
   """A problem with a checkpoint directory; the message names the file and key."""
 
 

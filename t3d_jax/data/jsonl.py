@@ -20,10 +20,12 @@ import pathlib
 import tempfile
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
+from t3d_jax.errors import InputError
+
 PathLike = Union[str, os.PathLike]
 
 
-class JsonlError(ValueError):
+class JsonlError(InputError):
   """A JSONL file that cannot be used; the message names the file and the row."""
 
 

@@ -25,6 +25,7 @@ from typing import Optional, Sequence, Union
 
 from t3d_jax.data.tokenizer_build import (  # noqa: F401  (re-exported API)
     CHAT_TEMPLATE, MASK_TOKEN, build_sdar_tokenizer, train_tiny_bpe)
+from t3d_jax.errors import InputError
 
 PathLike = Union[str, os.PathLike]
 
@@ -32,7 +33,7 @@ MATH_INSTRUCTION = "Please reason step by step, and put your final answer within
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(InputError):
   """A tokenizer dir that lacks something T3D needs; the message names it and the dir."""
 
 

@@ -4,12 +4,13 @@ import time
 from absl import logging
 
 from t3d_jax.config_base import model_dir
+from t3d_jax.errors import InputError
 from t3d_jax.convert import convert_hf_to_model_dir
 
 
 def run(config) -> None:
   if not config.hf_dir:
-    raise ValueError("convert mode needs --config.hf_dir=<Hugging Face checkpoint dir>")
+    raise InputError("convert mode needs --config.hf_dir=<Hugging Face checkpoint dir>")
   t0 = time.time()
   out = model_dir(config)
   cfg = convert_hf_to_model_dir(config.hf_dir, out, config.param_dtype or None,
