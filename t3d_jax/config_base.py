@@ -27,6 +27,45 @@ def base_config() -> ml_collections.ConfigDict:
   c.export_dir = ""         # default: <workdir>/hf_export
   c.export_dtype = ""       # "" keeps the param dtype
   c.max_shard_size = "2GB"
+
+  # tokenizer: '' = the model dir's hf_meta/ (convert copies the HF tokenizer there)
+  c.tokenizer_dir = ""
+
+  # model numerics used by training modes (the architecture comes from the model dir)
+  c.model = ml_collections.ConfigDict(dict(
+      dtype="float32",        # compute dtype: float32 | bfloat16
+      param_dtype="float32",  # master params (fp32 master + bf16 compute is the TPU default)
+      remat=False))           # rematerialise every layer in the backward pass
+
+  # distill: trajectories -> T3D student (t3d-method.md §2-§3)
+  c.distill = ml_collections.ConfigDict(dict(
+      data="",                 # trajectories JSONL (rollout output, dLLM-RL layout)
+      student_dir="",          # default <workdir>/student: the final student model dir
+      original_prompts=False,  # True: chat template on the bare question (released code)
+      retokenize=False,        # rows without response_ids: tokenize full_output (released)
+      max_prompt_len=1024,     # longer prompts are dropped (counted)
+      max_gen_length=2048,     # responses are cut here
+      length_bucket=32,        # pad L0/L1 per batch up to a multiple of this
+      global_batch=32,         # examples per optimiser update
+      micro_batch=1,           # examples per forward; global_batch/micro_batch accumulated
+      num_epochs=1,
+      max_steps=0,             # > 0: stop after this many updates (and size the schedule)
+      multi_round=True,        # self-play: reference <- student every round_interval updates
+      round_interval=10,
+      fixed_noise=False,       # True: one mask draw per example for all epochs (released)
+      log_every=1,
+      checkpoint_every=50,
+      keep_checkpoints=3,
+      async_checkpoint=True))
+  c.examples = ml_collections.ConfigDict(dict(
+      block_size=8, mask_ratios=(1.0, 0.75, 0.5, 0.25), mask_ratio_exponent=8.0,
+      mask_strategy="trace", mask_order="trajectory", random_ratio=0.1, post_num=2,
+      original_pads=False, pretrain_eps=1e-3))
+  c.loss = ml_collections.ConfigDict(dict(
+      alpha=0.5, beta=0.1, lambda_path=0.2, path_k_steps=4, reference_temp=0.0))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-5, warmup_steps=20, min_lr_scale=0.1, b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.01, decay_norms_and_biases=True, clip_grad_norm=1.0))
   return c
 
 
