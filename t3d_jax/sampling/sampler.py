@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t3d_jax import masks
-from t3d_jax.models.sdar import KVCache, SDARConfig, forward_with_cache, write_cache
+from t3d_jax.models.sdar import KVCache, SDARConfig, forward, forward_with_cache, write_cache
 from t3d_jax.sampling import logits as logits_lib
 from t3d_jax.sampling import strategies
 from t3d_jax.sampling.config import (DecodeConfig, DecodeError, cache_length, check_inputs,
@@ -85,6 +85,20 @@ def _fused_forward(params, cfg, prev, block, start, cache):
   return logits[:, b:], write_cache(cache, kv, start - b, count=b)
 
 
+def _recompute_forward(params, cfg, dcfg, block, start, seq, offset):
+  """Naive baseline: write the block into the full sequence and recompute everything
+  (staircase mask, keys < start + b); return the block's logits."""
+  bsz, b = block.shape
+  size = seq.shape[1]
+  seq = _scatter_rows(seq, block, start, jnp.ones((bsz,), bool))
+  stair = jax.vmap(lambda o: masks.staircase_mask(size, b, o))(offset)
+  mask = stair & (jnp.arange(size)[None, :] < (start + b)[:, None])[:, None, :]
+  pos = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), (bsz, size))
+  logits = forward(params, cfg, seq, mask, pos)
+  idx = start[:, None] + jnp.arange(b, dtype=jnp.int32)[None, :]
+  return jnp.take_along_axis(logits, idx[:, :, None], axis=1)
+
+
 def _scatter_rows(buf: Array, window: Array, offset: Array, write: Array) -> Array:
   """buf[r, offset[r] + j] = window[r, j] for rows with write[r] (no index clamping)."""
   col = jnp.arange(buf.shape[1])[None, :] - offset[:, None]
@@ -94,15 +108,23 @@ def _scatter_rows(buf: Array, window: Array, offset: Array, write: Array) -> Arr
 
 
 def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
-              cfg: SDARConfig, dcfg: DecodeConfig) -> dict:
-  """Traceable core of :func:`generate` (see the module docstring)."""
+              cfg: SDARConfig, dcfg: DecodeConfig, recompute: bool = False) -> dict:
+  """Traceable core of :func:`generate` (see the module docstring).
+
+  ``recompute=True`` is the naive baseline: no KV cache; each step reruns the whole
+  sequence buffer [B, cache_length] (the "cache" slot of the loop state holds that
+  buffer), and committing costs no forward. Same results, for benchmarks."""
   bsz, width = prompt_ids.shape
   b, s, n_new = dcfg.block_size, dcfg.denoising_steps, dcfg.max_new_tokens
   prompt_ids = prompt_ids.astype(jnp.int32)
   plen = prompt_lens.astype(jnp.int32)
   first, offset = prompt_layout(dcfg, plen)
-  cache = _prefill(params, cfg, dcfg, prompt_ids, first, offset,
-                   KVCache.zeros(cfg, bsz, cache_length(dcfg, width)))
+  size = cache_length(dcfg, width)
+  if recompute:
+    cache = jnp.zeros((bsz, size), jnp.int32).at[:, :width].set(prompt_ids)
+  else:
+    cache = _prefill(params, cfg, dcfg, prompt_ids, first, offset,
+                     KVCache.zeros(cfg, bsz, size))
 
   j = jnp.arange(b, dtype=jnp.int32)[None, :]
   from_prompt = (first[:, None] + j) < plen[:, None]                        # engine tail
@@ -114,7 +136,7 @@ def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
   sched = jnp.asarray(transfer_schedule(b, s))
   stop_ids = jnp.asarray(dcfg.stop_ids, jnp.int32)
   n_blocks = -(-(n_new + b - 1) // b)                                      # static bound
-  fused = dcfg.commit_mode == "fused"
+  fused = dcfg.commit_mode == "fused" and not recompute
   zeros = jnp.zeros((bsz,), jnp.int32)
   buf_w = n_new + 2 * b                  # out buffer: column b + g holds generated token g
 
@@ -126,7 +148,9 @@ def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
     def body(c):
       t, block, masked, bsteps, steps, nfe, cache = c
       active = ~done & jnp.any(masked, axis=-1)
-      if fused:
+      if recompute:
+        logits = _recompute_forward(params, cfg, dcfg, block, start, cache, offset)
+      elif fused:
         logits, cache = jax.lax.cond(
             (t == 0) & (k > 0),
             lambda c_: _fused_forward(params, cfg, prev, block, start, c_),
@@ -169,7 +193,9 @@ def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
     out_steps = _scatter_rows(st["out_steps"], jnp.where(keep, bsteps, 0), woff, ~done)
     length = st["length"] + jnp.sum(keep, axis=-1, dtype=jnp.int32)
     new_done = done | jnp.any(keep & is_stop, axis=-1) | (length >= n_new)
-    if not fused:
+    if recompute:
+      cache = _scatter_rows(cache, block, start, ~done)
+    elif not fused:
       commit = lambda c: write_cache(c, _block_forward(params, cfg, block, start, c)[1], start)
       cache = jax.lax.cond(jnp.any(~new_done), commit, lambda c: c, cache)
       nfe = nfe + (~new_done).astype(jnp.int32)
@@ -190,14 +216,15 @@ def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
 
 
 def make_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh] = None,
-                  data_axis: str = "data", param_sharding=None):
+                  data_axis: str = "data", param_sharding=None, recompute: bool = False):
   """Compile-once decoder ``fn(params, prompt_ids [B, P], prompt_lens [B], rng) -> dict``.
 
   With ``mesh`` the batch is sharded over ``data_axis`` (B must be a multiple of its
   size); params are replicated unless ``param_sharding`` (a sharding or a pytree of
-  them) says otherwise. Inputs are validated eagerly (DecodeError names the problem)."""
+  them) says otherwise. Inputs are validated eagerly (DecodeError names the problem).
+  ``recompute=True`` builds the naive no-cache baseline instead (benchmarks only)."""
   dcfg.validate(cfg.vocab_size)
-  core = functools.partial(_generate, cfg=cfg, dcfg=dcfg)
+  core = functools.partial(_generate, cfg=cfg, dcfg=dcfg, recompute=recompute)
   if mesh is None:
     jitted = jax.jit(core)
     n_data = 1
