@@ -72,5 +72,59 @@ def save_model_dir(model_dir, params, cfg: SDARConfig, meta_dir=None, overwrite=
   return model_dir
 
 
+def meta_dir_of(path) -> Path:
+  """Where the HF config.json / tokenizer of a model live: the HF dir itself, a model
+  dir's hf_meta/, or the hf_meta/ of a workdir's model/."""
+  p = Path(path)
+  for cand in (p, p / HF_META, p / "model" / HF_META):
+    if (cand / "config.json").is_file():
+      return cand
+  return p / HF_META
+
+
 def load_model_config(model_dir) -> SDARConfig:
   return SDARConfig(**json.loads((Path(model_dir) / CONFIG).read_text()))
+
+
+class TrainCheckpointer:
+  """Orbax CheckpointManager for a training run: student state (params, opt_state,
+  step), the frozen reference, and a JSON ``meta`` (data position, round, fingerprint).
+  Keeps the newest ``keep`` checkpoints; saves asynchronously when ``async_save``."""
+
+  def __init__(self, directory, *, keep: int = 3, async_save: bool = True):
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                        enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=opts,
+                                         item_names=("state", "reference", "meta"))
+
+  @staticmethod
+  def _state_tree(state):
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, reference, meta: dict) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(self._state_tree(state)),
+        reference=ocp.args.StandardSave(reference),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_latest(self, state, reference):
+    """(state, reference, meta) of the newest checkpoint, restored into the structure,
+    dtypes and shardings of the given ones; None when there is none."""
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    abstract = lambda t: jax.tree.map(ocp.utils.to_shape_dtype_struct, t)  # noqa: E731
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract(self._state_tree(state))),
+        reference=ocp.args.StandardRestore(abstract(reference)),
+        meta=ocp.args.JsonRestore()))
+    s = out["state"]
+    return (state.replace(step=s["step"], params=s["params"], opt_state=s["opt_state"]),
+            out["reference"], out["meta"])
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from t3d_jax.errors import InputError
 
-MODES = ("convert", "export", "demo")
+MODES = ("convert", "export", "demo", "distill")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)

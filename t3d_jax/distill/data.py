@@ -1,0 +1,118 @@
+"""Trajectories JSONL -> training samples -> [A, M, ...] numpy batches for the update step.
+
+Rows follow the dLLM-RL layout the rollout mode writes: ``question``, ``answer``,
+``prompt`` (the exact string decoded from) and per-sample lists ``step_map``,
+``response_ids`` (t3d_jax), ``full_output``, ``response_length``, ``extracted_output``.
+By default training uses the stored prompt and ``response_ids``, so the step_map aligns
+by construction (t3d-method.md §6); ``original_prompts`` / ``retokenize`` reproduce the
+released code (chat template on the bare question; re-tokenised ``full_output``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from t3d_jax.data import jsonl
+from t3d_jax.data.tokenizer import encode
+from t3d_jax.distill.examples import ExampleConfig, build_examples, example_seeds, pad_batch
+from t3d_jax.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  prompt_ids: tuple
+  response_ids: tuple
+  step_map: tuple
+  row: int  # 1-based JSONL row it came from
+
+
+def _per_sample(value, n=None):
+  """A per-sample list field: a list of lists, or one flat list (= one sample)."""
+  if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+    return value
+  return [value] if n in (None, 1) else None
+
+
+def load_trajectory_samples(path, tokenizer, *, original_prompts: bool = False,
+                            retokenize: bool = False, max_prompt_len: int = 1 << 30,
+                            max_gen_length: int | None = None):
+  """Samples of every row of a trajectories JSONL, plus counts.
+
+  Prompts longer than ``max_prompt_len`` tokens are dropped together with their
+  responses and step_maps (the released code drops only the prompts, shifting every
+  later step_map by one row)."""
+  prompts_text, raw = [], []
+  for row, obj in jsonl.iter_jsonl(path):
+    where = f"{path}, row {row}"
+    if "step_map" not in obj:
+      raise InputError(f"{where}: no 'step_map' field (is this a rollout trajectories file?)")
+    maps = _per_sample(obj["step_map"])
+    if retokenize:
+      if "full_output" not in obj:
+        raise InputError(f"{where}: retokenize needs a 'full_output' field")
+      outs = obj["full_output"] if isinstance(obj["full_output"], list) else [obj["full_output"]]
+      resps = [encode(tokenizer, [t])[0] for t in outs]
+      # released behaviour: align by index, truncate or pad the step_map
+      maps = [list(m[: len(r)]) + [-1] * (len(r) - len(m)) for m, r in zip(maps, resps)]
+    else:
+      if "response_ids" not in obj:
+        raise InputError(f"{where}: no 'response_ids' field (set distill.retokenize=True to "
+                         "tokenize 'full_output' as the released code does)")
+      resps = _per_sample(obj["response_ids"], len(maps))
+    if resps is None or len(resps) != len(maps):
+      raise InputError(f"{where}: {len(maps)} step_maps but "
+                       f"{'?' if resps is None else len(resps)} responses")
+    for k, (r, m) in enumerate(zip(resps, maps)):
+      if len(r) != len(m) or not all(isinstance(x, int) for x in list(r) + list(m)):
+        raise InputError(f"{where}, sample {k}: response_ids ({len(r)}) and step_map ({len(m)}) "
+                         "must be integer lists of equal length")
+    if original_prompts:
+      if "question" not in obj:
+        raise InputError(f"{where}: original_prompts needs a 'question' field")
+      text = tokenizer.apply_chat_template([{"role": "user", "content": obj["question"]}],
+                                           tokenize=False, add_generation_prompt=True)
+    else:
+      if not isinstance(obj.get("prompt"), str):
+        raise InputError(f"{where}: no 'prompt' string (the exact prompt the teacher saw)")
+      text = obj["prompt"]
+    prompts_text.append(text)
+    raw.append((row, resps, maps))
+  prompt_ids = encode(tokenizer, prompts_text)
+  samples, dropped = [], 0
+  for p, (row, resps, maps) in zip(prompt_ids, raw):
+    if len(p) > max_prompt_len:
+      dropped += len(resps)
+      continue
+    for r, m in zip(resps, maps):
+      cap = len(r) if max_gen_length is None else max_gen_length
+      samples.append(Sample(tuple(p), tuple(r[:cap]), tuple(m[:cap]), row))
+  return samples, dict(rows=len(raw), samples=len(samples), dropped_long_prompt=dropped)
+
+
+def make_batch(samples: Sequence[Sample], indices: np.ndarray, ex_cfg: ExampleConfig, *,
+               micro_batch: int, length_bucket: int, pad_id: int, mask_id: int,
+               vocab_size: int, seed: int, noise_step: int) -> dict:
+  """One global batch as numpy arrays with leading [A, M] axes (A = len/M).
+
+  Noise comes from per-example seeds (seed, noise_step, dataset index), so it does not
+  depend on the batch neighbours; ``noise_step`` is the update step (fresh noise each
+  time an example is drawn) or 0 (the released fixed noise)."""
+  if len(indices) % micro_batch:
+    raise InputError(f"global batch {len(indices)} is not a multiple of micro_batch {micro_batch}")
+  if length_bucket % ex_cfg.block_size:
+    raise InputError(f"distill.length_bucket={length_bucket} must be a multiple of "
+                     f"examples.block_size={ex_cfg.block_size}")
+  sel = [samples[i] for i in indices]
+  padded = pad_batch([s.prompt_ids for s in sel], [s.response_ids for s in sel],
+                     [s.step_map for s in sel], pad_id=pad_id, multiple_of=length_bucket)
+  ex = build_examples(padded["prompt_ids"], padded["response_ids"], padded["step_map"],
+                      example_seeds(seed, noise_step, indices), ex_cfg, pad_id=pad_id,
+                      mask_id=mask_id, vocab_size=vocab_size,
+                      response_len=padded["response_len"])
+  batch = {k: ex[k] for k in ("ids", "positions", "labels", "p_mask", "step_map")}
+  batch["step_map"] = batch["step_map"].astype(np.int32)
+  batch["weight"] = ex["keep"].astype(np.float32)
+  a = len(indices) // micro_batch
+  return {k: v.reshape((a, micro_batch) + v.shape[1:]) for k, v in batch.items()}

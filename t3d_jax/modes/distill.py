@@ -1,0 +1,127 @@
+"""distill mode: trajectories JSONL -> T3D student (DDO + path loss, self-play rounds).
+
+Reads the converted model dir (student init = reference init), trains with the jitted
+update step, logs a tqdm bar, TensorBoard scalars (<workdir>/tb) and metrics JSONL, keeps
+orbax checkpoints in <workdir>/checkpoints (state, reference, data position, round), and
+writes the final student as a model dir (export mode turns it into an HF dir). Rerunning
+the same command resumes from the newest checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from t3d_jax import checkpoint
+from t3d_jax.config_base import model_dir
+from t3d_jax.convert import load_params
+from t3d_jax.data.jsonl import JsonlAppender
+from t3d_jax.data.loader import epoch_order
+from t3d_jax.data.tokenizer import load_tokenizer, special_ids
+from t3d_jax.distill.data import load_trajectory_samples, make_batch
+from t3d_jax.distill.examples import ExampleConfig
+from t3d_jax.distill.losses import LossConfig
+from t3d_jax.distill.step import (OptimConfig, TrainState, copy_tree, make_optimizer,
+                                  make_train_step)
+from t3d_jax.errors import InputError
+
+
+def _fingerprint(config, num_samples: int) -> str:
+  """What a resumed run must share with the run that wrote the checkpoints."""
+  keys = dict(data=config.distill.data, samples=num_samples,
+              batch=config.distill.global_batch, micro=config.distill.micro_batch,
+              examples=config.examples.to_dict(), loss=config.loss.to_dict(),
+              optim=config.optim.to_dict(), seed=config.seed)
+  return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run(config) -> None:
+  d = config.distill
+  if not d.data:
+    raise InputError("distill mode needs --config.distill.data=<trajectories JSONL> "
+                     "(run --config.mode=rollout first)")
+  if not config.workdir:
+    raise InputError("distill mode needs --config.workdir")
+  work = Path(config.workdir)
+  src = Path(model_dir(config))
+  params, mcfg = load_params(src, param_dtype=config.model.param_dtype)
+  mcfg = mcfg.replace(dtype=config.model.dtype, remat=config.model.remat)
+  tokenizer = load_tokenizer(config.tokenizer_dir or checkpoint.meta_dir_of(src))
+  ids = special_ids(tokenizer)
+  samples, counts = load_trajectory_samples(
+      d.data, tokenizer, original_prompts=d.original_prompts, retokenize=d.retokenize,
+      max_prompt_len=d.max_prompt_len, max_gen_length=d.max_gen_length)
+  logging.info("trajectories %s: %s", d.data, counts)
+  if d.global_batch % d.micro_batch:
+    raise InputError(f"distill.global_batch={d.global_batch} is not a multiple of "
+                     f"distill.micro_batch={d.micro_batch}")
+  per_epoch = len(samples) // d.global_batch
+  if per_epoch == 0:
+    raise InputError(f"{d.data}: {len(samples)} samples, fewer than distill.global_batch="
+                     f"{d.global_batch}")
+  total = d.max_steps or per_epoch * d.num_epochs
+  ex_cfg = ExampleConfig.from_config(config.examples)
+  loss_cfg = LossConfig.from_config(dict(config.loss.to_dict(), block_size=ex_cfg.block_size))
+  optim = OptimConfig.from_config(dict(config.optim.to_dict(), total_steps=total))
+  tx = make_optimizer(optim)
+  state = TrainState.create(jax.device_put(params), tx)
+  reference = copy_tree(state.params)
+  ckpt = checkpoint.TrainCheckpointer(work / "checkpoints", keep=d.keep_checkpoints,
+                                      async_save=d.async_checkpoint)
+  fp = _fingerprint(config, len(samples))
+  restored = ckpt.restore_latest(state, reference)
+  if restored is not None:
+    state, reference, meta = restored
+    if meta.get("fingerprint") != fp and not config.overwrite:
+      raise InputError(f"{work / 'checkpoints'}: written by a run with other data or settings "
+                       "(fingerprint differs); use another workdir or --config.overwrite=True")
+    logging.info("resuming from step %d (epoch %d, round %d)", int(state.step), meta["epoch"],
+                 meta["round"])
+  step_fn = jax.jit(make_train_step(mcfg, loss_cfg, optim, mask_id=ids.mask_id,
+                                    pad_id=ids.pad_id), donate_argnums=0)
+  from tensorboardX import SummaryWriter
+  writer = SummaryWriter(str(work / "tb")) if jax.process_index() == 0 else None
+  rng = jax.random.key(config.seed)
+  start = int(state.step)
+  t0 = time.time()
+  with JsonlAppender(work / "metrics.jsonl") as log_rows:
+    for step in tqdm(range(start, total), initial=start, total=total, desc="distill",
+                     disable=jax.process_index() != 0):
+      epoch, k = divmod(step, per_epoch)
+      idx = epoch_order(len(samples), config.seed, epoch)[k * d.global_batch:
+                                                          (k + 1) * d.global_batch]
+      batch = make_batch(samples, idx, ex_cfg, micro_batch=d.micro_batch,
+                         length_bucket=d.length_bucket, pad_id=ids.pad_id,
+                         mask_id=ids.mask_id, vocab_size=tokenizer.vocab_size,
+                         seed=config.seed, noise_step=0 if d.fixed_noise else step)
+      state, metrics = step_fn(state, reference, batch, rng)
+      done = step + 1
+      if d.multi_round and done % d.round_interval == 0:
+        reference = copy_tree(state.params)  # self-play: the next round's reference
+      if done % d.log_every == 0 or done == total:
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        m.update(step=done, epoch=epoch, round=done // d.round_interval if d.multi_round else 0,
+                 dropped=int(np.sum(batch["weight"] == 0)), elapsed_s=time.time() - t0)
+        if writer is not None:
+          for key, v in m.items():
+            writer.add_scalar(f"distill/{key}", v, done)
+          log_rows.write(m)
+      if done % d.checkpoint_every == 0 or done == total:
+        ckpt.save(done, state, reference, dict(
+            step=done, epoch=done // per_epoch, index_in_epoch=(done % per_epoch) * d.global_batch,
+            round=done // d.round_interval if d.multi_round else 0, fingerprint=fp))
+  ckpt.close()
+  if writer is not None:
+    writer.close()
+  student = Path(d.student_dir or work / "student")
+  if jax.process_index() == 0:
+    checkpoint.save_model_dir(student, jax.device_get(state.params), mcfg.replace(remat=False),
+                              meta_dir=checkpoint.meta_dir_of(src), overwrite=True)
+  logging.info("distilled %d updates in %.1fs; student model dir: %s", total - start,
+               time.time() - t0, student)
