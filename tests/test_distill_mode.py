@@ -69,7 +69,7 @@ def test_distill_runs_checkpoints_and_resumes_exactly(setup, tmp_path):
   assert "resuming from step 2" in r.stderr
   resumed, _ = load_params(b / "student")
   for x, y in zip(jax.tree.leaves(student), jax.tree.leaves(resumed)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bit-exact on CPU
   rows_b = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
   np.testing.assert_allclose([x["loss"] for x in rows_b], [x["loss"] for x in rows], rtol=1e-5)
 
@@ -81,11 +81,16 @@ def test_distill_runs_checkpoints_and_resumes_exactly(setup, tmp_path):
 def test_distill_bad_inputs(setup, tmp_path):
   root, model = setup
   bad = tmp_path / "bad.jsonl"
-  bad.write_text(json.dumps({"prompt": "x", "step_map": [[1, 2]], "response_ids": [[5]]}) + "\n")
-  r = distill(tmp_path / "w", model, bad)
-  assert r.returncode == 2 and "bad.jsonl, row 1, sample 0" in r.stderr
-  bad.write_text(json.dumps({"prompt": "x", "step_map": [[1]]}) + "\n")
-  r = distill(tmp_path / "w", model, bad)
-  assert r.returncode == 2 and "no 'response_ids' field" in r.stderr
+  good = {"prompt": "x", "answer": "3", "step_map": [[1, 2]], "response_ids": [[5, 6]]}
+  for row, msg in [
+      (dict(good, response_ids=[[5]]), "bad.jsonl, row 2, sample 0: response_ids (1) and step_map (2)"),
+      (dict(good, step_map=[[1, 2.5]]), "bad.jsonl, row 2, sample 0"),
+      (dict(good, answer=""), "bad.jsonl, row 2: empty or missing 'answer'"),
+      ({k: v for k, v in good.items() if k != "response_ids"}, "row 2: no 'response_ids' field")]:
+    bad.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    r = distill(tmp_path / "w", model, bad)
+    assert r.returncode == 2 and msg in r.stderr, (msg, r.stderr[-2000:])
+  r = distill(tmp_path / "w", model, root / "traj.jsonl", "--config.distill.no_such_key=1")
+  assert r.returncode != 0 and "no_such_key" in r.stderr
   r = distill(tmp_path / "w", model, root / "traj.jsonl", "--config.distill.global_batch=64")
   assert r.returncode == 2 and "fewer than distill.global_batch=64" in r.stderr

@@ -68,6 +68,8 @@ def load_trajectory_samples(path, tokenizer, *, original_prompts: bool = False,
       if len(r) != len(m) or not all(isinstance(x, int) for x in list(r) + list(m)):
         raise InputError(f"{where}, sample {k}: response_ids ({len(r)}) and step_map ({len(m)}) "
                          "must be integer lists of equal length")
+    if not isinstance(obj.get("answer"), (str, int, float)) or str(obj["answer"]).strip() == "":
+      raise InputError(f"{where}: empty or missing 'answer' (reference answer of the question)")
     if original_prompts:
       if "question" not in obj:
         raise InputError(f"{where}: original_prompts needs a 'question' field")
