@@ -10,6 +10,8 @@ import sys
 
 SUBCOMMANDS = {
     "sampler": "t3d_jax.bench.sampler",
+    "step": "t3d_jax.bench.step",
+    "convert": "t3d_jax.bench.convert",
 }
 
 

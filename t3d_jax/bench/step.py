@@ -1,0 +1,232 @@
+"""T3D update-step cost: our jitted step vs the released algorithm rebuilt in PyTorch.
+
+    python -m t3d_jax.bench step [--layers 8 --hidden 512 ...] [--updates 3]
+
+Both sides train the same random ~50M-parameter Qwen3/SDAR model on the same batch
+(``--batch`` examples per update, prompt ``--l0``, response ``--l1``, accumulation over
+micro-batches of ``--micro``; the released trainer only runs micro-batches of 1).
+
+The PyTorch side follows the released trainer (t3d-method.md §2-§3, §5): per example
+it builds the block mask with Python loops over blocks, runs the frozen reference twice
+and the target twice (real and fake log-likelihoods), rebuilds the path-loss states
+level by level with Python loops, backpropagates, then clips and steps AdamW.
+
+MFU = model FLOPs per update / update time / peak, where the peak is a dense fp32
+matmul measured in this run (jitted, same process). Model FLOPs count what T3D needs:
+one target forward + backward (3x forward) and one reference forward per example, with
+forward FLOPs = 2 * N * (non-embedding params + head) + 4 * N^2 * layers * heads * head_dim
+for N = L0 + 2*L1 tokens (dense attention, as both sides compute it).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t3d_jax.distill.examples import ExampleConfig, build_examples
+from t3d_jax.distill.losses import LossConfig
+from t3d_jax.distill.step import OptimConfig, TrainState, make_optimizer, make_train_step
+from t3d_jax.models.sdar import SDARConfig, init_params
+
+
+def parse(argv):
+  p = argparse.ArgumentParser(prog="python -m t3d_jax.bench step", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--vocab", type=int, default=32000)
+  p.add_argument("--hidden", type=int, default=512)
+  p.add_argument("--intermediate", type=int, default=1408)
+  p.add_argument("--layers", type=int, default=8)
+  p.add_argument("--heads", type=int, default=8)
+  p.add_argument("--kv-heads", type=int, default=4)
+  p.add_argument("--head-dim", type=int, default=64)
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--micro", type=int, default=1)
+  p.add_argument("--l0", type=int, default=64)
+  p.add_argument("--l1", type=int, default=128)
+  p.add_argument("--block", type=int, default=8)
+  p.add_argument("--updates", type=int, default=3)
+  p.add_argument("--skip-torch", action="store_true")
+  return p.parse_args(argv)
+
+
+def make_data(a, cfg: SDARConfig, pad: int, mask: int):
+  rng = np.random.RandomState(0)
+  prompts = rng.randint(10, cfg.vocab_size - 10, (a.batch, a.l0))
+  for i in range(a.batch):
+    prompts[i, : rng.randint(0, a.l0 // 2)] = pad
+  resp = rng.randint(10, cfg.vocab_size - 10, (a.batch, a.l1))
+  step_map = np.stack([np.concatenate([rng.permutation(a.block) + 1 + a.block * k
+                                       for k in range(a.l1 // a.block)])
+                       for _ in range(a.batch)])
+  ex = build_examples(prompts, resp, step_map, np.arange(a.batch), ExampleConfig(
+      block_size=a.block), pad_id=pad, mask_id=mask, vocab_size=cfg.vocab_size)
+  return ex
+
+
+def model_flops(cfg: SDARConfig, n_tokens: int) -> float:
+  h, i, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+  attn_params = h * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
+  dense = L * (attn_params + 3 * h * i) + h * cfg.vocab_size
+  fwd = 2 * n_tokens * dense + 4 * n_tokens**2 * L * cfg.num_heads * cfg.head_dim
+  return 4.0 * fwd  # target fwd + bwd (3x) + reference fwd (1x)
+
+
+def matmul_peak() -> float:
+  n = 2048
+  x = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  f(x, x).block_until_ready()
+  best = float("inf")
+  for _ in range(5):
+    t = time.perf_counter()
+    f(x, x).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n**3 / best
+
+
+def time_jax(a, cfg, ex, pad, mask):
+  optim = OptimConfig(lr=1e-5, warmup_steps=1, total_steps=100)
+  step = jax.jit(make_train_step(cfg, LossConfig(block_size=a.block), optim, mask_id=mask,
+                                 pad_id=pad), donate_argnums=0)
+  params = init_params(cfg, jax.random.key(0))
+  ref = jax.tree.map(jnp.copy, params)
+  state = TrainState.create(params, make_optimizer(optim))
+  acc = a.batch // a.micro
+  batch = {k: jnp.asarray(ex[k]).reshape((acc, a.micro) + ex[k].shape[1:])
+           for k in ("ids", "positions", "labels", "p_mask", "step_map")}
+  batch["weight"] = jnp.ones((acc, a.micro), jnp.float32)
+  t = time.perf_counter()
+  state, m = step(state, ref, batch, jax.random.key(0))
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t
+  times = []
+  for k in range(a.updates):
+    t = time.perf_counter()
+    state, m = step(state, ref, batch, jax.random.key(k))
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  return compile_s, float(np.median(times))
+
+
+def time_torch(a, cfg, ex, pad, mask):
+  """The released algorithm, per example (micro-batches of one), in PyTorch."""
+  import torch
+  import torch.nn.functional as F
+  import transformers
+  torch.manual_seed(0)
+  hf = transformers.Qwen3Config(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+      intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+      num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim, tie_word_embeddings=False)
+  hf._attn_implementation = "sdpa"
+  model = transformers.Qwen3ForCausalLM(hf).train()
+  ref = transformers.Qwen3ForCausalLM(hf).eval()
+  ref.load_state_dict(model.state_dict())
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-8,
+                          weight_decay=0.01)
+  L0, L1, b, k_steps = a.l0, a.l1, a.block, 4
+  N = L0 + 2 * L1
+
+  def basic_mask():  # block loops, as the released make_basic_block_attention
+    m = torch.zeros(N, N, dtype=torch.bool)
+    for bi in range((L1 + b - 1) // b):
+      lo, hi = bi * b, min((bi + 1) * b, L1)
+      m[L0 + L1 + lo:L0 + L1 + hi, :L0 + lo] = True
+      m[L0 + L1 + lo:L0 + L1 + hi, L0 + L1 + lo:L0 + L1 + lo + b] = True
+      m[L0 + lo:L0 + hi, :L0 + hi] = True
+    for bi in range((L0 + b - 1) // b):
+      end, start = max(L0 - bi * b, 0), max(L0 - (bi + 1) * b, 0)
+      m[start:end, :end] = True
+    return m
+
+  def logp(mdl, ids, attn, pos, labels, pm):
+    logits = mdl(input_ids=ids, attention_mask=attn, position_ids=pos).logits
+    logits = torch.cat([logits[:, :L0], logits[:, L0 + L1:]], 1)
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None])[..., 0]
+    return (lp * pm).sum(1) / pm.sum(1), logits
+
+  def path_loss(logits, x0, smap):  # per level, per block Python loops (batch of one)
+    losses = []
+    resp = x0[0, L0:]
+    for s in range((b + k_steps - 1) // k_steps):
+      keep = torch.zeros(L1, dtype=torch.bool)
+      for bi in range(L1 // b):
+        blk = smap[0, bi * b:(bi + 1) * b]
+        order = torch.argsort(blk)
+        keep[bi * b + order[: (s + 1) * k_steps]] = True
+      keep &= resp != pad
+      if keep.any():
+        losses.append(F.cross_entropy(logits[0, L0:][keep], resp[keep]))
+    return torch.stack(losses).mean()
+
+  ids_all = torch.tensor(np.array(ex["ids"]), dtype=torch.long)
+  pos_all = torch.tensor(np.array(ex["positions"]), dtype=torch.long)
+  lab_all = torch.tensor(np.array(ex["labels"]), dtype=torch.long)
+  pm_all = torch.tensor(np.array(ex["p_mask"])).float()
+  sm_all = torch.tensor(np.array(ex["step_map"]), dtype=torch.long)
+
+  def update():
+    opt.zero_grad()
+    for i in range(a.batch):
+      ids, pos, lab, pm = ids_all[i:i + 1], pos_all[i:i + 1], lab_all[i:i + 1], pm_all[i:i + 1]
+      attn = basic_mask()[None].clone()
+      attn[:, :, :L0] &= ~(ids[:, None, :L0] == pad)
+      empty = ~attn.any(-1)
+      empty[:, L0:] = False
+      attn[empty] = torch.nn.functional.one_hot(torch.nonzero(empty)[:, 1], N).bool()
+      attn = attn[:, None]
+      with torch.no_grad():
+        ref_real, ref_logits = logp(ref, ids, attn, pos, lab, pm)
+        fake = ref_logits.argmax(-1)
+        ref_fake, _ = logp(ref, ids, attn, pos, fake, pm)
+      tgt_real, tgt_logits = logp(model, ids, attn, pos, lab, pm)
+      tgt_fake, _ = logp(model, ids, attn, pos, fake, pm)
+      loss_real = -F.logsigmoid(0.1 * (tgt_real - ref_real)).mean()
+      loss_fake = -0.5 * F.logsigmoid(-0.1 * (tgt_fake - ref_fake)).mean()
+      loss = loss_real + loss_fake + 0.2 * path_loss(tgt_logits, lab, sm_all[i:i + 1])
+      (loss / a.batch).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+  update()  # warm-up
+  times = []
+  for _ in range(a.updates):
+    t = time.perf_counter()
+    update()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def main(argv=None) -> int:
+  a = parse(argv)
+  if a.batch % a.micro or a.l1 % a.block:
+    raise SystemExit("--batch must be a multiple of --micro and --l1 of --block")
+  cfg = SDARConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                   num_layers=a.layers, num_heads=a.heads, num_kv_heads=a.kv_heads,
+                   head_dim=a.head_dim)
+  pad, mask = 0, a.vocab - 1
+  ex = make_data(a, cfg, pad, mask)
+  n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+      lambda: init_params(cfg, jax.random.key(0)))))
+  peak = matmul_peak()
+  flops = model_flops(cfg, a.l0 + 2 * a.l1) * a.batch
+  compile_s, jax_s = time_jax(a, cfg, ex, pad, mask)
+  print(f"model {n_params / 1e6:.1f}M params; batch {a.batch} x (L0 {a.l0} + 2*L1 {a.l1}), "
+        f"micro-batch {a.micro}, block {a.block}; {jax.devices()[0].platform}, "
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s")
+  print(f"{'step':<34}{'s/update':>10}{'MFU':>8}")
+  print(f"{'t3d_jax (jit, 1 tgt + 1 ref fwd)':<34}{jax_s:>10.2f}{flops / jax_s / peak:>8.1%}"
+        f"   (compile {compile_s:.1f}s)")
+  if not a.skip_torch:
+    torch_s = time_torch(a, cfg, ex, pad, mask)
+    print(f"{'released algorithm, PyTorch':<34}{torch_s:>10.2f}{flops / torch_s / peak:>8.1%}")
+    print(f"speed-up: {torch_s / jax_s:.2f}x")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
