@@ -1,0 +1,250 @@
+"""Sharded update step on 8 fake CPU devices == 1 device; shardings follow the rules;
+bad mesh / rules / batch give one clear error."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from t3d_jax import parallel
+from t3d_jax.config_base import base_config
+from t3d_jax.distill.losses import LossConfig
+from t3d_jax.distill.step import OptimConfig, TrainState, copy_tree, make_optimizer, make_train_step
+from t3d_jax.errors import InputError
+from t3d_jax.models import init_params
+from t3d_jax.models.sdar import abstract_params
+
+from test_distill_step import MASK, MODEL, PAD, make_batch
+
+LOSS = LossConfig(block_size=4, path_k_steps=2)
+OPTIM = OptimConfig(lr=1e-3, warmup_steps=2, total_steps=10)
+RULES = parallel.DEFAULT_RULES
+MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
+
+
+def mesh_of(shape):
+  return parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
+
+
+def global_batch(n=8, seed=0):
+  b = make_batch(n, seed)
+  b["weight"][3] = 0.0  # a dropped example
+  return jax.tree.map(lambda x: np.asarray(x)[None], b)  # [A=1, M=n, ...]
+
+
+def sgd_like():
+  """Clip + SGD: the update is linear in the gradient, so the params after one step are
+  as close as the gradients (Adam's first step, g/(|g|+eps), turns 1e-9 noise on a ~0
+  gradient into an lr-sized difference)."""
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.5))
+
+
+@pytest.fixture(scope="module")
+def single():
+  """Reference: the same step on one device, for AdamW and for clip+SGD."""
+  params = init_params(MODEL, jax.random.key(0))
+  batch = jax.tree.map(jnp.asarray, global_batch())
+  step = make_train_step(MODEL, LOSS, OPTIM, mask_id=MASK, pad_id=PAD)
+  out = {}
+  for name, tx in (("adamw", make_optimizer(OPTIM)), ("sgd", sgd_like())):
+    dev = jax.devices()[0]
+    p = jax.device_put(params, dev)
+    state, metrics = jax.jit(step)(TrainState.create(p, tx), p, batch, jax.random.key(1))
+    out[name] = jax.device_get((state, metrics))
+  return params, out
+
+
+def expected_spec(names):
+  """The rules written out by hand for this model (vocab/heads/kv_heads/mlp -> tensor,
+  embed -> fsdp, rest replicated)."""
+  table = {"vocab": "tensor", "embed": "fsdp", "heads": "tensor", "kv_heads": "tensor",
+           "mlp": "tensor"}
+  spec = [table.get(n) for n in names]
+  while spec and spec[-1] is None:
+    spec.pop()
+  return P(*spec)
+
+
+@pytest.mark.parametrize("shape,name", [(m, "sgd") for m in MESHES] + [((2, 2, 2), "adamw")])
+def test_sharded_step_equals_single_device(single, shape, name):
+  """clip+SGD on every mesh: params after one step <= 1e-6 from one device. AdamW (one
+  mesh, compile time): moments mu=(1-b1)g, nu=(1-b2)g^2 <= 1e-6, params <= 1e-6 where
+  |g| > 1e-4 (elsewhere Adam's first step is lr*sign(g) of float noise)."""
+  params, ref = single
+  mesh = mesh_of(shape)
+  assert dict(mesh.shape) == dict(zip(parallel.MESH_AXES, shape))
+  tx = sgd_like() if name == "sgd" else make_optimizer(OPTIM)
+  sh = parallel.train_shardings(MODEL, tx, mesh, RULES)
+  batch = parallel.make_global_batch(global_batch(), sh.batch)
+  p = parallel.shard_tree(jax.device_get(params), sh.params)
+  state = parallel.create_train_state(p, tx, sh)
+  ref_params = copy_tree(p)
+  run = parallel.jit_train_step(make_train_step(MODEL, LOSS, OPTIM, mask_id=MASK, pad_id=PAD), sh)
+  new, metrics = run(state, ref_params, batch, jax.random.key(1))
+  want_state, want_metrics = ref[name]
+  for k in ("loss", "loss_path", "grad_norm", "logp_target_real", "examples"):
+    np.testing.assert_allclose(float(metrics[k]), float(want_metrics[k]), rtol=1e-6,
+                               atol=1e-7, err_msg=k)
+  leaves = jax.tree_util.tree_leaves_with_path
+  tree = "params" if name == "sgd" else "opt_state"
+  got, want = dict(leaves(getattr(new, tree))), dict(leaves(getattr(want_state, tree)))
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), atol=1e-6, rtol=0,
+                               err_msg=f"{name} {jax.tree_util.keystr(k)}")
+  if name == "adamw":
+    flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
+    big = np.abs(flat(want_state.opt_state[1][0].mu)) > (1 - OPTIM.b1) * 1e-4
+    assert big.mean() > 0.3
+    np.testing.assert_allclose(flat(new.params)[big], flat(want_state.params)[big], atol=1e-6,
+                               rtol=0)
+  assert int(new.step) == 1
+  # the new state keeps the rules' shardings
+  boxes = jax.tree.leaves(abstract_params(MODEL),
+                          is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  for box, arr in zip(boxes, jax.tree.leaves(new.params)):
+    assert arr.sharding.spec == expected_spec(box.names), box.names
+    assert arr.sharding.mesh.shape == mesh.shape
+  # the student state is donated, the reference and the source params are not
+  assert state.params["embedding"].is_deleted()
+  assert not ref_params["embedding"].is_deleted() and not p["embedding"].is_deleted()
+  assert ref_params["embedding"].sharding == sh.reference["embedding"]
+
+
+def test_param_and_optimizer_shardings_follow_rules():
+  mesh = mesh_of((2, 2, 2))
+  sh = parallel.train_shardings(MODEL, make_optimizer(OPTIM), mesh, RULES)
+  specs = jax.tree.map(lambda s: s.spec, sh.params)
+  assert specs["embedding"] == P("tensor", "fsdp")
+  assert specs["layers"]["attn"]["q_kernel"] == P(None, "fsdp", "tensor")
+  assert specs["layers"]["attn"]["o_kernel"] == P(None, "tensor", None, "fsdp")
+  assert specs["layers"]["mlp"]["down_kernel"] == P(None, "tensor", "fsdp")
+  assert specs["layers"]["input_norm"]["scale"] == P()
+  assert specs["final_norm"]["scale"] == P()
+  # optimiser moments mirror the params; counters are replicated
+  adam = sh.state.opt_state[1][0]
+  assert jax.tree.map(lambda s: s.spec, adam.mu) == specs
+  assert jax.tree.map(lambda s: s.spec, adam.nu) == specs
+  assert adam.count.spec == P()
+  assert sh.state.step.spec == P()
+  assert sh.batch.spec == P(None, ("data", "fsdp"))
+  # created straight into those shardings; shards are the expected size
+  state = parallel.init_train_state(MODEL, make_optimizer(OPTIM), sh, jax.random.key(0))
+  emb = state.params["embedding"]
+  assert emb.sharding == sh.params["embedding"]
+  assert {s.data.shape for s in emb.addressable_shards} == {(MODEL.vocab_size // 2,
+                                                            MODEL.hidden_size // 2)}
+  assert state.opt_state[1][0].mu["embedding"].sharding == sh.params["embedding"]
+  # and the same values as the unsharded init (partitionable threefry; ulp-level float
+  # differences from a different fusion of the normal transform)
+  want = init_params(MODEL, jax.random.key(0))
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+
+
+def test_restore_into_shardings(tmp_path):
+  from t3d_jax.checkpoint import save_params
+  params = init_params(MODEL, jax.random.key(3))
+  save_params(tmp_path / "p", jax.device_get(params))
+  mesh = mesh_of((2, 2, 2))
+  psh = parallel.param_shardings(MODEL, mesh, RULES)
+  got = parallel.restore_params(tmp_path / "p", MODEL, psh)
+  for a, b, s in zip(jax.tree.leaves(got), jax.tree.leaves(params), jax.tree.leaves(psh)):
+    assert a.sharding == s
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_hf_params_load_into_shardings(tmp_path):
+  from hf_models import make_qwen3
+  from t3d_jax.convert.hf import load_hf_params
+  make_qwen3(tmp_path / "hf", tied=True)
+  want, cfg, _ = load_hf_params(tmp_path / "hf")
+  mesh = mesh_of((2, 2, 2))
+  got, cfg2 = parallel.load_hf_params_sharded(tmp_path / "hf", mesh=mesh, rules=RULES)
+  assert cfg2 == cfg
+  psh = parallel.param_shardings(cfg, mesh, RULES)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b, s in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(psh)):
+    assert a.sharding == s
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_global_batch_and_local_rows():
+  mesh = mesh_of((2, 2, 2))
+  sh = parallel.train_shardings(MODEL, sgd_like(), mesh, RULES)
+  assert parallel.local_rows(8, sh.batch) == slice(0, 8)  # one process owns every row
+  b = global_batch()
+  g = parallel.make_global_batch(b, sh.batch)
+  assert g["ids"].shape == b["ids"].shape and g["ids"].sharding == sh.batch
+  np.testing.assert_array_equal(np.asarray(g["ids"]), b["ids"])
+  # M=8 over data x fsdp = 4: each device holds 2 rows
+  assert {s.data.shape[1] for s in g["ids"].addressable_shards} == {2}
+
+
+def test_config_rules_are_the_default_rules():
+  c = base_config()
+  assert tuple(c.mesh.rules) == parallel.DEFAULT_RULES
+  mesh = parallel.mesh_from_config(c)
+  assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert mesh.axis_types == (jax.sharding.AxisType.Auto,) * 3
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("shape,match", [
+    (dict(data=3), r"product 3 does not equal the device count 8"),
+    (dict(data=-1, fsdp=3), r"8 devices are not divisible by the fixed axes' product 3"),
+    (dict(data=-1, fsdp=-1), r"at most one axis may be -1"),
+    (dict(data=2, fsdp=2, tensor=4), r"product 16 does not equal the device count 8"),
+    (dict(data=0, fsdp=-1), r"sizes must be positive"),
+    (dict(model=2), r"unknown axis 'model'"),
+])
+def test_bad_mesh(shape, match):
+  with pytest.raises(InputError, match=match):
+    parallel.make_mesh(shape)
+
+
+def test_bad_rules():
+  mesh = mesh_of((2, 2, 2))
+  tx = sgd_like()
+  with pytest.raises(InputError, match=r"'embed' -> mesh axis 'model', but the mesh has axes "
+                                       r"data, fsdp, tensor"):
+    parallel.train_shardings(MODEL, tx, mesh, (("embed", "model"),))
+  with pytest.raises(InputError, match=r"unknown logical axis 'embd'"):
+    parallel.train_shardings(MODEL, tx, mesh, (("embd", "fsdp"),))
+  with pytest.raises(InputError, match=r"'heads' has two rules"):
+    parallel.train_shardings(MODEL, tx, mesh, (("heads", "tensor"), ("heads", None)))
+  # kv_heads=2 cannot be split 8 ways
+  with pytest.raises(InputError, match=r"param layers/attn/k_kernel \(2, 32, 2, 8\): dim 2 "
+                                       r"\('kv_heads'\) has size 2, not divisible by mesh "
+                                       r"axes tensor = 8"):
+    parallel.train_shardings(MODEL, tx, mesh_of((1, 1, 8)), RULES)
+
+
+def test_bad_batch():
+  mesh = mesh_of((8, 1, 1))
+  tx = sgd_like()
+  sh = parallel.train_shardings(MODEL, tx, mesh, RULES)
+  run = parallel.jit_train_step(
+      make_train_step(MODEL, LOSS, OPTIM, mask_id=MASK, pad_id=PAD), sh)
+  batch = jax.tree.map(lambda x: np.asarray(x)[None], make_batch(6))
+  with pytest.raises(InputError, match=r"micro-batch size M=6 is not divisible by the "
+                                       r"data-parallel size 8 \(data=8 x fsdp=1\)"):
+    run(None, None, batch, jax.random.key(0))
+  with pytest.raises(InputError, match=r"expected leading \[accumulation A, micro-batch M\]"):
+    parallel.check_batch({"weight": np.ones(8)}, sh)
+
+
+def test_distributed_init_is_a_no_op_on_one_host(monkeypatch):
+  for k in ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
+            "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"):
+    monkeypatch.delenv(k, raising=False)
+  assert parallel.multiprocess_env() is None
+  assert parallel.initialize_from_config(base_config()) is False
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w0,w1")
+  assert parallel.multiprocess_env() == "TPU_WORKER_HOSTNAMES"
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w0")
+  assert parallel.multiprocess_env() is None
+  assert parallel.is_main_process()
