@@ -37,6 +37,41 @@ def base_config() -> ml_collections.ConfigDict:
       param_dtype="float32",  # master params (fp32 master + bf16 compute is the TPU default)
       remat=False))           # rematerialise every layer in the backward pass
 
+  # --- decoding, shared by rollout and eval (t3d_jax/evaluation/decode.py) ---
+  c.prompt_template = ""    # '' = tokenizer chat template on question + math instruction;
+                            # else a string with {question} used verbatim
+  c.decode = ml_collections.ConfigDict(dict(   # released teacher setting (t3d-method.md §1)
+      block_size=4, denoising_steps=4,         # eval: steps = block_size / tokens_per_forward
+      strategy="low_confidence_static",        # | sequential | low_confidence_dynamic | entropy_bounded
+      threshold=0.9, entropy_bound=0.35,
+      temperature=0.1, top_k=0, top_p=1.0,     # 0.1 for rollout and eval (t3d-method.md §6)
+      max_new_tokens=256,                      # CPU-sized; the released rollout used 2000
+      max_length=0,                            # > 0: prompt + new tokens budget (fixed cache)
+      extra_stop_ids=(),                       # added to EOS/<|im_end|>/<|endoftext|>
+      prompt_mode="engine", commit_mode="fused", reveal_all_on_last_step=True,
+      batch_size=8,                            # sequences per decoding call
+      width_multiple=64))                      # prompt widths rounded up to this (fewer compiles)
+  # rollout: question/answer JSONL -> trajectories JSONL (t3d_jax/modes/rollout.py)
+  c.rollout = ml_collections.ConfigDict(dict(
+      data="gsm8k_train",      # gsm8k_train | gsm8k_test | math500 | a question/answer JSONL
+      question_field="question", answer_field="answer",
+      limit=0,                 # first N questions (0 = all)
+      use_tfds=False, tfds_dir="",  # read through the offline TFDS builder (default <workdir>/tfds)
+      num_samples=1,           # samples per question
+      output="",               # default <workdir>/trajectories.jsonl
+      chunk_prompts=256,       # questions per chunk (rows are appended per chunk, resumable)
+      plot_trajectories=4))    # step_map heat-map of the first N rows (0 = none)
+  # eval: models x decoding settings -> accuracy, length, NFE, TPF, tokens/s, AUP
+  c.eval = ml_collections.ConfigDict(dict(
+      data="gsm8k_test", question_field="question", answer_field="answer",
+      limit=0, use_tfds=False, tfds_dir="",
+      models=(),               # ("name=path", ...); () = ("model=<model_dir>",)
+      tokens_per_forward=(1, 2, 4),            # with decode.block_size; each must divide it
+      strategies=("low_confidence_static",),   # one curve per model x strategy
+      grade_timeout_s=5.0,
+      output_dir=""))          # default <workdir>/eval
+  # --- end decoding ---
+
   # distill: trajectories -> T3D student (t3d-method.md §2-§3)
   c.distill = ml_collections.ConfigDict(dict(
       data="",                 # trajectories JSONL (rollout output, dLLM-RL layout)
@@ -66,6 +101,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-5, warmup_steps=20, min_lr_scale=0.1, b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.01, decay_norms_and_biases=True, clip_grad_norm=1.0))
+  # --- parallel (t3d_jax/parallel.py): mesh, logical-axis rules, multi-host ---
+  c.mesh = ml_collections.ConfigDict(dict(
+      shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),  # -1: the rest
+      # (logical axis, mesh axis | tuple of mesh axes | None); unlisted names replicate
+      rules=(("batch", ("data", "fsdp")), ("vocab", "tensor"), ("embed", "fsdp"),
+             ("heads", "tensor"), ("kv_heads", "tensor"), ("head_dim", None),
+             ("mlp", "tensor"), ("norm", None), ("layers", None)),
+      tpu=""))                # named slice for the memory plan, e.g. v4-8, v5p-16
+  c.distributed = ml_collections.ConfigDict(dict(  # used when jax_distributed (or detected)
+      coordinator_address="", num_processes=0, process_id=-1, local_device_ids=""))
+  # --- end parallel ---
   return c
 
 

@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from t3d_jax.errors import InputError
 
-MODES = ("convert", "export", "demo", "distill")
+MODES = ("convert", "export", "demo", "distill", "rollout", "eval")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
@@ -23,9 +23,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.p
 def run(config) -> None:
   if config.mode not in MODES:
     raise InputError(f"config.mode={config.mode!r} is not one of {', '.join(MODES)}")
-  if config.jax_distributed:
-    import jax
-    jax.distributed.initialize()
+  from t3d_jax.parallel import initialize_from_config
+  initialize_from_config(config)  # only when jax_distributed or a multi-process env
   importlib.import_module(f"t3d_jax.modes.{config.mode}").run(config)
 
 
