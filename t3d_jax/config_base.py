@@ -115,6 +115,25 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def dataclass_from_config(cls, cfg, **overrides):
+  """An instance of the dataclass ``cls`` from the same-named keys of a ConfigDict /
+  mapping / object; missing keys keep their defaults, other keys are ignored."""
+  import dataclasses
+  from collections.abc import Mapping
+  kw = {}
+  for field in dataclasses.fields(cls):
+    if isinstance(cfg, Mapping) or hasattr(cfg, "keys"):
+      if field.name in cfg:
+        kw[field.name] = cfg[field.name]
+    elif hasattr(cfg, field.name):
+      kw[field.name] = getattr(cfg, field.name)
+  kw.update(overrides)
+  try:
+    return cls(**kw)
+  except (TypeError, ValueError) as e:  # a bad value: name the config section and key
+    raise InputError(f"config ({cls.__name__}): {e}") from None
+
+
 def model_dir(config) -> str:
   if config.model_dir:
     return config.model_dir

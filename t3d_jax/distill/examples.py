@@ -52,13 +52,14 @@ and reports how many.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from t3d_jax import masks
+from t3d_jax.config_base import dataclass_from_config
 
 _U64 = np.uint64
 _GOLDEN = _U64(0x9E3779B97F4A7C15)
@@ -104,17 +105,9 @@ class ExampleConfig:
       raise ValueError(f"pretrain_eps must be in [0, 1), got {self.pretrain_eps}")
 
   @classmethod
-  def from_config(cls, cfg: Any) -> "ExampleConfig":
-    """Reads the known keys from a ConfigDict / mapping / object; missing keys keep
-    their defaults, other keys are ignored (unknown-key checks belong to the caller)."""
-    kw = {}
-    for field in dataclasses.fields(cls):
-      if isinstance(cfg, Mapping):
-        if field.name in cfg:
-          kw[field.name] = cfg[field.name]
-      elif hasattr(cfg, field.name):
-        kw[field.name] = getattr(cfg, field.name)
-    return cls(**kw)
+  def from_config(cls, cfg: Any, **overrides) -> "ExampleConfig":
+    """Reads the known keys from a ConfigDict / mapping / object (others ignored)."""
+    return dataclass_from_config(cls, cfg, **overrides)
 
   def ratio_probs(self) -> np.ndarray:
     """Probability of each entry of mask_ratios: ∝ r ** mask_ratio_exponent."""

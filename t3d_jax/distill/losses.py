@@ -17,10 +17,12 @@ as ``loss_ddo``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+
+from t3d_jax.config_base import dataclass_from_config
 
 Array = jax.Array
 
@@ -44,16 +46,9 @@ class LossConfig:
       raise ValueError(f"reference_temp must be >= 0, got {self.reference_temp}")
 
   @classmethod
-  def from_config(cls, cfg: Any) -> "LossConfig":
+  def from_config(cls, cfg: Any, **overrides) -> "LossConfig":
     """Reads the known keys from a ConfigDict / mapping / object (others ignored)."""
-    kw = {}
-    for field in dataclasses.fields(cls):
-      if isinstance(cfg, Mapping):
-        if field.name in cfg:
-          kw[field.name] = cfg[field.name]
-      elif hasattr(cfg, field.name):
-        kw[field.name] = getattr(cfg, field.name)
-    return cls(**kw)
+    return dataclass_from_config(cls, cfg, **overrides)
 
 
 # ----------------------------------------------------------------------------- basics

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from t3d_jax import masks
+from t3d_jax.config_base import dataclass_from_config
 from t3d_jax.distill.losses import LossConfig, t3d_loss
 from t3d_jax.models.sdar import SDARConfig, forward
 
@@ -45,8 +46,8 @@ class OptimConfig:
   clip_grad_norm: float = 1.0
 
   @classmethod
-  def from_config(cls, c) -> "OptimConfig":
-    return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls)})
+  def from_config(cls, c, **overrides) -> "OptimConfig":
+    return dataclass_from_config(cls, c, **overrides)
 
 
 def lr_schedule(o: OptimConfig) -> optax.Schedule:

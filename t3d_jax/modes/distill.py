@@ -67,8 +67,8 @@ def run(config) -> None:
                      f"{d.global_batch}")
   total = d.max_steps or per_epoch * d.num_epochs
   ex_cfg = ExampleConfig.from_config(config.examples)
-  loss_cfg = LossConfig.from_config(dict(config.loss.to_dict(), block_size=ex_cfg.block_size))
-  optim = OptimConfig.from_config(dict(config.optim.to_dict(), total_steps=total))
+  loss_cfg = LossConfig.from_config(config.loss, block_size=ex_cfg.block_size)
+  optim = OptimConfig.from_config(config.optim, total_steps=total)
   tx = make_optimizer(optim)
   state = TrainState.create(jax.device_put(params), tx)
   reference = copy_tree(state.params)
