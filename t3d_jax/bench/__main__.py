@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "sampler": "t3d_jax.bench.sampler",
     "step": "t3d_jax.bench.step",
     "convert": "t3d_jax.bench.convert",
+    "memory": "t3d_jax.bench.memory",
 }
 
 
