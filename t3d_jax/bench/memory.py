@@ -1,0 +1,229 @@
+"""Per-device memory plan of a training config, from ``jax.eval_shape`` and the mesh alone.
+
+  python -m t3d_jax.bench memory --config configs/sdar_4b_math.py [--tpu v5p-16]
+      [--devices N] [--seq_len N] [--hbm_gib G] [--aot] [--config.key=value ...]
+
+Nothing is allocated: the train state's shapes come from ``jax.eval_shape``, the mesh is a
+``jax.sharding.AbstractMesh`` sized from the named TPU slice (or ``--devices``), and each
+leaf's per-device bytes are those of its shard under the config's logical-axis rules
+(``t3d_jax.parallel``). Activations are an estimate (formula in ``activation_bytes``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import sys
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from t3d_jax import parallel
+from t3d_jax.errors import InputError
+
+GiB = 1024 ** 3
+
+# generation -> (what the number in the name counts, TensorCores per device, HBM GiB per
+# device). v2/v3: each TensorCore is a device; v4/v5p: two cores per chip as one megacore
+# device; v5e/v6e: the name counts chips, one core each.
+TPU_GENERATIONS = {
+    "v2": ("cores", 1, 8), "v3": ("cores", 1, 16), "v4": ("cores", 2, 32),
+    "v5p": ("cores", 2, 95), "v5e": ("chips", 1, 16), "v5litepod": ("chips", 1, 16),
+    "v6e": ("chips", 1, 32),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  name: str
+  devices: int
+  hbm_bytes: int
+  hosts: int
+
+
+def tpu_slice(name: str) -> Slice:
+  """'v4-8' -> 4 devices of 32 GiB on 1 host; 'v5p-16' -> 8 devices of 95 GiB, 2 hosts."""
+  m = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", name.strip().lower())
+  if not m or m.group(1) not in TPU_GENERATIONS:
+    raise InputError(f"TPU slice {name!r}: expected <generation>-<count> with generation in "
+                     f"{', '.join(TPU_GENERATIONS)} (e.g. v4-8, v5p-16, v5litepod-8)")
+  unit, per_dev, hbm = TPU_GENERATIONS[m.group(1)]
+  n = int(m.group(2))
+  if n % per_dev:
+    raise InputError(f"TPU slice {name!r}: {n} {unit} is not a whole number of devices")
+  devices = n // per_dev
+  per_host = 8 if m.group(1) in ("v2", "v3") or (unit == "chips" and devices <= 8) else 4
+  return Slice(name, devices, hbm * GiB, -(-devices // per_host))
+
+
+def model_config(config):
+  """SDARConfig of a config: ``config.arch`` (planning configs), else ``config.demo``,
+  else the model dir's sdar_config.json; numerics from ``config.model``."""
+  from t3d_jax.models.sdar import SDARConfig
+  numerics = {}
+  if "model" in config:
+    numerics = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                    remat=bool(config.model.remat))
+  if "arch" in config:
+    return SDARConfig(**dict(config.arch), **numerics)
+  if "demo" in config:
+    fields = {f.name for f in dataclasses.fields(SDARConfig)}
+    return SDARConfig(**{k: v for k, v in dict(config.demo).items() if k in fields}, **numerics)
+  from pathlib import Path
+  from t3d_jax.checkpoint import load_model_config
+  from t3d_jax.config_base import model_dir
+  d = model_dir(config) if (config.get("model_dir") or config.get("workdir")) else ""
+  if d and (Path(d) / "sdar_config.json").is_file():
+    return load_model_config(d).replace(**numerics)
+  raise InputError("the config has no architecture: add config.arch (see configs/sdar_*.py) "
+                   "or point model_dir/workdir at a converted model dir")
+
+
+def _shard_bytes(shape, dtype, spec, sizes) -> int:
+  n = 1
+  for dim, size in enumerate(shape):
+    axes = parallel._axes(spec[dim]) if dim < len(spec) else ()
+    n *= -(-size // math.prod(sizes[a] for a in axes))
+  return n * np.dtype(dtype).itemsize
+
+
+def tree_bytes(abstract, specs, sizes) -> int:
+  return sum(_shard_bytes(a.shape, a.dtype, s.spec if hasattr(s, "spec") else s, sizes)
+             for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(
+                 specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))))
+
+
+def activation_bytes(cfg, *, b: int, seq: int, rows: int, tensor: int) -> tuple[int, str]:
+  """Estimate of the peak activation bytes of one micro-batch on one device.
+
+  b local examples, T = seq tokens (L0 + 2 L1), R = rows with a loss (L0 + L1), t = tensor
+  size, c = compute bytes, fp32 = 4:
+    layer(T)  = b*T*[ c*((nh + 2 nkv) hd / t + nh hd / t + 3 I / t + 2 H) + 4*2*nh*T / t ] + b*T*T
+                (q, k, v, attention output, MLP gate/up/hidden, residual; fp32 scores and
+                 probs; the bool mask)
+    saved     = remat: L * b*T*H*c (each layer's input)   else: L * layer(T)
+    backward  = 2 * layer(T)  (one layer recomputed plus its gradients)
+    logits    = 2 * b*T*V/t*c (target, reference) + 3 * b*R*V/t*4 (fp32 log-softmax of
+                target and reference rows, and the target's gradient)
+    total     = saved + backward + logits
+  """
+  c = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg.dtype]
+  t, T, H, V = tensor, seq, cfg.hidden_size, cfg.vocab_size
+  nh, nkv, hd, inter = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+  layer = b * T * (c * ((nh + 2 * nkv) * hd / t + nh * hd / t + 3 * inter / t + 2 * H)
+                   + 4 * 2 * nh * T / t) + b * T * T
+  saved = cfg.num_layers * (b * T * H * c if cfg.remat else layer)
+  logits = 2 * b * T * V / t * c + 3 * b * rows * V / t * 4
+  total = saved + 2 * layer + logits
+  formula = ("saved (remat: L*b*T*H*c; else L*layer) + 2*layer + logits; layer = b*T*[c*((nh+2nkv)"
+             "hd/t + nh hd/t + 3I/t + 2H) + 8 nh T/t] + b*T*T; logits = 2 b T V/t c + 3 b R V/t 4")
+  return int(total), formula
+
+
+def plan(config, *, devices: Optional[int] = None, hbm_bytes: Optional[int] = None,
+         seq_len: Optional[int] = None) -> dict[str, Any]:
+  """The memory plan as a dict (bytes per device)."""
+  from t3d_jax.distill.step import OptimConfig, make_optimizer
+  from t3d_jax.models.sdar import abstract_params
+  sl = tpu_slice(config.mesh.tpu) if config.mesh.get("tpu") else None
+  n = devices or (sl.devices if sl else jax.device_count())
+  hbm = hbm_bytes or (sl.hbm_bytes if sl else None)
+  cfg = model_config(config)
+  mesh = parallel.make_abstract_mesh(dict(config.mesh.shape), n)
+  sizes = parallel.axis_sizes(mesh)
+  boxed = abstract_params(cfg)
+  rules = parallel.make_rules(config.mesh.rules, mesh, parallel.logical_names(boxed))
+  pspecs = parallel.param_specs(boxed, rules, mesh)
+  optim = OptimConfig.from_config(dict(config.optim, total_steps=1000))
+  state = parallel.abstract_train_state(cfg, make_optimizer(optim))
+  ospecs = parallel.mirror_params(state.opt_state, state.params, pspecs,
+                                  jax.sharding.PartitionSpec())
+  params = tree_bytes(state.params, pspecs, sizes)
+  opt = tree_bytes(state.opt_state, ospecs, sizes)
+  d = config.distill
+  dp = sizes["data"] * sizes["fsdp"]
+  micro = int(d.micro_batch)
+  if micro % dp:
+    raise InputError(f"distill.micro_batch={micro} is not divisible by the data-parallel size "
+                     f"{dp} (data={sizes['data']} x fsdp={sizes['fsdp']})")
+  if int(d.global_batch) % micro:
+    raise InputError(f"distill.global_batch={d.global_batch} is not a multiple of "
+                     f"distill.micro_batch={micro}")
+  l0, l1 = int(d.max_prompt_len), int(d.max_gen_length)
+  seq = seq_len or l0 + 2 * l1
+  rows = seq - l1 if seq_len is None else seq - (seq - l0) // 2
+  acts, formula = activation_bytes(cfg, b=micro // dp, seq=seq, rows=rows, tensor=sizes["tensor"])
+  n_params = sum(math.prod(a.shape) for a in jax.tree.leaves(state.params))
+  rows_out = {"params": params, "optimizer state": opt, "reference": params,
+              "gradients (accumulator + micro-batch)": 2 * params, "activations (estimate)": acts}
+  return dict(model=cfg, n_params=n_params, devices=n, mesh=sizes, slice=sl, hbm=hbm,
+              rows=rows_out, total=sum(rows_out.values()), seq=seq, local_batch=micro // dp,
+              accumulation=int(d.global_batch) // micro, formula=formula)
+
+
+def format_plan(p: dict) -> str:
+  cfg = p["model"]
+  mesh = " x ".join(f"{k}={v}" for k, v in p["mesh"].items())
+  where = f"{p['slice'].name} ({p['devices']} devices, {p['slice'].hosts} host(s))" \
+      if p["slice"] else f"{p['devices']} devices"
+  lines = [f"model: {p['n_params'] / 1e9:.2f}B params, {cfg.num_layers} layers, hidden "
+           f"{cfg.hidden_size}, vocab {cfg.vocab_size}, params {cfg.param_dtype}, compute "
+           f"{cfg.dtype}, remat={cfg.remat}",
+           f"slice: {where}; mesh {mesh}",
+           f"batch: {p['local_batch']} example(s) per device per micro-batch, "
+           f"{p['accumulation']} accumulation steps, sequence {p['seq']} tokens",
+           "", f"{'per device':40s} {'GiB':>8s}"]
+  for k, v in p["rows"].items():
+    lines.append(f"{k:40s} {v / GiB:8.2f}")
+  lines.append(f"{'total':40s} {p['total'] / GiB:8.2f}")
+  if p["hbm"]:
+    fits = "fits" if p["total"] <= 0.9 * p["hbm"] else "DOES NOT FIT"
+    lines.append(f"{'HBM per device':40s} {p['hbm'] / GiB:8.2f}   -> {fits} "
+                 f"({100 * p['total'] / p['hbm']:.0f}% of HBM; 90% is the usable budget)")
+  lines += ["", "activations = " + p["formula"]]
+  return "\n".join(lines)
+
+
+def aot_compile(config, devices: int) -> str:
+  """Ahead-of-time compile the sharded step for the config's TPU topology, if this jax
+  can describe TPU topologies without TPUs (needs the libtpu plugin)."""
+  try:
+    from jax.experimental import topologies
+    topo = topologies.get_topology_desc(config.mesh.tpu, "tpu")
+  except Exception as e:  # noqa: BLE001 - report why, whatever it is
+    return f"AOT compile for {config.mesh.tpu!r} unavailable here: {type(e).__name__}: {e}"
+  return f"TPU topology {topo} available; compile with parallel.jit_train_step(...).lower(...)"
+
+
+def main(argv: list[str]) -> int:
+  from absl import flags
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "configs/<name>.py", flag_values=fv,
+                                  lock_config=True)
+  flags.DEFINE_string("tpu", None, "TPU slice name, overrides config.mesh.tpu", flag_values=fv)
+  flags.DEFINE_integer("devices", None, "device count without a slice name", flag_values=fv)
+  flags.DEFINE_integer("seq_len", None, "tokens per example (default L0 + 2 L1 from the "
+                       "config's max_prompt_len / max_gen_length)", flag_values=fv)
+  flags.DEFINE_float("hbm_gib", None, "HBM per device, overrides the slice's", flag_values=fv)
+  flags.DEFINE_bool("aot", False, "also try an ahead-of-time TPU compile", flag_values=fv)
+  fv(["memory"] + list(argv))
+  config = fv.config
+  if config is None:
+    print("usage: python -m t3d_jax.bench memory --config configs/X.py", file=sys.stderr)
+    return 2
+  if fv.tpu:
+    with config.unlocked():
+      config.mesh.tpu = fv.tpu
+  try:
+    p = plan(config, devices=fv.devices, seq_len=fv.seq_len,
+             hbm_bytes=int(fv.hbm_gib * GiB) if fv.hbm_gib else None)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(format_plan(p))
+  if fv.aot:
+    print(aot_compile(config, p["devices"]))
+  return 0
