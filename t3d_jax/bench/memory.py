@@ -136,7 +136,7 @@ def plan(config, *, devices: Optional[int] = None, hbm_bytes: Optional[int] = No
   boxed = abstract_params(cfg)
   rules = parallel.make_rules(config.mesh.rules, mesh, parallel.logical_names(boxed))
   pspecs = parallel.param_specs(boxed, rules, mesh)
-  optim = OptimConfig.from_config(dict(config.optim, total_steps=1000))
+  optim = OptimConfig.from_config(config.optim)
   state = parallel.abstract_train_state(cfg, make_optimizer(optim))
   ospecs = parallel.mirror_params(state.opt_state, state.params, pspecs,
                                   jax.sharding.PartitionSpec())

@@ -1,0 +1,111 @@
+"""Every configs/*.py loads (as the CLI does) and builds its abstract state; the memory
+plan runs for the SDAR configs and its numbers follow from the shapes and the mesh."""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import ml_collections
+import pytest
+
+from t3d_jax import parallel
+from t3d_jax.bench import memory
+from t3d_jax.distill.step import OptimConfig, make_optimizer
+from t3d_jax.errors import InputError
+from t3d_jax.models.sdar import abstract_params
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.py"))
+
+
+def load(path) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location(f"cfg_{path.stem}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  c.lock()
+  return c
+
+
+def test_configs_exist():
+  names = {p.stem for p in CONFIGS}
+  assert {"sdar_1p7b_math", "sdar_4b_math", "demo"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_loads_and_builds_abstract_state(path):
+  c = load(path)
+  assert c.mode
+  n = memory.tpu_slice(c.mesh.tpu).devices if c.mesh.tpu else jax.device_count()
+  mesh = parallel.make_abstract_mesh(dict(c.mesh.shape), n)
+  try:
+    cfg = memory.model_config(c)
+  except InputError:  # convert/export: the architecture comes from the HF / model dir
+    assert "arch" not in c and "demo" not in c
+    return
+  boxed = abstract_params(cfg)
+  rules = parallel.make_rules(c.mesh.rules, mesh, parallel.logical_names(boxed))
+  specs = parallel.param_specs(boxed, rules, mesh)
+  assert jax.tree.structure(specs) == jax.tree.structure(
+      boxed, is_leaf=lambda x: hasattr(x, "names"))
+  if "optim" in c:
+    state = parallel.abstract_train_state(cfg, make_optimizer(OptimConfig.from_config(c.optim)))
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    adam = state.opt_state[1][0]
+    assert sum(x.size for x in jax.tree.leaves(adam.mu)) == n_params
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state))
+
+
+@pytest.mark.parametrize("name,params_b,devices,hosts", [
+    ("sdar_1p7b_math", 1.72, 4, 1), ("sdar_4b_math", 4.02, 8, 2)])
+def test_memory_plan(name, params_b, devices, hosts):
+  c = load(ROOT / "configs" / f"{name}.py")
+  p = memory.plan(c)
+  assert round(p["n_params"] / 1e9, 2) == params_b
+  assert p["devices"] == devices and p["slice"].hosts == hosts
+  fsdp = p["mesh"]["fsdp"]
+  assert fsdp == devices  # data=1, fsdp=-1
+  rows = p["rows"]
+  # fp32 params sharded over fsdp on every matrix (norms replicated: < 0.1% extra)
+  assert rows["params"] == pytest.approx(4 * p["n_params"] / fsdp, rel=1e-3)
+  assert rows["params"] >= 4 * p["n_params"] / fsdp
+  assert rows["optimizer state"] == pytest.approx(2 * rows["params"], rel=1e-6)  # mu + nu
+  assert rows["reference"] == rows["params"]
+  assert p["total"] == sum(rows.values())
+  assert p["total"] < 0.9 * p["hbm"]
+  text = memory.format_plan(p)
+  assert "fits" in text and "activations =" in text
+
+
+def test_memory_plan_tensor_axis_and_slices():
+  c = load(ROOT / "configs" / "sdar_4b_math.py")
+  base = memory.plan(c)
+  with c.unlocked():
+    c.mesh.shape.fsdp, c.mesh.shape.tensor = 4, 2
+    c.distill.micro_batch = 4  # still one example per data-parallel rank
+  p = memory.plan(c)
+  assert p["local_batch"] == 1 and p["accumulation"] == 8
+  assert p["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+  assert p["rows"]["params"] == pytest.approx(base["rows"]["params"], rel=1e-3)
+  assert p["rows"]["activations (estimate)"] < base["rows"]["activations (estimate)"]
+  assert memory.tpu_slice("v5litepod-16").devices == 16
+  assert memory.tpu_slice("v4-32").hosts == 4
+  with pytest.raises(InputError, match="TPU slice 'v9-8'"):
+    memory.tpu_slice("v9-8")
+  with c.unlocked():
+    c.mesh.shape.fsdp, c.mesh.shape.tensor = 3, 1
+  with pytest.raises(InputError, match="product 3 does not equal the device count 8"):
+    memory.plan(c)
+
+
+def test_memory_cli_runs_for_4b():
+  out = subprocess.run([sys.executable, "-m", "t3d_jax.bench", "memory", "--config",
+                        str(ROOT / "configs" / "sdar_4b_math.py"), "--tpu", "v5p-32",
+                        "--config.distill.micro_batch=16"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr
+  assert "v5p-32 (16 devices, 4 host(s)); mesh data=1 x fsdp=16 x tensor=1" in out.stdout
+  assert "optimizer state" in out.stdout
