@@ -1,0 +1,209 @@
+"""What the rollout and eval modes share: question/answer rows, prompts, model loading,
+decoding settings from the config, and timed batched decoding.
+
+Config keys read here (t3d_jax/config_base.py): ``config.decode.*`` (the decoding
+setting: block, steps, strategy, temperature, ... plus batching), ``config.prompt_template``
+and, per mode, ``data``/``question_field``/``answer_field``/``limit``/``use_tfds``/
+``tfds_dir`` of ``config.rollout`` or ``config.eval``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from t3d_jax import checkpoint
+from t3d_jax.data import datasets
+from t3d_jax.data import tokenizer as tok_lib
+from t3d_jax.errors import InputError
+from t3d_jax.sampling.config import DecodeConfig, DecodeError
+
+# shipped set name -> (TFDS config of t3d_math_qa, split)
+_TFDS_SHIPPED = {"gsm8k_train": ("gsm8k", "train"), "gsm8k_test": ("gsm8k", "test"),
+                 "math500": ("math500", "test")}
+
+
+# ------------------------------------------------------------------------------- data
+
+def load_rows(d, workdir: str = "") -> list[dict]:
+  """Question/answer rows ``{question, answer, index}`` of ``d.data`` (a shipped set
+  name or a JSONL path), first ``d.limit`` rows (0 = all), directly from the JSONL or,
+  with ``d.use_tfds``, through the offline TFDS builder (prepared under ``d.tfds_dir``,
+  default <workdir>/tfds)."""
+  if not d.data:
+    raise InputError("no dataset: set data to gsm8k_train, gsm8k_test, math500 or a "
+                     "question/answer JSONL path")
+  if d.limit < 0:
+    raise InputError(f"limit must be >= 0 (0 = all rows), got {d.limit}")
+  limit = d.limit or None
+  if not d.use_tfds:
+    rows = datasets.load_qa(d.data, d.question_field, d.answer_field, limit=limit)
+  else:
+    rows = _load_rows_tfds(d, workdir, limit)
+  if not rows:
+    raise InputError(f"{d.data}: no question/answer rows")
+  return rows
+
+
+def _load_rows_tfds(d, workdir: str, limit: Optional[int]) -> list[dict]:
+  from t3d_jax.data import tfds_builders as tb
+  from t3d_jax.data.loader import decode_row
+  data_dir = d.tfds_dir or (os.path.join(workdir, "tfds") if workdir else "")
+  if not data_dir:
+    raise InputError("use_tfds needs tfds_dir (or --config.workdir)")
+  if d.data in _TFDS_SHIPPED and (d.question_field, d.answer_field) == ("question", "answer"):
+    source, split = _TFDS_SHIPPED[d.data]
+  else:
+    source = tb.user_qa_config({"train": d.data}, d.question_field, d.answer_field)
+    split = "train"
+  builder = tb.prepare(tb.T3dMathQa, source, data_dir)
+  src = builder.as_data_source()[split]
+  n = len(src) if limit is None else min(limit, len(src))
+  rows = [decode_row(src[i]) for i in range(n)]
+  return [dict(question=r["question"], answer=r["answer"], index=int(r["index"])) for r in rows]
+
+
+# ------------------------------------------------------------------------------- model
+
+@dataclasses.dataclass
+class Model:
+  name: str
+  path: str
+  params: object
+  cfg: object
+  tokenizer: object
+  ids: tok_lib.SpecialIds
+
+
+def load_model(path, name: str = "model", tokenizer_dir: str = "", param_dtype: str = "",
+               dtype: str = "") -> Model:
+  """Params, config, tokenizer and special ids of an HF dir or a t3d_jax model dir;
+  ``param_dtype`` casts the weights, ``dtype`` sets the compute dtype ('' keeps them)."""
+  from t3d_jax.convert import load_params
+  p = Path(path)
+  if not p.exists():
+    raise InputError(f"model {name!r}: {p} does not exist (a model dir from the convert or "
+                     f"distill mode, or an HF dir)")
+  params, cfg = load_params(p, param_dtype=param_dtype or None)
+  if dtype:
+    cfg = cfg.replace(dtype=dtype)
+  tokenizer = tok_lib.load_tokenizer(tokenizer_dir or checkpoint.meta_dir_of(p))
+  ids = tok_lib.special_ids(tokenizer)
+  if ids.vocab_size > cfg.vocab_size:
+    raise InputError(f"model {name!r} ({p}): tokenizer has {ids.vocab_size} tokens but the "
+                     f"model's vocabulary is {cfg.vocab_size}")
+  return Model(name, os.fspath(p), params, cfg, tokenizer, ids)
+
+
+# ------------------------------------------------------------------------------- decoding
+
+def decode_config(dc, ids: tok_lib.SpecialIds, **overrides) -> DecodeConfig:
+  """DecodeConfig from ``config.decode`` and the tokenizer's ids (stop ids: EOS plus
+  <|im_end|>/<|endoftext|> where present, plus ``dc.extra_stop_ids``)."""
+  stops = tuple(ids.stop_ids) + tuple(int(t) for t in dc.extra_stop_ids
+                                      if int(t) not in ids.stop_ids)
+  kw = dict(block_size=dc.block_size, denoising_steps=dc.denoising_steps,
+            strategy=dc.strategy, threshold=dc.threshold, entropy_bound=dc.entropy_bound,
+            temperature=dc.temperature, top_k=dc.top_k, top_p=dc.top_p,
+            max_new_tokens=dc.max_new_tokens, mask_id=ids.mask_id, stop_ids=stops,
+            pad_id=ids.pad_id, prompt_mode=dc.prompt_mode, commit_mode=dc.commit_mode,
+            reveal_all_on_last_step=dc.reveal_all_on_last_step,
+            max_length=dc.max_length or None)
+  kw.update(overrides)
+  try:
+    return DecodeConfig(**kw).validate(ids.vocab_size)
+  except DecodeError as e:
+    raise InputError(f"config.decode: {e}") from None
+
+
+def build_prompts(tokenizer, rows: Sequence[dict], prompt_template: str,
+                  dcfg: DecodeConfig, data_name: str) -> tuple[list[str], list[list[int]]]:
+  """Prompt strings (chat template + math instruction, or ``prompt_template``) and their
+  ids; a prompt that does not fit ``dcfg.max_length`` with ``max_new_tokens`` is an
+  InputError naming the row."""
+  texts = [tok_lib.math_prompt(tokenizer, r["question"], prompt_template or None) for r in rows]
+  prompt_ids = tok_lib.encode(tokenizer, texts)
+  if dcfg.max_length is not None:
+    budget = dcfg.max_length - dcfg.max_new_tokens
+    for r, p in zip(rows, prompt_ids):
+      if len(p) > budget:
+        raise InputError(
+            f"{data_name}, row {r['index'] + 1}: prompt too long: {len(p)} tokens > budget "
+            f"{budget} (decode.max_length={dcfg.max_length} - decode.max_new_tokens="
+            f"{dcfg.max_new_tokens}); raise decode.max_length or drop the row")
+  for r, p in zip(rows, prompt_ids):
+    if not p:
+      raise InputError(f"{data_name}, row {r['index'] + 1}: prompt has no tokens")
+  return texts, prompt_ids
+
+
+def prompt_tail(prompt_len: int, dcfg: DecodeConfig) -> int:
+  """Prompt tokens that sit in the first generated block (engine prompt mode)."""
+  return prompt_len % dcfg.block_size if dcfg.prompt_mode == "engine" else 0
+
+
+@dataclasses.dataclass
+class DecodeStats:
+  compile_s: float = 0.0     # AOT compilation, once per batch shape
+  decode_s: float = 0.0      # device time of the decoding calls (what tokens/s uses)
+  batches: int = 0
+
+
+_EXECUTABLES: dict = {}  # (cfg, dcfg, batch, width, params signature) -> compiled decoder
+
+
+def _tree_signature(tree) -> tuple:
+  leaves, treedef = jax.tree.flatten(tree)
+  return (str(treedef),) + tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+def timed_decode(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig, rng, *,
+                 batch_size: int, width_multiple: int,
+                 progress: Optional[Callable[[int], None]] = None
+                 ) -> tuple[list[dict], DecodeStats]:
+  """:func:`t3d_jax.sampling.rollout.rollout` with compilation kept out of the timing.
+
+  Same batching (length-sorted batches of ``batch_size``, widths rounded up to
+  ``width_multiple``, batch b decoded with ``fold_in(rng, b)``) and the same per-prompt
+  dicts in input order; each new batch shape is compiled ahead of time (and kept for
+  later calls, e.g. a second model of the same shapes) and the clock covers only the
+  decoding calls."""
+  from t3d_jax.sampling.rollout import pad_prompts, plan_batches
+  from t3d_jax.sampling.sampler import make_generate
+  prompts = [list(map(int, p)) for p in prompts]
+  run = None
+  stats = DecodeStats()
+  results: list[Optional[dict]] = [None] * len(prompts)
+  done = 0
+  for bi, idx in enumerate(plan_batches([len(p) for p in prompts], batch_size)):
+    group = [prompts[i] for i in idx]
+    width = max(1, -(-max(len(p) for p in group) // width_multiple) * width_multiple)
+    if dcfg.max_length is not None:
+      width = min(width, dcfg.max_length)
+    ids, lens = pad_prompts(group, batch_size, width)
+    key = jax.random.fold_in(rng, bi)
+    shape = (cfg, dcfg, batch_size, width, _tree_signature(params))
+    if shape not in _EXECUTABLES:
+      run = run or make_generate(cfg, dcfg)
+      t0 = time.perf_counter()
+      _EXECUTABLES[shape] = run.lower(params, ids, lens, key).compile()
+      stats.compile_s += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(_EXECUTABLES[shape](params, ids, lens, key))
+    stats.decode_s += time.perf_counter() - t0
+    stats.batches += 1
+    out = {k: np.asarray(v) for k, v in out.items()}
+    for r, i in enumerate(idx):
+      n = int(out["lengths"][r])
+      results[i] = dict(response_ids=out["ids"][r, :n].tolist(),
+                        step_map=out["step_map"][r, :n].tolist(), length=n,
+                        nfe=int(out["nfe"][r]))
+    done += len(idx)
+    if progress is not None:
+      progress(done)
+  return results, stats

@@ -1,0 +1,236 @@
+"""eval mode: models x decoding settings -> accuracy, length, NFE, TPF, tokens/s, AUP.
+
+    python -m t3d_jax.main --config configs/eval.py --config.workdir=/tmp/run \\
+        --config.eval.models='("base=/tmp/run/model", "t3d=/tmp/run/student")' \\
+        [--config.eval.data=gsm8k_test|math500|path.jsonl] [--config.eval.limit=N]
+
+Settings: every strategy of ``eval.strategies`` x every ``eval.tokens_per_forward`` value
+t (block ``decode.block_size`` = b, ``b / t`` denoising steps per block); the other
+decoding knobs (temperature 0.1 by default, top-k/p, threshold, max_new_tokens, ...) come
+from ``config.decode``. Each model decodes the same prompts (chat template + math
+instruction, or ``prompt_template``) with the same rng (``key(seed)``), and each
+response is graded (last \\boxed{}, GSM8K ``####`` references, math_verify).
+
+Outputs under <workdir>/eval (or ``eval.output_dir``):
+
+* ``samples/<model>/<setting>.jsonl``: one row per question (index, question, answer,
+  prompt, full_output, step_map, response_length, nfe, prediction, reference, correct,
+  reason), and ``samples/<model>/<setting>.summary.json``, its metrics; a rerun with the
+  same settings reuses a finished (model, setting) instead of decoding it again;
+* ``summary.json``: all metrics, AUP per curve, the decoding settings;
+* ``accuracy_vs_tpf.png``: accuracy against measured TPF, one line per model (per model
+  and strategy when several strategies are evaluated), AUP in the legend;
+* ``tb/``: TensorBoard scalars ``<curve>/<metric>`` at step = nominal tokens per forward,
+  and ``<curve>/aup``.
+
+tokens/s = generated tokens / seconds of the decoding calls (each batch shape compiled
+ahead of time, so compilation is excluded; it is reported as ``compile_s``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+from absl import logging
+from tqdm import tqdm
+
+from t3d_jax.data.jsonl import count_rows, write_json_atomic, write_jsonl_atomic
+from t3d_jax.errors import InputError
+from t3d_jax.evaluation import decode as dec
+from t3d_jax.evaluation.grading import grade
+from t3d_jax.evaluation.metrics import aup, summarize
+from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
+
+SHORT = {"sequential": "seq", "low_confidence_static": "static",
+         "low_confidence_dynamic": "dynamic", "entropy_bounded": "entropy"}
+METRICS = ("accuracy", "mean_response_length", "nfe_mean", "tpf", "tokens_per_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  strategy: str
+  tokens_per_forward: int
+  block_size: int
+
+  @property
+  def steps(self) -> int:
+    return self.block_size // self.tokens_per_forward
+
+  @property
+  def name(self) -> str:
+    return f"{SHORT.get(self.strategy, self.strategy)}_b{self.block_size}_tpf{self.tokens_per_forward}"
+
+
+def parse_models(config) -> list[tuple[str, str]]:
+  """``eval.models`` entries 'name=path' (or a bare path, named by its basename)."""
+  from t3d_jax.config_base import model_dir
+  entries = list(config.eval.models) or [f"model={model_dir(config)}"]
+  out, seen = [], set()
+  for e in entries:
+    name, sep, path = str(e).partition("=")
+    if not sep:
+      name, path = Path(e).name or "model", str(e)
+    name, path = name.strip(), path.strip()
+    if not name or not path or "/" in name:
+      raise InputError(f"config eval.models entry {e!r}: expected 'name=path'")
+    if name in seen:
+      raise InputError(f"config eval.models: model name {name!r} given twice")
+    if not Path(path).exists():
+      raise InputError(f"config eval.models: model {name!r}: {path} does not exist")
+    seen.add(name)
+    out.append((name, path))
+  return out
+
+
+def parse_settings(config) -> list[Setting]:
+  b = config.decode.block_size
+  tpfs, strategies = list(config.eval.tokens_per_forward), list(config.eval.strategies)
+  if not tpfs or not strategies:
+    raise InputError("config eval.tokens_per_forward and eval.strategies must be non-empty")
+  for t in tpfs:
+    if not isinstance(t, int) or t < 1 or b % t:
+      raise InputError(f"config eval.tokens_per_forward: {t!r} does not divide "
+                       f"decode.block_size={b}")
+  return [Setting(s, t, b) for s in strategies for t in tpfs]
+
+
+def _digest(obj) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _curve(model: str, setting: Setting, multi: bool) -> str:
+  return f"{model}/{SHORT.get(setting.strategy, setting.strategy)}" if multi else model
+
+
+def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng, bar) -> tuple:
+  d = config.decode
+  base = bar.n
+
+  def progress(k):
+    bar.update(base + k - bar.n)
+
+  results, stats = dec.timed_decode(model.params, model.cfg, prompt_ids, dcfg, rng,
+                                    batch_size=d.batch_size, width_multiple=d.width_multiple,
+                                    progress=progress)
+  t0 = time.perf_counter()
+  rows = []
+  for q, prompt, res in zip(questions, prompts, results):
+    text = model.tokenizer.decode(res["response_ids"], skip_special_tokens=False)
+    g = grade(model.tokenizer.decode(res["response_ids"], skip_special_tokens=True),
+              q["answer"], timeout_s=config.eval.grade_timeout_s)
+    rows.append(dict(index=q["index"], question=q["question"], answer=q["answer"],
+                     prompt=prompt, full_output=text, step_map=res["step_map"],
+                     response_length=res["length"], nfe=res["nfe"], prediction=g.prediction,
+                     reference=g.reference, correct=bool(g.correct), reason=g.reason))
+  summary = summarize(rows, wall_time_s=stats.decode_s)
+  summary.update(model=model.name, model_path=model.path, setting=setting.name,
+                 strategy=setting.strategy, tokens_per_forward=setting.tokens_per_forward,
+                 block_size=setting.block_size, denoising_steps=setting.steps,
+                 temperature=dcfg.temperature, compile_s=stats.compile_s,
+                 grade_s=time.perf_counter() - t0)
+  return rows, summary
+
+
+def format_table(results: list[dict], aups: dict, multi: bool) -> str:
+  head = (f"{'model':<14}{'setting':<22}{'acc %':>7}{'len':>8}{'NFE':>8}{'TPF':>7}"
+          f"{'tok/s':>9}{'AUP':>8}")
+  lines = [head, "-" * len(head)]
+  for r in results:
+    curve = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"],
+                                       r["block_size"]), multi)
+    lines.append(f"{r['model']:<14}{r['setting']:<22}{100 * r['accuracy']:>7.1f}"
+                 f"{r['mean_response_length']:>8.1f}{r['nfe_mean']:>8.1f}{r['tpf']:>7.2f}"
+                 f"{r.get('tokens_per_s', 0.0):>9.1f}{aups.get(curve, float('nan')):>8.1f}")
+  return "\n".join(lines)
+
+
+def run(config) -> None:
+  e, d = config.eval, config.decode
+  if not config.workdir and not e.output_dir:
+    raise InputError("eval mode needs --config.workdir (or eval.output_dir)")
+  for key, value in (("decode.batch_size", d.batch_size),
+                     ("decode.width_multiple", d.width_multiple)):
+    if value < 1:
+      raise InputError(f"config {key} must be >= 1, got {value}")
+  out = Path(e.output_dir or Path(config.workdir) / "eval")
+  models = parse_models(config)
+  settings = parse_settings(config)
+  questions = dec.load_rows(e, config.workdir or str(out))
+  multi = len(set(s.strategy for s in settings)) > 1
+  main = jax.process_index() == 0
+  n = len(questions)
+  rng = jax.random.key(config.seed)
+  results = []
+  bar = tqdm(total=n * len(models) * len(settings), desc="eval", unit="seq", disable=not main)
+  try:
+    for name, path in models:
+      model = dec.load_model(path, name, config.tokenizer_dir, config.model.param_dtype,
+                             config.model.dtype)
+      base_dcfg = dec.decode_config(d, model.ids)
+      prompts, prompt_ids = dec.build_prompts(model.tokenizer, questions,
+                                              config.prompt_template, base_dcfg, e.data)
+      for s in settings:
+        dcfg = dec.decode_config(d, model.ids, strategy=s.strategy, denoising_steps=s.steps)
+        fp = _digest(dict(model=os.path.abspath(path), data=e.data, limit=e.limit,
+                          fields=(e.question_field, e.answer_field), n=n,
+                          decode=dataclasses.asdict(dcfg), batch_size=d.batch_size,
+                          width_multiple=d.width_multiple, seed=config.seed,
+                          prompt_template=config.prompt_template))
+        samples_path = out / "samples" / name / f"{s.name}.jsonl"
+        summary_path = samples_path.with_suffix(".summary.json")
+        if summary_path.is_file() and count_rows(samples_path) == n:
+          cached = json.loads(summary_path.read_text())
+          if cached.get("fingerprint") == fp:
+            logging.info("eval %s %s: finished before, reused", name, s.name)
+            results.append(cached)
+            bar.update(n)
+            continue
+        bar.set_postfix_str(f"{name} {s.name}")
+        rows, summary = _evaluate(model, s, dcfg, prompts, prompt_ids, questions, config, rng,
+                                  bar)
+        summary["fingerprint"] = fp
+        if main:
+          write_jsonl_atomic(samples_path, rows)
+          write_json_atomic(summary_path, summary)
+        results.append(summary)
+      del model
+  finally:
+    bar.close()
+
+  curves: dict[str, list] = {}
+  for r in results:
+    c = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"], r["block_size"]),
+               multi)
+    curves.setdefault(c, []).append((r["tpf"], 100.0 * r["accuracy"]))
+  y_max = max(y for pts in curves.values() for _, y in pts)
+  aups = {c: (aup([t for t, _ in pts], [y for _, y in pts], y_max=y_max or None)
+              if all(t > 0 for t, _ in pts) else 0.0) for c, pts in curves.items()}
+  table = format_table(results, aups, multi)
+  header = (f"[eval] {e.data}: {n} questions; block {d.block_size}, temperature "
+            f"{d.temperature}, top_k {d.top_k}, top_p {d.top_p}, max_new_tokens "
+            f"{d.max_new_tokens}, {d.commit_mode} commit")
+  if not main:
+    return
+  plot = plot_accuracy_vs_tpf(curves, out / "accuracy_vs_tpf.png", aup=aups,
+                              title=f"{e.data}: accuracy vs tokens per forward")
+  write_json_atomic(out / "summary.json", dict(
+      data=e.data, limit=e.limit, n=n, decode=d.to_dict(), models=dict(models),
+      prompt_template=config.prompt_template, seed=config.seed, results=results, aup=aups,
+      plot=os.fspath(plot)))
+  from tensorboardX import SummaryWriter
+  with SummaryWriter(str(out / "tb")) as writer:
+    for r in results:
+      c = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"], r["block_size"]),
+                 multi)
+      for m in METRICS:
+        if m in r:
+          writer.add_scalar(f"{c}/{m}", r[m], r["tokens_per_forward"])
+    for c, v in aups.items():
+      writer.add_scalar(f"{c}/aup", v, 0)
+  print(header + "\n" + table + f"\n[eval] written to {out}", flush=True)
+  logging.info("eval summary written to %s", out / "summary.json")

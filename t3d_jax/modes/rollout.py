@@ -1,0 +1,196 @@
+"""rollout mode: question/answer JSONL -> teacher trajectories JSONL (dLLM-RL layout).
+
+    python -m t3d_jax.main --config configs/rollout.py --config.workdir=/tmp/run \\
+        [--config.model_dir=...] [--config.rollout.data=gsm8k_train|math500|path.jsonl]
+
+Each question becomes the math prompt (the tokenizer's chat template on question +
+boxed instruction, or ``config.prompt_template``) and is decoded ``rollout.num_samples``
+times with the teacher setting of ``config.decode`` (released defaults: block 4, 4 steps,
+low_confidence_static, T 0.1, top-p 1, top-k 0). One row per question, in input order,
+in <workdir>/trajectories.jsonl (or ``rollout.output``):
+
+    {index, question, answer, prompt,                   # prompt: the exact string decoded
+     full_output: [str], step_map: [[int]], response_length: [int],
+     extracted_output: [str], response_ids: [[int]], nfe: [int]}   # one entry per sample
+
+``full_output`` is decoded with special tokens kept; ``step_map[k][j]`` is the 1-based
+global denoising step at which ``response_ids[k][j]`` was revealed; ``extracted_output``
+is the last \\boxed{} content ('' when none).
+
+Batching and resume. Questions are processed in chunks of ``rollout.chunk_prompts``; in
+a chunk the (question, sample) sequences are sorted by prompt length into batches of
+``decode.batch_size`` (t3d_jax.sampling.rollout), and the chunk's rows are appended in
+input order when it finishes. Chunk c is decoded with ``fold_in(key(seed), c)`` (batch
+b of the chunk with a further ``fold_in(., b)``), so the samples depend only on the data,
+the settings and the seed: rerunning the same command skips the rows already written
+(a torn last line is cut) and the final file equals that of an uninterrupted run. The
+settings are fingerprinted in <output stem>.meta.json; resuming onto a file written with
+other settings is refused unless ``--config.overwrite=True`` (which starts over).
+
+Every process decodes (redundantly; the model is not sharded here) and only process 0
+writes. At the end a step_map heat-map of the first ``rollout.plot_trajectories`` rows
+is written next to the output (<output stem>.step_maps.png).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+from absl import logging
+from tqdm import tqdm
+
+from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
+from t3d_jax.errors import InputError
+from t3d_jax.evaluation import decode as dec
+from t3d_jax.evaluation.grading import extract_prediction
+
+
+def _paths(config) -> tuple[Path, Path, Path]:
+  out = Path(config.rollout.output) if config.rollout.output else \
+      Path(config.workdir) / "trajectories.jsonl"
+  return out, out.with_name(out.stem + ".meta.json"), out.with_name(out.stem + ".step_maps.png")
+
+
+def fingerprint(config, model_path: str, dcfg) -> dict:
+  """What a resumed run must share with the run that wrote the rows."""
+  r, d = config.rollout, config.decode
+  return dict(model=os.path.abspath(model_path), data=r.data, question_field=r.question_field,
+              answer_field=r.answer_field, limit=r.limit, num_samples=r.num_samples,
+              chunk_prompts=r.chunk_prompts, batch_size=d.batch_size,
+              width_multiple=d.width_multiple, prompt_template=config.prompt_template,
+              seed=config.seed, decode=dataclasses.asdict(dcfg))
+
+
+def _digest(fp: dict) -> str:
+  return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
+  """Refuse to resume onto rows written with other settings; record the settings."""
+  digest = _digest(fp)
+  if count_rows(out) > 0:
+    old = json.loads(meta.read_text()).get("fingerprint") if meta.is_file() else None
+    if old == digest:
+      return
+    if not overwrite:
+      why = "other data or settings (fingerprint differs)" if old else f"no {meta.name} found"
+      raise InputError(f"{out}: already holds rows written by a run with {why}; use another "
+                       "workdir / rollout.output or --config.overwrite=True to start over")
+    out.unlink()
+  elif out.exists():
+    out.unlink()  # empty or only a torn line
+  write_json_atomic(meta, dict(fingerprint=digest, settings=fp))
+
+
+def _row(model, q: dict, prompt: str, samples: list[dict]) -> dict:
+  tok = model.tokenizer
+  texts = [tok.decode(s["response_ids"], skip_special_tokens=False) for s in samples]
+  extracted = []
+  for t in texts:
+    pred, _ = extract_prediction(t)
+    extracted.append(pred or "")
+  return dict(index=q["index"], question=q["question"], answer=q["answer"], prompt=prompt,
+              full_output=texts, step_map=[s["step_map"] for s in samples],
+              response_length=[s["length"] for s in samples], extracted_output=extracted,
+              response_ids=[s["response_ids"] for s in samples],
+              nfe=[s["nfe"] for s in samples])
+
+
+def plot_trajectories(out: Path, png: Path, prompt_ids, dcfg, k: int) -> None:
+  """Heat-map of the first ``k`` rows' first sample, blocks aligned as decoded (in the
+  engine prompt mode the first block starts with the prompt tail, left blank)."""
+  from t3d_jax.evaluation.plots import plot_step_maps
+  maps, titles = [], []
+  for _, obj in iter_jsonl(out):
+    if len(maps) >= k:
+      break
+    i = int(obj["index"])
+    tail = dec.prompt_tail(len(prompt_ids[i]), dcfg)
+    maps.append([0] * tail + list(obj["step_map"][0]))
+    titles.append(f"row {i} ({obj['response_length'][0]} tok)")
+  if maps:
+    plot_step_maps(maps, png, block_size=dcfg.block_size, titles=titles)
+
+
+def run(config) -> None:
+  from t3d_jax.config_base import model_dir
+  from t3d_jax.sampling.config import DecodeError
+  from t3d_jax.sampling.rollout import rollout
+
+  r, d = config.rollout, config.decode
+  if not config.workdir:
+    raise InputError("rollout mode needs --config.workdir")
+  for key, value in (("rollout.num_samples", r.num_samples),
+                     ("rollout.chunk_prompts", r.chunk_prompts),
+                     ("decode.batch_size", d.batch_size),
+                     ("decode.width_multiple", d.width_multiple)):
+    if value < 1:
+      raise InputError(f"config {key} must be >= 1, got {value}")
+  src = model_dir(config)
+  model = dec.load_model(src, "teacher", config.tokenizer_dir, config.model.param_dtype,
+                         config.model.dtype)
+  dcfg = dec.decode_config(d, model.ids)
+  questions = dec.load_rows(r, config.workdir)
+  prompts, prompt_ids = dec.build_prompts(model.tokenizer, questions, config.prompt_template,
+                                          dcfg, r.data)
+  out, meta, png = _paths(config)
+  main = jax.process_index() == 0
+  fp = fingerprint(config, src, dcfg)
+  if main:
+    _prepare_output(out, meta, fp, config.overwrite)
+  n, ns = len(questions), r.num_samples
+  logging.info("rollout: %d questions x %d samples from %s, model %s, %s", n, ns, r.data, src,
+               dcfg)
+  key = jax.random.key(config.seed)
+  writer = JsonlAppender(out) if main else None
+  done = writer.rows if main else count_rows(out)
+  if done > n:
+    raise InputError(f"{out}: holds {done} rows but the data has only {n} questions")
+  if done:
+    logging.info("resuming: %d of %d rows already in %s", done, n, out)
+  t0, tokens, nfe = time.time(), 0, 0
+  bar = tqdm(total=n * ns, initial=done * ns, desc="rollout", unit="seq", disable=not main)
+  try:
+    for c, start in enumerate(range(0, n, r.chunk_prompts)):
+      stop = min(n, start + r.chunk_prompts)
+      if stop <= done:
+        continue
+      seqs = [prompt_ids[i] for i in range(start, stop) for _ in range(ns)]
+      base = bar.n
+
+      def progress(k, base=base, first=max(0, done - start) * ns):
+        bar.update(max(0, base + max(0, k - first) - bar.n))
+
+      try:
+        res = rollout(model.params, model.cfg, seqs, dcfg, jax.random.fold_in(key, c),
+                      batch_size=d.batch_size, width_multiple=d.width_multiple,
+                      progress=progress)
+      except DecodeError as e:
+        raise InputError(f"rollout: {e}") from None
+      for j, i in enumerate(range(start, stop)):
+        if i < done:
+          continue
+        samples = res[j * ns:(j + 1) * ns]
+        tokens += sum(s["length"] for s in samples)
+        nfe += sum(s["nfe"] for s in samples)
+        if writer is not None:
+          writer.write(_row(model, questions[i], prompts[i], samples))
+      done = stop
+      bar.update(max(0, done * ns - bar.n))
+  finally:
+    bar.close()
+    if writer is not None:
+      writer.close()
+  dt = time.time() - t0
+  if main and r.plot_trajectories > 0:
+    plot_trajectories(out, png, prompt_ids, dcfg, r.plot_trajectories)
+  msg = (f"[rollout] {n} rows ({n * ns} samples) in {out}; this run: {tokens} tokens, "
+         f"{nfe} forwards (TPF {tokens / max(nfe, 1):.2f}), {dt:.1f}s incl. compilation")
+  if main:
+    print(msg, flush=True)
+  logging.info(msg)
