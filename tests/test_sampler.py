@@ -437,3 +437,25 @@ def test_naive_recompute_baseline_matches_cached(tiny):
     out = make_generate(cfg, dcfg, recompute=True)(params, ids, lens, jax.random.key(0))
     for k in ref:
       np.testing.assert_array_equal(np.asarray(out[k]), np.asarray(ref[k]), err_msg=k)
+
+
+def test_rollout_groups_pads_and_restores_order(tiny):
+  from t3d_jax.sampling.rollout import rollout
+  _, params, cfg = tiny
+  lens = [7, 2, 12, 5, 9]
+  prompts = make_prompts(lens, seed=10)
+  kw = dict(block_size=4, denoising_steps=2, max_new_tokens=N_NEW, stop_ids=(24,))
+  full, _ = decode(params, cfg, prompts, **kw)
+  seen = []
+  rows = rollout(params, cfg, prompts, DecodeConfig(mask_id=MASK, **kw), jax.random.key(0),
+                 batch_size=2, width_multiple=8, progress=seen.append)
+  assert seen == [2, 4, 5] and len(rows) == len(prompts)
+  for r, row in enumerate(rows):
+    n = int(full["lengths"][r])
+    assert row["length"] == n == len(row["response_ids"]) == len(row["step_map"])
+    assert row["response_ids"] == full["ids"][r, :n].tolist()
+    assert row["step_map"] == full["step_map"][r, :n].tolist()
+    assert row["nfe"] == full["nfe"][r]
+  with pytest.raises(DecodeError, match="prompt too long: prompt 2 has 12"):
+    rollout(params, cfg, prompts, DecodeConfig(mask_id=MASK, max_length=20, **kw),
+            jax.random.key(0))
