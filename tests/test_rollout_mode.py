@@ -171,3 +171,21 @@ def test_cli_bad_input_exits_2_with_one_line(setup, tmp_path):
       f"error: model 'teacher': {tmp_path / 'gone'} does not exist (a model dir from the "
       "convert or distill mode, or an HF dir)")
   assert "Traceback" not in r.stderr
+
+
+def test_rows_through_tfds_equal_jsonl_and_prompt_template(setup, tmp_path):
+  from t3d_jax.evaluation import decode as dec
+  root, data = setup
+  c = _config(tmp_path, root / "model", data)
+  direct = dec.load_rows(c.rollout, c.workdir)
+  c.rollout.use_tfds = True
+  assert dec.load_rows(c.rollout, c.workdir) == direct
+  assert (tmp_path / "tfds" / "t3d_math_qa").is_dir()
+  assert [r["question"] for r in direct] == [q for q, _ in QUESTIONS[:N]]
+  model = dec.load_model(root / "model")
+  dcfg = dec.decode_config(c.decode, model.ids)
+  texts, ids = dec.build_prompts(model.tokenizer, direct[:2], "Q: {question}\nA:", dcfg, "q")
+  assert texts == [f"Q: {QUESTIONS[0][0]}\nA:", f"Q: {QUESTIONS[1][0]}\nA:"]
+  assert ids == tok_lib.encode(model.tokenizer, texts)
+  with pytest.raises(InputError, match="no {question} placeholder"):
+    dec.build_prompts(model.tokenizer, direct[:1], "Q:", dcfg, "q")

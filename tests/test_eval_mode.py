@@ -1,0 +1,137 @@
+"""eval mode end to end through the CLI on two tiny models (base and a perturbed
+"student"): per-sample JSONL, summaries, accuracy-vs-TPF PNG, TensorBoard, table, reuse
+of finished settings; the timed decoder equals the rollout library; bad input."""
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from decode_setup import (DECODE_FLAGS, PNG_SIGNATURE, QUESTIONS, cli, load_config,
+                          read_jsonl, tiny_model, write_questions)
+from t3d_jax.errors import InputError
+
+N_NEW, N = 8, 8
+TPF = (1, 4)
+SETTINGS = [f"static_b4_tpf{t}" for t in TPF]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  from t3d_jax import checkpoint
+  from t3d_jax.convert import load_params
+  root = tiny_model(tmp_path_factory)
+  tmp = tmp_path_factory.mktemp("eval_data")
+  params, cfg = load_params(root / "model")
+  noise = jax.tree.map(lambda x: x + 0.5 * np.random.RandomState(1).standard_normal(x.shape)
+                       .astype(x.dtype), jax.device_get(params))
+  student = checkpoint.save_model_dir(tmp / "student", noise, cfg,
+                                      meta_dir=checkpoint.meta_dir_of(root / "model"))
+  return root, student, write_questions(tmp / "q.jsonl", N)
+
+
+def eval_flags(work, root, student, data, *extra):
+  return (f"--config.workdir={work}", f"--config.eval.data={data}",
+          f"--config.eval.models=('base={root / 'model'}', 'student={student}')",
+          f"--config.eval.tokens_per_forward={TPF}", "--config.decode.batch_size=8",
+          f"--config.decode.max_new_tokens={N_NEW}", *DECODE_FLAGS, *extra)
+
+
+def test_eval_two_models_writes_everything_and_reuses_finished(setup, tmp_path):
+  root, student, data = setup
+  r = cli("eval", *eval_flags(tmp_path, root, student, data))
+  assert r.returncode == 0, r.stderr[-4000:]
+  out = tmp_path / "eval"
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["n"] == N and summary["decode"]["temperature"] == 0.1
+  res = {(x["model"], x["setting"]): x for x in summary["results"]}
+  assert sorted(res) == sorted((m, s) for m in ("base", "student") for s in SETTINGS)
+  for (model, setting), x in res.items():
+    rows = read_jsonl(out / "samples" / model / f"{setting}.jsonl")
+    assert [row["index"] for row in rows] == list(range(N))
+    for row, (q, ans) in zip(rows, QUESTIONS):
+      assert (row["question"], row["answer"]) == (q, ans)
+      assert 1 <= row["response_length"] == len(row["step_map"]) <= N_NEW
+      assert isinstance(row["correct"], bool) and isinstance(row["reason"], str)
+      assert row["nfe"] >= 1 and isinstance(row["full_output"], str)
+    assert x["n"] == N and 0.0 <= x["accuracy"] <= 1.0
+    assert x["accuracy"] == sum(row["correct"] for row in rows) / N
+    assert x["mean_response_length"] == sum(row["response_length"] for row in rows) / N
+    assert x["nfe_total"] == sum(row["nfe"] for row in rows)
+    assert x["tpf"] == pytest.approx(x["tokens_total"] / x["nfe_total"])
+    assert x["tokens_per_s"] > 0 and x["compile_s"] >= 0
+    assert x["denoising_steps"] == 4 // x["tokens_per_forward"]
+    assert x["tpf"] <= x["tokens_per_forward"] + 1e-9
+  for model in ("base", "student"):  # 4 tokens per forward: far fewer forwards
+    assert res[(model, SETTINGS[1])]["nfe_total"] < 0.5 * res[(model, SETTINGS[0])]["nfe_total"]
+  base_ids = read_jsonl(out / "samples" / "base" / f"{SETTINGS[0]}.jsonl")
+  stud_ids = read_jsonl(out / "samples" / "student" / f"{SETTINGS[0]}.jsonl")
+  assert [x["full_output"] for x in base_ids] != [x["full_output"] for x in stud_ids]
+  assert set(summary["aup"]) == {"base", "student"}  # one curve per model
+  png = out / "accuracy_vs_tpf.png"
+  assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 1000
+  assert list((out / "tb").glob("events.out.tfevents.*"))
+  table = r.stdout.splitlines()
+  assert any("temperature 0.1" in x for x in table)
+  for model, setting in res:
+    assert any(x.split()[:2] == [model, setting] for x in table), r.stdout
+
+  # rerun: every (model, setting) is reused, the results are the same
+  before = {p: p.read_bytes() for p in (out / "samples").rglob("*.jsonl")}
+  r = cli("eval", *eval_flags(tmp_path, root, student, data))
+  assert r.returncode == 0, r.stderr[-4000:]
+  assert r.stderr.count("finished before, reused") == 4
+  assert {p: p.read_bytes() for p in (out / "samples").rglob("*.jsonl")} == before
+  again = json.loads((out / "summary.json").read_text())
+  assert again["results"] == summary["results"]
+
+
+def test_timed_decode_equals_rollout_library(setup):
+  from t3d_jax.data import tokenizer as tok_lib
+  from t3d_jax.evaluation import decode as dec
+  from t3d_jax.sampling.rollout import rollout
+  root, _, _ = setup
+  model = dec.load_model(root / "model")
+  c = load_config("eval")
+  c.decode.max_new_tokens, c.decode.max_length = 6, 192
+  dcfg = dec.decode_config(c.decode, model.ids, denoising_steps=2)
+  prompts = tok_lib.encode(model.tokenizer, [tok_lib.math_prompt(model.tokenizer, q)
+                                             for q, _ in QUESTIONS[:5]])
+  key = jax.random.key(3)
+  ours, stats = dec.timed_decode(model.params, model.cfg, prompts, dcfg, key, batch_size=2,
+                                 width_multiple=192)
+  ref = rollout(model.params, model.cfg, prompts, dcfg, key, batch_size=2, width_multiple=192)
+  assert ours == ref
+  assert stats.batches == 3 and stats.decode_s > 0
+
+
+def _config(tmp_path, **eval_kw):
+  c = load_config("eval")
+  c.workdir = str(tmp_path)
+  c.eval.update(eval_kw)
+  return c
+
+
+@pytest.mark.parametrize("case", ["tpf", "missing", "dup", "empty"])
+def test_eval_bad_input_is_one_clear_error(setup, tmp_path, case):
+  from t3d_jax.modes import eval as eval_mode
+  root, student, data = setup
+  models = (f"base={root / 'model'}",)
+  kw = dict(data=str(data), models=models)
+  if case == "tpf":
+    kw.update(tokens_per_forward=(1, 3))
+    match = "tokens_per_forward: 3 does not divide decode.block_size=4"
+  elif case == "missing":
+    kw.update(models=models + (f"t3d={tmp_path / 'gone'}",))
+    match = "model 't3d': .*gone does not exist"
+  elif case == "dup":
+    kw.update(models=models + (f"base={student}",))
+    match = "model name 'base' given twice"
+  else:
+    (tmp_path / "e.jsonl").write_text("")
+    kw.update(data=str(tmp_path / "e.jsonl"))
+    match = "e.jsonl: empty file"
+  with pytest.raises(InputError, match=match):
+    eval_mode.run(_config(tmp_path, **kw))
+  assert not (tmp_path / "eval").exists()
