@@ -438,10 +438,10 @@ def initialize_distributed(requested: bool = False, *, coordinator_address: str 
   try:
     jax.distributed.initialize(**kw)
   except ValueError as e:
-    raise InputError(f"jax.distributed.initialize failed: {e}. Outside a TPU pod / SLURM / "
-                     "MPI job set distributed.coordinator_address, num_processes and "
-                     "process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
-                     "JAX_PROCESS_ID)") from e
+    raise InputError(
+        f"jax.distributed.initialize failed: {str(e).rstrip('.')}. Outside a TPU pod / "
+        "SLURM / MPI job set distributed.coordinator_address, num_processes and process_id "
+        "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)") from e
   return True
 
 
