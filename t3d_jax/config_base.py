@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
       extra_stop_ids=(),                       # added to EOS/<|im_end|>/<|endoftext|>
       prompt_mode="engine", commit_mode="fused", reveal_all_on_last_step=True,
       batch_size=8,                            # sequences per decoding call
+      data_parallel=False,                     # shard each batch over this host's devices
       width_multiple=64))                      # prompt widths rounded up to this (fewer compiles)
   # rollout: question/answer JSONL -> trajectories JSONL (t3d_jax/modes/rollout.py)
   c.rollout = ml_collections.ConfigDict(dict(

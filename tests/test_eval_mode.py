@@ -104,6 +104,17 @@ def test_timed_decode_equals_rollout_library(setup):
   ref = rollout(model.params, model.cfg, prompts, dcfg, key, batch_size=2, width_multiple=192)
   assert ours == ref
   assert stats.batches == 3 and stats.decode_s > 0
+  # decode.data_parallel: each batch split over the 8 (fake) local devices, same results
+  c.decode.data_parallel, c.decode.batch_size = True, 8
+  mesh = dec.data_mesh(c.decode)
+  assert mesh.shape == {"data": jax.local_device_count()} == {"data": 8}
+  sharded, _ = dec.timed_decode(model.params, model.cfg, prompts, dcfg, key, batch_size=8,
+                                width_multiple=192, mesh=mesh)
+  assert sharded == rollout(model.params, model.cfg, prompts, dcfg, key, batch_size=8,
+                            width_multiple=192)
+  c.decode.batch_size = 4
+  with pytest.raises(InputError, match="batch_size=4 is not a multiple of the 8 local"):
+    dec.data_mesh(c.decode)
 
 
 def _config(tmp_path, **eval_kw):

@@ -154,6 +154,19 @@ class DecodeStats:
   batches: int = 0
 
 
+def data_mesh(dc):
+  """With ``decode.data_parallel``: a 1-axis ('data') mesh over this process's devices,
+  each batch split over it (params replicated); else None (one device)."""
+  if not dc.data_parallel:
+    return None
+  from jax.sharding import Mesh
+  devices = jax.local_devices()
+  if dc.batch_size % len(devices):
+    raise InputError(f"config decode.batch_size={dc.batch_size} is not a multiple of the "
+                     f"{len(devices)} local devices (decode.data_parallel=True)")
+  return Mesh(np.array(devices), ("data",))
+
+
 _EXECUTABLES: dict = {}  # (cfg, dcfg, batch, width, params signature) -> compiled decoder
 
 
@@ -163,7 +176,7 @@ def _tree_signature(tree) -> tuple:
 
 
 def timed_decode(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig, rng, *,
-                 batch_size: int, width_multiple: int,
+                 batch_size: int, width_multiple: int, mesh=None,
                  progress: Optional[Callable[[int], None]] = None
                  ) -> tuple[list[dict], DecodeStats]:
   """:func:`t3d_jax.sampling.rollout.rollout` with compilation kept out of the timing.
@@ -187,9 +200,9 @@ def timed_decode(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConf
       width = min(width, dcfg.max_length)
     ids, lens = pad_prompts(group, batch_size, width)
     key = jax.random.fold_in(rng, bi)
-    shape = (cfg, dcfg, batch_size, width, _tree_signature(params))
+    shape = (cfg, dcfg, batch_size, width, mesh, _tree_signature(params))
     if shape not in _EXECUTABLES:
-      run = run or make_generate(cfg, dcfg)
+      run = run or make_generate(cfg, dcfg, mesh)
       t0 = time.perf_counter()
       _EXECUTABLES[shape] = run.lower(params, ids, lens, key).compile()
       stats.compile_s += time.perf_counter() - t0

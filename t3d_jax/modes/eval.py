@@ -116,7 +116,7 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
 
   results, stats = dec.timed_decode(model.params, model.cfg, prompt_ids, dcfg, rng,
                                     batch_size=d.batch_size, width_multiple=d.width_multiple,
-                                    progress=progress)
+                                    mesh=dec.data_mesh(d), progress=progress)
   t0 = time.perf_counter()
   rows = []
   for q, prompt, res in zip(questions, prompts, results):

@@ -135,6 +135,7 @@ def run(config) -> None:
   model = dec.load_model(src, "teacher", config.tokenizer_dir, config.model.param_dtype,
                          config.model.dtype)
   dcfg = dec.decode_config(d, model.ids)
+  mesh = dec.data_mesh(d)
   questions = dec.load_rows(r, config.workdir)
   prompts, prompt_ids = dec.build_prompts(model.tokenizer, questions, config.prompt_template,
                                           dcfg, r.data)
@@ -169,7 +170,7 @@ def run(config) -> None:
       try:
         res = rollout(model.params, model.cfg, seqs, dcfg, jax.random.fold_in(key, c),
                       batch_size=d.batch_size, width_multiple=d.width_multiple,
-                      progress=progress)
+                      mesh=mesh, progress=progress)
       except DecodeError as e:
         raise InputError(f"rollout: {e}") from None
       for j, i in enumerate(range(start, stop)):
