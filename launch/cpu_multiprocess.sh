@@ -42,11 +42,19 @@ echo "started $N processes x $D devices (coordinator 127.0.0.1:$PORT), logs in $
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap 'stop_all; exit 130' INT TERM
 status=0
-for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
-    echo "process $i failed; see $LOGDIR/process-$i.log" >&2
+declare -A running=()
+for i in "${!pids[@]}"; do running[${pids[$i]}]=$i; done
+while ((${#running[@]} > 0)); do  # whichever process ends first (bash >= 5.1: wait -n -p)
+  rc=0
+  wait -n -p done "${!running[@]}" || rc=$?
+  i=${running[$done]}
+  unset "running[$done]"
+  if ((rc != 0)); then
+    echo "process $i failed (exit $rc); see $LOGDIR/process-$i.log" >&2
     status=1
     stop_all  # the others would wait for it at the next collective
+    wait || true
+    break
   fi
 done
 [[ $status == 0 ]] && echo "all $N processes finished"

@@ -186,15 +186,69 @@ def format_plan(p: dict) -> str:
   return "\n".join(lines)
 
 
-def aot_compile(config, devices: int) -> str:
-  """Ahead-of-time compile the sharded step for the config's TPU topology, if this jax
-  can describe TPU topologies without TPUs (needs the libtpu plugin)."""
+# slice -> TPU topology name for jax.experimental.topologies (chips, 3D for v4/v5p)
+_TOPOLOGY = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4"}
+_TOPOLOGY_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8"}
+
+
+def topology_name(sl: Slice) -> str:
+  gen = sl.name.split("-")[0]
+  chips = sl.devices
+  table = _TOPOLOGY if gen in ("v4", "v5p") else _TOPOLOGY_2D
+  if chips not in table:
+    raise InputError(f"no TPU topology known for {sl.name}; pass --topology")
+  return f"{'v5e' if gen == 'v5litepod' else gen}:{table[chips]}"
+
+
+def aot_compile(config, topology: str = "") -> str:
+  """Ahead-of-time compile the sharded T3D step for the config's TPU topology on this
+  machine (needs the libtpu package importable; no TPU). Returns XLA's per-device memory
+  analysis, or why it could not compile."""
+  from jax.experimental import topologies
+  from jax.sharding import PartitionSpec as P
+
+  from t3d_jax.distill.losses import LossConfig
+  from t3d_jax.distill.step import OptimConfig, make_optimizer, make_train_step
+  name = topology or topology_name(tpu_slice(config.mesh.tpu))
   try:
-    from jax.experimental import topologies
-    topo = topologies.get_topology_desc(config.mesh.tpu, "tpu")
+    topo = topologies.get_topology_desc(name, "tpu")
   except Exception as e:  # noqa: BLE001 - report why, whatever it is
-    return f"AOT compile for {config.mesh.tpu!r} unavailable here: {type(e).__name__}: {e}"
-  return f"TPU topology {topo} available; compile with parallel.jit_train_step(...).lower(...)"
+    return f"AOT compile for {name!r} unavailable here: {type(e).__name__}: {e}"
+  cfg = model_config(config)
+  try:
+    mesh = parallel.make_mesh(dict(config.mesh.shape), topo.devices)
+  except AssertionError:  # v4 topologies list both cores of a chip (no megacore)
+    devs = np.asarray(topo.devices).reshape(
+        parallel.mesh_shape(dict(config.mesh.shape), len(topo.devices)))
+    mesh = jax.sharding.Mesh(devs, parallel.MESH_AXES,
+                             axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  tx = make_optimizer(OptimConfig.from_config(config.optim))
+  sh = parallel.train_shardings(cfg, tx, mesh, config.mesh.rules)
+  state = parallel.abstract_sharded(parallel.abstract_train_state(cfg, tx), sh.state)
+  ref = parallel.abstract_sharded(state.params, sh.reference)
+  d = config.distill
+  a, m = int(d.global_batch) // int(d.micro_batch), int(d.micro_batch)
+  l0, l1 = int(d.max_prompt_len), int(d.max_gen_length)
+  sds = lambda shape, dt: jax.ShapeDtypeStruct((a, m) + shape, dt, sharding=sh.batch)
+  batch = dict(ids=sds((l0 + 2 * l1,), np.int32), positions=sds((l0 + 2 * l1,), np.int32),
+               labels=sds((l0 + l1,), np.int32), p_mask=sds((l0 + l1,), bool),
+               step_map=sds((l1,), np.int32), weight=sds((), np.float32))
+  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
+                             sharding=jax.sharding.NamedSharding(mesh, P()))
+  loss = LossConfig.from_config(config.loss, block_size=config.examples.block_size)
+  step = make_train_step(cfg, loss, OptimConfig.from_config(config.optim),
+                         mask_id=cfg.vocab_size - 1, pad_id=0)
+  jitted = parallel.jit_train_step(step, sh).jitted(tx)
+  mem = jitted.lower(state, ref, batch, rng).compile().memory_analysis()
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  vals = {f: getattr(mem, f, 0) for f in fields}
+  peak = (vals["argument_size_in_bytes"] + vals["output_size_in_bytes"]
+          - vals["alias_size_in_bytes"] + vals["temp_size_in_bytes"])
+  return "\n".join([f"AOT compile for {name} ({len(topo.devices)} devices, "
+                    f"{topo.devices[0].device_kind}): XLA memory analysis per device"] +
+                   [f"  {f:32s} {v / GiB:8.2f} GiB" for f, v in vals.items()] +
+                   [f"  {'peak (args + out - alias + temp)':32s} {peak / GiB:8.2f} GiB"])
 
 
 def main(argv: list[str]) -> int:
@@ -208,7 +262,10 @@ def main(argv: list[str]) -> int:
   flags.DEFINE_integer("seq_len", None, "tokens per example (default L0 + 2 L1 from the "
                        "config's max_prompt_len / max_gen_length)", flag_values=fv)
   flags.DEFINE_float("hbm_gib", None, "HBM per device, overrides the slice's", flag_values=fv)
-  flags.DEFINE_bool("aot", False, "also try an ahead-of-time TPU compile", flag_values=fv)
+  flags.DEFINE_bool("aot", False, "also ahead-of-time compile the step for the TPU topology "
+                    "(needs the libtpu package; no TPU)", flag_values=fv)
+  flags.DEFINE_string("topology", "", "TPU topology for --aot, e.g. v5p:2x2x2 (default: "
+                      "from the slice)", flag_values=fv)
   fv(["memory"] + list(argv))
   config = fv.config
   if config is None:
@@ -225,5 +282,5 @@ def main(argv: list[str]) -> int:
     return 2
   print(format_plan(p))
   if fv.aot:
-    print(aot_compile(config, p["devices"]))
+    print(aot_compile(config, fv.topology), flush=True)
   return 0
