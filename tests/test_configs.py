@@ -109,3 +109,13 @@ def test_memory_cli_runs_for_4b():
   assert out.returncode == 0, out.stderr
   assert "v5p-32 (16 devices, 4 host(s)); mesh data=1 x fsdp=16 x tensor=1" in out.stdout
   assert "optimizer state" in out.stdout
+
+
+def test_aot_without_tpu_compiler_says_why():
+  if importlib.util.find_spec("libtpu") is not None:
+    pytest.skip("libtpu is importable: --aot would really compile (minutes)")
+  c = load(ROOT / "configs" / "sdar_4b_math.py")
+  assert memory.topology_name(memory.tpu_slice(c.mesh.tpu)) == "v5p:2x2x2"
+  assert memory.topology_name(memory.tpu_slice("v5litepod-8")) == "v5e:2x4"
+  msg = memory.aot_compile(c)
+  assert msg.startswith("AOT compile for 'v5p:2x2x2' unavailable here: RuntimeError")

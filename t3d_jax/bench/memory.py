@@ -239,7 +239,10 @@ def aot_compile(config, topology: str = "") -> str:
   step = make_train_step(cfg, loss, OptimConfig.from_config(config.optim),
                          mask_id=cfg.vocab_size - 1, pad_id=0)
   jitted = parallel.jit_train_step(step, sh).jitted(tx)
-  mem = jitted.lower(state, ref, batch, rng).compile().memory_analysis()
+  try:
+    mem = jitted.lower(state, ref, batch, rng).compile().memory_analysis()
+  except jax.errors.JaxRuntimeError as e:  # e.g. RESOURCE_EXHAUSTED: does not fit
+    return f"AOT compile for {name} ({len(topo.devices)} devices) failed: {e}"
   fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
             "temp_size_in_bytes", "generated_code_size_in_bytes")
   vals = {f: getattr(mem, f, 0) for f in fields}
