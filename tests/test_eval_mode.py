@@ -2,7 +2,6 @@
 "student"): per-sample JSONL, summaries, accuracy-vs-TPF PNG, TensorBoard, table, reuse
 of finished settings; the timed decoder equals the rollout library; bad input."""
 import json
-from pathlib import Path
 
 import jax
 import numpy as np

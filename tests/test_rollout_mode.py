@@ -2,7 +2,6 @@
 layout, valid step_maps, heat-map PNG, exact resume, distill loader, bad input."""
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
