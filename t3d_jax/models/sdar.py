@@ -204,10 +204,13 @@ class SDAR(nn.Module):
   cfg: SDARConfig
 
   @nn.compact
-  def __call__(self, ids, mask, positions, cache: Optional[KVCache] = None):
+  def __call__(self, ids, mask, positions, cache: Optional[KVCache] = None,
+               logits_start: int = 0):
     """ids [B, T] int; mask [B, T, S+T] (or [T, S+T]) bool; positions [B, T].
 
-    Without a cache S = 0. Returns (logits [B, T, V], KVCache of the T new tokens).
+    Without a cache S = 0. Returns (logits [B, T - logits_start, V] of the rows from
+    ``logits_start`` on, KVCache of the T new tokens). A static ``logits_start`` skips
+    the head for rows whose logits are not needed (prefill, a fused commit block).
     """
     cfg = self.cfg
     dtype = as_dtype(cfg.dtype)
@@ -222,7 +225,7 @@ class SDAR(nn.Module):
                      metadata_params={nn.PARTITION_NAME: "layers"})
     cache_kv = None if cache is None else (cache.k, cache.v)
     x, (k, v) = layers(cfg, name="layers")(x, cache_kv, mask, positions)
-    x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x)
+    x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x[:, logits_start:])
     if cfg.tie_word_embeddings:
       logits = x @ table.astype(dtype).T
     else:
@@ -256,11 +259,11 @@ def forward(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array) 
 
 
 def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
-                       cache: KVCache) -> tuple[Array, KVCache]:
+                       cache: KVCache, logits_start: int = 0) -> tuple[Array, KVCache]:
   """Decode step: a query block ids [B, T] attends to ``cache`` (length S) and itself
-  under mask [B, T, S+T]. Returns logits and the block's own keys/values, which the
-  caller appends (``write_cache``) once the block is committed."""
-  return SDAR(cfg).apply({"params": params}, ids, mask, positions, cache)
+  under mask [B, T, S+T]. Returns the logits of rows ``logits_start``.. and the block's
+  own keys/values, which the caller appends (``write_cache``) once it is committed."""
+  return SDAR(cfg).apply({"params": params}, ids, mask, positions, cache, logits_start)
 
 
 def write_cache(cache: KVCache, new: KVCache, start: Array, count: Optional[int] = None) -> KVCache:

@@ -57,7 +57,8 @@ def _prefill(params, cfg: SDARConfig, dcfg: DecodeConfig, prompt_ids, first, off
   stair = jax.vmap(lambda o: masks.staircase_mask(width, dcfg.block_size, o))(offset)
   mask = stair & (jnp.arange(width)[None, :] < first[:, None])[:, None, :]
   pos = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (bsz, width))
-  _, kv = forward_with_cache(params, cfg, prompt_ids, mask, pos, KVCache.zeros(cfg, bsz, 0))
+  _, kv = forward_with_cache(params, cfg, prompt_ids, mask, pos, KVCache.zeros(cfg, bsz, 0),
+                             logits_start=prompt_ids.shape[1])  # keys/values only
   return write_cache(cache, kv, jnp.zeros((bsz,), jnp.int32))
 
 
@@ -81,8 +82,8 @@ def _fused_forward(params, cfg, prev, block, start, cache):
                           jnp.broadcast_to(own, (bsz, 2 * b, 2 * b))], axis=-1)
   pos = (start - b)[:, None] + q[None, :].astype(jnp.int32)
   logits, kv = forward_with_cache(params, cfg, jnp.concatenate([prev, block], 1), mask, pos,
-                                  cache)
-  return logits[:, b:], write_cache(cache, kv, start - b, count=b)
+                                  cache, logits_start=b)  # no head for the commit rows
+  return logits, write_cache(cache, kv, start - b, count=b)
 
 
 def _recompute_forward(params, cfg, dcfg, block, start, seq, offset):
