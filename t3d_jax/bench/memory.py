@@ -7,6 +7,11 @@ Nothing is allocated: the train state's shapes come from ``jax.eval_shape``, the
 ``jax.sharding.AbstractMesh`` sized from the named TPU slice (or ``--devices``), and each
 leaf's per-device bytes are those of its shard under the config's logical-axis rules
 (``t3d_jax.parallel``). Activations are an estimate (formula in ``activation_bytes``).
+
+``--aot`` compiles the real sharded step for the TPU topology on this CPU machine when the
+``libtpu`` package (the version ``jax[tpu]`` pins) is importable, and prints XLA's memory
+analysis. For SDAR-4B on v5p-16 XLA reported args 7.50 GiB (= params + optimiser +
+reference here) and temporaries 24.18 GiB, peak 31.67 GiB, against this estimate's 33.63.
 """
 from __future__ import annotations
 
