@@ -286,6 +286,15 @@ def shard_tree(tree, shardings):
   return jax.tree.map(put, tree, shardings)
 
 
+def gather_to_host(tree):
+  """Host numpy copies of (possibly multi-process) sharded arrays. With several
+  processes this is a collective: every process must call it."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def load_hf_params_sharded(hf_dir, model_cfg_overrides: Optional[dict] = None, *, mesh: Mesh,
                            rules: Rules, param_dtype: Optional[str] = None):
   """HF safetensors -> params in their shardings, one (stacked) param at a time: the

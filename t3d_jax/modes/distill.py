@@ -5,6 +5,12 @@ update step, logs a tqdm bar, TensorBoard scalars (<workdir>/tb) and metrics JSO
 orbax checkpoints in <workdir>/checkpoints (state, reference, data position, round), and
 writes the final student as a model dir (export mode turns it into an HF dir). Rerunning
 the same command resumes from the newest checkpoint.
+
+Sharding: the mesh and logical rules of the config (t3d_jax/parallel.py) place params,
+optimiser state, reference and batch; the step is jitted with explicit shardings and a
+donated state. Every process builds the same global batch order and feeds only its own
+micro-batch rows (``make_array_from_process_local_data``); only process 0 logs and
+writes the student.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from t3d_jax import checkpoint
+from t3d_jax import checkpoint, parallel
 from t3d_jax.config_base import model_dir
 from t3d_jax.convert import load_params
 from t3d_jax.data.jsonl import JsonlAppender
@@ -27,8 +33,7 @@ from t3d_jax.data.tokenizer import load_tokenizer, special_ids
 from t3d_jax.distill.data import load_trajectory_samples, make_batch
 from t3d_jax.distill.examples import ExampleConfig
 from t3d_jax.distill.losses import LossConfig
-from t3d_jax.distill.step import (OptimConfig, TrainState, copy_tree, make_optimizer,
-                                  make_train_step)
+from t3d_jax.distill.step import OptimConfig, copy_tree, make_optimizer, make_train_step
 from t3d_jax.errors import InputError
 
 
@@ -70,8 +75,13 @@ def run(config) -> None:
   loss_cfg = LossConfig.from_config(config.loss, block_size=ex_cfg.block_size)
   optim = OptimConfig.from_config(config.optim, total_steps=total)
   tx = make_optimizer(optim)
-  state = TrainState.create(jax.device_put(params), tx)
-  reference = copy_tree(state.params)
+  mesh = parallel.mesh_from_config(config)
+  sh = parallel.train_shardings(mcfg, tx, mesh, config.mesh.rules)
+  reference = parallel.shard_tree(params, sh.reference)  # one leaf at a time
+  del params
+  state = parallel.create_train_state(reference, tx, sh)   # copies: reference stays
+  rows = parallel.local_rows(d.micro_batch, sh.batch)      # this process's micro-batch rows
+  refresh = jax.jit(copy_tree, out_shardings=sh.reference)  # new buffers, never the donated
   ckpt = checkpoint.TrainCheckpointer(work / "checkpoints", keep=d.keep_checkpoints,
                                       async_save=d.async_checkpoint)
   fp = _fingerprint(config, len(samples))
@@ -83,8 +93,8 @@ def run(config) -> None:
                        "(fingerprint differs); use another workdir or --config.overwrite=True")
     logging.info("resuming from step %d (epoch %d, round %d)", int(state.step), meta["epoch"],
                  meta["round"])
-  step_fn = jax.jit(make_train_step(mcfg, loss_cfg, optim, mask_id=ids.mask_id,
-                                    pad_id=ids.pad_id), donate_argnums=0)
+  step_fn = parallel.jit_train_step(make_train_step(mcfg, loss_cfg, optim, mask_id=ids.mask_id,
+                                                   pad_id=ids.pad_id), sh)
   from tensorboardX import SummaryWriter
   writer = SummaryWriter(str(work / "tb")) if jax.process_index() == 0 else None
   rng = jax.random.key(config.seed)
@@ -100,14 +110,17 @@ def run(config) -> None:
                          length_bucket=d.length_bucket, pad_id=ids.pad_id,
                          mask_id=ids.mask_id, vocab_size=tokenizer.vocab_size,
                          seed=config.seed, noise_step=0 if d.fixed_noise else step)
+      weight = batch["weight"]
+      batch = parallel.make_global_batch({k: v[:, rows] for k, v in batch.items()}, sh.batch,
+                                         global_rows=d.micro_batch)
       state, metrics = step_fn(state, reference, batch, rng)
       done = step + 1
       if d.multi_round and done % d.round_interval == 0:
-        reference = copy_tree(state.params)  # self-play: the next round's reference
+        reference = refresh(state.params)  # self-play: the next round's reference
       if done % d.log_every == 0 or done == total:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         m.update(step=done, epoch=epoch, round=done // d.round_interval if d.multi_round else 0,
-                 dropped=int(np.sum(batch["weight"] == 0)), elapsed_s=time.time() - t0)
+                 dropped=int(np.sum(weight == 0)), elapsed_s=time.time() - t0)
         if writer is not None:
           for key, v in m.items():
             writer.add_scalar(f"distill/{key}", v, done)
@@ -120,8 +133,9 @@ def run(config) -> None:
   if writer is not None:
     writer.close()
   student = Path(d.student_dir or work / "student")
+  final = parallel.gather_to_host(state.params)  # collective: every process takes part
   if jax.process_index() == 0:
-    checkpoint.save_model_dir(student, jax.device_get(state.params), mcfg.replace(remat=False),
+    checkpoint.save_model_dir(student, final, mcfg.replace(remat=False),
                               meta_dir=checkpoint.meta_dir_of(src), overwrite=True)
   logging.info("distilled %d updates in %.1fs; student model dir: %s", total - start,
                time.time() - t0, student)
