@@ -1,5 +1,5 @@
 """T3D distillation of SDAR-4B on MATH trajectories, TPU v5p-16 (8 chips of 95 GiB on 2
-hosts; run on every worker, see launch/README.md). Hyperparameters as sdar_1p7b_math.py.
+hosts; run on every worker, see README.md, "TPU VM pod slice"). Hyperparameters as sdar_1p7b_math.py.
 
   python -m t3d_jax.bench memory --config configs/sdar_4b_math.py
   launch/tpu_vm.sh run -- --config configs/sdar_4b_math.py --config.workdir=gs://bucket/run \
