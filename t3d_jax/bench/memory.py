@@ -21,7 +21,6 @@ import re
 import sys
 from typing import Any, Optional
 
-import flax.linen as nn
 import jax
 import numpy as np
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -22,6 +21,7 @@ from t3d_jax.data import datasets
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.errors import InputError
 from t3d_jax.sampling.config import DecodeConfig, DecodeError
+from t3d_jax.sampling.rollout import DecodeStats
 
 # shipped set name -> (TFDS config of t3d_math_qa, split)
 _TFDS_SHIPPED = {"gsm8k_train": ("gsm8k", "train"), "gsm8k_test": ("gsm8k", "test"),
@@ -147,13 +147,6 @@ def prompt_tail(prompt_len: int, dcfg: DecodeConfig) -> int:
   return prompt_len % dcfg.block_size if dcfg.prompt_mode == "engine" else 0
 
 
-@dataclasses.dataclass
-class DecodeStats:
-  compile_s: float = 0.0     # AOT compilation, once per batch shape
-  decode_s: float = 0.0      # device time of the decoding calls (what tokens/s uses)
-  batches: int = 0
-
-
 def data_mesh(dc):
   """With ``decode.data_parallel``: a 1-axis ('data') mesh over this process's devices,
   each batch split over it (params replicated); else None (one device)."""
@@ -167,56 +160,13 @@ def data_mesh(dc):
   return Mesh(np.array(devices), ("data",))
 
 
-_EXECUTABLES: dict = {}  # (cfg, dcfg, batch, width, params signature) -> compiled decoder
-
-
-def _tree_signature(tree) -> tuple:
-  leaves, treedef = jax.tree.flatten(tree)
-  return (str(treedef),) + tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
-
-
 def timed_decode(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig, rng, *,
                  batch_size: int, width_multiple: int, mesh=None,
                  progress: Optional[Callable[[int], None]] = None
                  ) -> tuple[list[dict], DecodeStats]:
-  """:func:`t3d_jax.sampling.rollout.rollout` with compilation kept out of the timing.
-
-  Same batching (length-sorted batches of ``batch_size``, widths rounded up to
-  ``width_multiple``, batch b decoded with ``fold_in(rng, b)``) and the same per-prompt
-  dicts in input order; each new batch shape is compiled ahead of time (and kept for
-  later calls, e.g. a second model of the same shapes) and the clock covers only the
-  decoding calls."""
-  from t3d_jax.sampling.rollout import pad_prompts, plan_batches
-  from t3d_jax.sampling.sampler import make_generate
-  prompts = [list(map(int, p)) for p in prompts]
-  run = None
+  """:func:`t3d_jax.sampling.rollout.rollout` with compilation kept out of the timing."""
+  from t3d_jax.sampling.rollout import rollout
   stats = DecodeStats()
-  results: list[Optional[dict]] = [None] * len(prompts)
-  done = 0
-  for bi, idx in enumerate(plan_batches([len(p) for p in prompts], batch_size)):
-    group = [prompts[i] for i in idx]
-    width = max(1, -(-max(len(p) for p in group) // width_multiple) * width_multiple)
-    if dcfg.max_length is not None:
-      width = min(width, dcfg.max_length)
-    ids, lens = pad_prompts(group, batch_size, width)
-    key = jax.random.fold_in(rng, bi)
-    shape = (cfg, dcfg, batch_size, width, mesh, _tree_signature(params))
-    if shape not in _EXECUTABLES:
-      run = run or make_generate(cfg, dcfg, mesh)
-      t0 = time.perf_counter()
-      _EXECUTABLES[shape] = run.lower(params, ids, lens, key).compile()
-      stats.compile_s += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(_EXECUTABLES[shape](params, ids, lens, key))
-    stats.decode_s += time.perf_counter() - t0
-    stats.batches += 1
-    out = {k: np.asarray(v) for k, v in out.items()}
-    for r, i in enumerate(idx):
-      n = int(out["lengths"][r])
-      results[i] = dict(response_ids=out["ids"][r, :n].tolist(),
-                        step_map=out["step_map"][r, :n].tolist(), length=n,
-                        nfe=int(out["nfe"][r]))
-    done += len(idx)
-    if progress is not None:
-      progress(done)
+  results = rollout(params, cfg, prompts, dcfg, rng, batch_size=batch_size,
+                    width_multiple=width_multiple, mesh=mesh, progress=progress, stats=stats)
   return results, stats

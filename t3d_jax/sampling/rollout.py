@@ -7,6 +7,8 @@ the last batch is filled with copies of a real prompt, so only a few shapes comp
 """
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -15,6 +17,14 @@ import numpy as np
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.sampling.config import DecodeConfig, DecodeError
 from t3d_jax.sampling.sampler import make_generate
+
+
+@dataclasses.dataclass
+class DecodeStats:
+  """Where a rollout's time went (filled in when passed to :func:`rollout`)."""
+  compile_s: float = 0.0     # ahead-of-time compilation, once per batch shape
+  decode_s: float = 0.0      # the decoding calls alone (what tokens/s uses)
+  batches: int = 0
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -38,12 +48,15 @@ def pad_prompts(prompts: Sequence[Sequence[int]], rows: int, width: int):
 def rollout(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig,
             rng, *, batch_size: int = 16, width_multiple: int = 64, mesh=None,
             data_axis: str = "data",
-            progress: Optional[Callable[[int], None]] = None) -> list[dict]:
+            progress: Optional[Callable[[int], None]] = None,
+            stats: Optional[DecodeStats] = None) -> list[dict]:
   """Decode every prompt; returns, in input order, dicts with ``response_ids`` (list of
   generated ids, cut after the stop token), ``step_map`` (same length), ``length`` and
   ``nfe``. Batch b uses ``fold_in(rng, b)``: results are deterministic given prompts,
   batch_size and rng (greedy results do not depend on the grouping at all).
-  ``progress(n)`` is called with the number of prompts finished after each batch."""
+  ``progress(n)`` is called with the number of prompts finished after each batch. With
+  ``stats``, each batch shape is compiled ahead of time and the clock covers only the
+  decoding calls."""
   if batch_size < 1:
     raise DecodeError(f"batch_size must be >= 1, got {batch_size}")
   if width_multiple < 1:
@@ -60,6 +73,7 @@ def rollout(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg: Dec
         raise DecodeError(f"prompt too long: prompt {i} has {len(p)} tokens + max_new_tokens="
                           f"{dcfg.max_new_tokens} > max_length={dcfg.max_length}")
   run = make_generate(cfg, dcfg, mesh, data_axis)
+  compiled: dict = {}  # (width) -> executable, when timing
   results: list[Optional[dict]] = [None] * len(prompts)
   done = 0
   for bi, idx in enumerate(plan_batches([len(p) for p in prompts], batch_size)):
@@ -68,7 +82,18 @@ def rollout(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg: Dec
     if dcfg.max_length is not None:
       width = min(width, dcfg.max_length)
     ids, lens = pad_prompts(group, batch_size, width)
-    out = run(params, ids, lens, jax.random.fold_in(rng, bi))
+    key = jax.random.fold_in(rng, bi)
+    if stats is None:
+      out = run(params, ids, lens, key)
+    else:
+      if width not in compiled:
+        t0 = time.perf_counter()
+        compiled[width] = run.lower(params, ids, lens, key).compile()
+        stats.compile_s += time.perf_counter() - t0
+      t0 = time.perf_counter()
+      out = jax.block_until_ready(compiled[width](params, ids, lens, key))
+      stats.decode_s += time.perf_counter() - t0
+      stats.batches += 1
     out = {k: np.asarray(v) for k, v in out.items()}
     for r, i in enumerate(idx):
       n = int(out["lengths"][r])
