@@ -14,6 +14,7 @@ writes the student.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -96,13 +97,14 @@ def run(config) -> None:
   step_fn = parallel.jit_train_step(make_train_step(mcfg, loss_cfg, optim, mask_id=ids.mask_id,
                                                    pad_id=ids.pad_id), sh)
   from tensorboardX import SummaryWriter
-  writer = SummaryWriter(str(work / "tb")) if jax.process_index() == 0 else None
+  main = jax.process_index() == 0  # only process 0 logs and writes the student
+  writer = SummaryWriter(str(work / "tb")) if main else None
   rng = jax.random.key(config.seed)
   start = int(state.step)
   t0 = time.time()
-  with JsonlAppender(work / "metrics.jsonl") as log_rows:
+  with JsonlAppender(work / "metrics.jsonl") if main else contextlib.nullcontext() as log_rows:
     for step in tqdm(range(start, total), initial=start, total=total, desc="distill",
-                     disable=jax.process_index() != 0):
+                     disable=not main):
       epoch, k = divmod(step, per_epoch)
       idx = epoch_order(len(samples), config.seed, epoch)[k * d.global_batch:
                                                           (k + 1) * d.global_batch]
@@ -111,8 +113,8 @@ def run(config) -> None:
                          mask_id=ids.mask_id, vocab_size=tokenizer.vocab_size,
                          seed=config.seed, noise_step=0 if d.fixed_noise else step)
       weight = batch["weight"]
-      batch = parallel.make_global_batch({k: v[:, rows] for k, v in batch.items()}, sh.batch,
-                                         global_rows=d.micro_batch)
+      batch = parallel.make_global_batch({name: x[:, rows] for name, x in batch.items()},
+                                         sh.batch, global_rows=d.micro_batch)
       state, metrics = step_fn(state, reference, batch, rng)
       done = step + 1
       if d.multi_round and done % d.round_interval == 0:
@@ -134,7 +136,7 @@ def run(config) -> None:
     writer.close()
   student = Path(d.student_dir or work / "student")
   final = parallel.gather_to_host(state.params)  # collective: every process takes part
-  if jax.process_index() == 0:
+  if main:
     checkpoint.save_model_dir(student, final, mcfg.replace(remat=False),
                               meta_dir=checkpoint.meta_dir_of(src), overwrite=True)
   logging.info("distilled %d updates in %.1fs; student model dir: %s", total - start,
