@@ -15,5 +15,5 @@ def run(config) -> None:
   out = model_dir(config)
   cfg = convert_hf_to_model_dir(config.hf_dir, out, config.param_dtype or None,
                                 overwrite=config.overwrite)
-  logging.info("converted %s -> %s (%s, %d layers, params %s) in %.1fs", config.hf_dir, out,
-               cfg.param_dtype, cfg.num_layers, cfg.param_dtype, time.time() - t0)
+  logging.info("converted %s -> %s (%s, %d layers) in %.1fs", config.hf_dir, out,
+               cfg.param_dtype, cfg.num_layers, time.time() - t0)

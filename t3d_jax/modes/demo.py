@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from t3d_jax.convert import convert_hf_to_model_dir, export_model_dir_to_hf, load_params
-from t3d_jax.convert.hf import save_hf_params
+from t3d_jax.convert.hf import TensorSource, save_hf_params
 from t3d_jax.models.sdar import SDARConfig, init_params
 
 
@@ -34,12 +34,8 @@ def _stage(name: str, done: bool) -> bool:
 
 
 def _tensor_bytes(hf_dir: Path) -> dict:
-  from safetensors import safe_open
-  out = {}
-  for f in sorted(hf_dir.glob("*.safetensors")):
-    with safe_open(f, "np") as h:
-      out.update({k: h.get_tensor(k).tobytes() for k in h.keys()})
-  return out
+  src = TensorSource(hf_dir)
+  return {name: src.get(name).tobytes() for name in src.weight_map}
 
 
 def run(config) -> None:
@@ -47,6 +43,7 @@ def run(config) -> None:
   from t3d_jax.data.datasets import load_qa
   from t3d_jax.data.tokenizer_build import train_tiny_bpe
   from t3d_jax.sampling.config import DecodeConfig
+  from t3d_jax.sampling.rollout import pad_prompts
   from t3d_jax.sampling.sampler import generate
 
   d = config.demo
@@ -81,11 +78,7 @@ def run(config) -> None:
   params, cfg = load_params(model_dir)
   questions = [r["question"] for r in load_qa(d.dataset, limit=d.num_prompts)]
   prompts = tok_lib.encode(tokenizer, [tok_lib.math_prompt(tokenizer, q) for q in questions])
-  width = max(map(len, prompts))
-  prompt_ids = np.full((len(prompts), width), ids.pad_id, np.int32)
-  for i, p in enumerate(prompts):
-    prompt_ids[i, : len(p)] = p
-  lens = np.array([len(p) for p in prompts], np.int32)
+  prompt_ids, lens = pad_prompts(prompts, len(prompts), max(map(len, prompts)))
   rows = []
   if _stage("decode", False):
     for tpf in d.tokens_per_forward:
