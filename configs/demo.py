@@ -1,15 +1,63 @@
-"""The CPU demo (README's main command): python -m t3d_jax.main --config configs/demo.py"""
-import ml_collections
+"""The CPU demo (README's main command): python -m t3d_jax.main --config configs/demo.py
 
+One pipeline in <workdir> (default workdir/demo), every stage resumable and runnable
+alone with --config.mode=<stage>:
+
+  task      the synthetic category-words task (t3d_jax/tasks/words.py) + char tokenizer
+  pretrain  a tiny SDAR-style model trained from scratch with the block-diffusion loss
+  rollout   the base model's own full-step trajectories (1 token per forward, block 4)
+  distill   T3D (DDO + path loss, self-play rounds) on those trajectories -> student
+  eval      base and student at 1, 2 and 4 tokens per forward on held-out questions:
+            table, accuracy_vs_tpf.png
+"""
 from t3d_jax.config_base import base_config
+from t3d_jax.tasks import words
 
 
 def get_config():
   c = base_config()
-  c.mode = "demo"
+  c.mode = "pipeline"
   c.workdir = "workdir/demo"
-  c.demo = ml_collections.ConfigDict(dict(
-      vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-      num_kv_heads=2, head_dim=16, dataset="gsm8k_test", num_prompts=8, block_size=4,
-      tokens_per_forward=(1, 2, 4), max_new_tokens=64))
+  c.pipeline.stages = ("task", "pretrain", "rollout", "distill", "eval")
+  c.prompt_template = words.PROMPT_TEMPLATE   # "{question}=": one tag per prompt block
+  c.task.name = "words"
+  c.task.num_train, c.task.num_test = 4096, 128
+  c.task.min_words = c.task.max_words = 4     # 4 answer blocks + the EOS block
+
+  c.examples.block_size = 4
+  p = c.pretrain
+  p.data = "{workdir}/task/train.jsonl"
+  p.arch.update(vocab_size=words.VOCAB_SIZE, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
+                num_kv_heads=2, head_dim=32)
+  p.global_batch = p.micro_batch = 64
+  p.max_steps = 600
+  p.length_bucket = 4
+  p.log_every, p.checkpoint_every = 50, 200
+  p.optim.lr = 3e-3
+
+  d = c.decode                                # teacher: 1 token per forward
+  d.block_size, d.denoising_steps = 4, 4
+  d.prompt_mode = "aligned"                   # blocks start at the answer, as in training
+  d.max_new_tokens = 20
+  d.batch_size = 64
+  d.width_multiple = 4
+
+  c.rollout.data = "{workdir}/task/train.jsonl"
+  c.rollout.limit = 512
+  c.rollout.chunk_prompts = 512
+
+  t = c.distill
+  t.data = "{workdir}/trajectories.jsonl"
+  t.global_batch = t.micro_batch = 32
+  t.max_steps = 150
+  t.length_bucket = 4
+  t.max_gen_length = 20
+  t.round_interval = 25
+  t.log_every, t.checkpoint_every = 10, 50
+  c.optim.lr = 3e-4
+  c.optim.warmup_steps = 10
+
+  c.eval.data = "{workdir}/task/test.jsonl"
+  c.eval.models = ("base={workdir}/model", "t3d={workdir}/student")
+  c.eval.tokens_per_forward = (1, 2, 4)
   return c

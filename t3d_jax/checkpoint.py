@@ -88,14 +88,17 @@ def load_model_config(model_dir) -> SDARConfig:
 
 class TrainCheckpointer:
   """Orbax CheckpointManager for a training run: student state (params, opt_state,
-  step), the frozen reference, and a JSON ``meta`` (data position, round, fingerprint).
-  Keeps the newest ``keep`` checkpoints; saves asynchronously when ``async_save``."""
+  step), the frozen reference (unless ``with_reference=False``: then pass None for it),
+  and a JSON ``meta`` (data position, round, fingerprint). Keeps the newest ``keep``
+  checkpoints; saves asynchronously when ``async_save``."""
 
-  def __init__(self, directory, *, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory, *, keep: int = 3, async_save: bool = True,
+               with_reference: bool = True):
     opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                         enable_async_checkpointing=async_save)
+    self.items = ("state", "reference", "meta") if with_reference else ("state", "meta")
     self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=opts,
-                                         item_names=("state", "reference", "meta"))
+                                         item_names=self.items)
 
   @staticmethod
   def _state_tree(state):
@@ -105,10 +108,11 @@ class TrainCheckpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state, reference, meta: dict) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(self._state_tree(state)),
-        reference=ocp.args.StandardSave(reference),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    args = dict(state=ocp.args.StandardSave(self._state_tree(state)),
+                meta=ocp.args.JsonSave(meta))
+    if "reference" in self.items:
+      args["reference"] = ocp.args.StandardSave(reference)
+    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
 
   def restore_latest(self, state, reference):
     """(state, reference, meta) of the newest checkpoint, restored into the structure,
@@ -117,13 +121,14 @@ class TrainCheckpointer:
     if step is None:
       return None
     abstract = lambda t: jax.tree.map(ocp.utils.to_shape_dtype_struct, t)  # noqa: E731
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract(self._state_tree(state))),
-        reference=ocp.args.StandardRestore(abstract(reference)),
-        meta=ocp.args.JsonRestore()))
+    args = dict(state=ocp.args.StandardRestore(abstract(self._state_tree(state))),
+                meta=ocp.args.JsonRestore())
+    if "reference" in self.items:
+      args["reference"] = ocp.args.StandardRestore(abstract(reference))
+    out = self.manager.restore(step, args=ocp.args.Composite(**args))
     s = out["state"]
     return (state.replace(step=s["step"], params=s["params"], opt_state=s["opt_state"]),
-            out["reference"], out["meta"])
+            out["reference"] if "reference" in self.items else None, out["meta"])
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -17,6 +17,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.overwrite = False       # allow replacing a non-empty output dir
   c.jax_distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
+  c.force = False           # run in a workdir set up by another pipeline config
+  # Path-valued keys may contain "{workdir}" (replaced by config.workdir).
+
+  # what the answers are graded with (t3d_jax/tasks): math | words (the demo task)
+  c.task = ml_collections.ConfigDict(dict(
+      name="math",
+      num_train=4096, num_test=128,   # task mode (words): rows written under <workdir>/task
+      min_words=2, max_words=4))      # categories (= blocks) per question
+  # pipeline mode: these modes in order, each skipped/resumed where its output exists
+  c.pipeline = ml_collections.ConfigDict(dict(stages=()))
 
   # convert: HF dir -> orbax model dir
   c.hf_dir = ""
@@ -36,6 +46,21 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32",        # compute dtype: float32 | bfloat16
       param_dtype="float32",  # master params (fp32 master + bf16 compute is the TPU default)
       remat=False))           # rematerialise every layer in the backward pass
+
+  # pretrain: question/answer pairs -> model dir (masked-diffusion objective; SFT with init)
+  c.pretrain = ml_collections.ConfigDict(dict(
+      data="", question_field="question", answer_field="answer", limit=0,
+      use_tfds=False, tfds_dir="",
+      init="",                 # '' = random weights of `arch`; else a model dir / HF dir
+      arch=ml_collections.ConfigDict(dict(   # vocab_size 0: the tokenizer's size
+          vocab_size=0, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4, num_kv_heads=2,
+          head_dim=32, rope_theta=10000.0, tie_word_embeddings=False)),
+      max_gen_length=512, length_bucket=8, global_batch=32, micro_batch=32,
+      num_epochs=1, max_steps=0, log_every=10, checkpoint_every=200, keep_checkpoints=2,
+      async_checkpoint=True,
+      optim=ml_collections.ConfigDict(dict(
+          lr=1e-3, warmup_steps=50, min_lr_scale=0.1, b1=0.9, b2=0.98, eps=1e-8,
+          weight_decay=0.01, decay_norms_and_biases=False, clip_grad_norm=1.0))))
 
   # --- decoding, shared by rollout and eval (t3d_jax/evaluation/decode.py) ---
   c.prompt_template = ""    # '' = tokenizer chat template on question + math instruction;
@@ -135,9 +160,19 @@ def dataclass_from_config(cls, cfg, **overrides):
     raise InputError(f"config ({cls.__name__}): {e}") from None
 
 
+def expand(path: str, config) -> str:
+  """``path`` with "{workdir}" replaced by ``config.workdir``."""
+  path = str(path)
+  if "{workdir}" in path:
+    if not config.workdir:
+      raise InputError(f"{path!r} uses {{workdir}} but config.workdir is empty")
+    path = path.replace("{workdir}", str(config.workdir))
+  return path
+
+
 def model_dir(config) -> str:
   if config.model_dir:
-    return config.model_dir
+    return expand(config.model_dir, config)
   if not config.workdir:
     raise InputError("set --config.workdir (or --config.model_dir)")
   return f"{config.workdir}/model"

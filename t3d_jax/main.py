@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from t3d_jax.errors import InputError
 
-MODES = ("convert", "export", "demo", "distill", "rollout", "eval")
+MODES = ("convert", "export", "task", "pretrain", "rollout", "distill", "eval", "pipeline")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
@@ -25,6 +25,8 @@ def run(config) -> None:
     raise InputError(f"config.mode={config.mode!r} is not one of {', '.join(MODES)}")
   from t3d_jax.parallel import initialize_from_config
   initialize_from_config(config)  # only when jax_distributed or a multi-process env
+  from t3d_jax.modes.pipeline import guard
+  guard(config)  # configs with pipeline stages: same-config workdir, inputs present
   importlib.import_module(f"t3d_jax.modes.{config.mode}").run(config)
 
 

@@ -62,9 +62,21 @@ def tpu_slice(name: str) -> Slice:
   return Slice(name, devices, hbm * GiB, -(-devices // per_host))
 
 
+def pretrain_arch(config):
+  """``pretrain.arch`` as SDARConfig fields when the config pretrains from scratch (mode
+  or pipeline stage ``pretrain``, no ``pretrain.init``) and names its vocab_size."""
+  p = config.get("pretrain")
+  stages = tuple(config.get("pipeline", {}).get("stages", ()))
+  if p is None or p.init or not p.arch.vocab_size or not (
+      config.mode == "pretrain" or "pretrain" in stages):
+    return None
+  return dict(p.arch)
+
+
 def model_config(config):
-  """SDARConfig of a config: ``config.arch`` (planning configs), else ``config.demo``,
-  else the model dir's sdar_config.json; numerics from ``config.model``."""
+  """SDARConfig of a config: ``config.arch`` (planning configs), else ``pretrain.arch``
+  when the config trains from scratch (with its vocab_size set), else the model dir's
+  sdar_config.json; numerics from ``config.model``."""
   from t3d_jax.models.sdar import SDARConfig
   numerics = {}
   if "model" in config:
@@ -72,9 +84,9 @@ def model_config(config):
                     remat=bool(config.model.remat))
   if "arch" in config:
     return SDARConfig(**dict(config.arch), **numerics)
-  if "demo" in config:
-    fields = {f.name for f in dataclasses.fields(SDARConfig)}
-    return SDARConfig(**{k: v for k, v in dict(config.demo).items() if k in fields}, **numerics)
+  arch = pretrain_arch(config)
+  if arch is not None:
+    return SDARConfig(**arch, **numerics)
   from pathlib import Path
   from t3d_jax.checkpoint import load_model_config
   from t3d_jax.config_base import model_dir

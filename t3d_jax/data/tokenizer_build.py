@@ -155,3 +155,19 @@ def train_tiny_bpe(out_dir: PathLike, texts: Optional[Iterable[str]] = None,
   # Restore the non-special flag of tool/think tags, as in the SDAR layout.
   _add_in_order(tok, SDAR_SPECIAL_TOKENS, 0)
   return _save(tok, out_dir, model_max_length)
+
+
+def build_char_tokenizer(out_dir: PathLike, alphabet: str,
+                         model_max_length: int = 256) -> pathlib.Path:
+  """One token per character of ``alphabet`` (ids after the SDAR special tokens, which
+  keep ids 0..26 as in :func:`train_tiny_bpe`); decoding concatenates the characters.
+  Characters outside the alphabet encode as ``<unk>`` (the last id)."""
+  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+  chars = list(dict.fromkeys(alphabet))
+  specials = [c for c, _ in SDAR_SPECIAL_TOKENS]
+  vocab = {c: i for i, c in enumerate(specials + chars + ["<unk>"])}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+  tok.decoder = decoders.Fuse()
+  _add_in_order(tok, SDAR_SPECIAL_TOKENS, 0)
+  return _save(tok, out_dir, model_max_length)

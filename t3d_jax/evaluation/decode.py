@@ -32,7 +32,7 @@ _TFDS_SHIPPED = {"gsm8k_train": ("gsm8k", "train"), "gsm8k_test": ("gsm8k", "tes
 
 def load_rows(d, workdir: str = "") -> list[dict]:
   """Question/answer rows ``{question, answer, index}`` of ``d.data`` (a shipped set
-  name or a JSONL path), first ``d.limit`` rows (0 = all), directly from the JSONL or,
+  name or a JSONL path; "{workdir}" in it is replaced by ``workdir``), first ``d.limit`` rows (0 = all), directly from the JSONL or,
   with ``d.use_tfds``, through the offline TFDS builder (prepared under ``d.tfds_dir``,
   default <workdir>/tfds)."""
   if not d.data:
@@ -41,25 +41,30 @@ def load_rows(d, workdir: str = "") -> list[dict]:
   if d.limit < 0:
     raise InputError(f"limit must be >= 0 (0 = all rows), got {d.limit}")
   limit = d.limit or None
+  data = d.data
+  if "{workdir}" in data:
+    if not workdir:
+      raise InputError(f"data {data!r} uses {{workdir}} but config.workdir is empty")
+    data = data.replace("{workdir}", workdir)
   if not d.use_tfds:
-    rows = datasets.load_qa(d.data, d.question_field, d.answer_field, limit=limit)
+    rows = datasets.load_qa(data, d.question_field, d.answer_field, limit=limit)
   else:
-    rows = _load_rows_tfds(d, workdir, limit)
+    rows = _load_rows_tfds(d, data, workdir, limit)
   if not rows:
-    raise InputError(f"{d.data}: no question/answer rows")
+    raise InputError(f"{data}: no question/answer rows")
   return rows
 
 
-def _load_rows_tfds(d, workdir: str, limit: Optional[int]) -> list[dict]:
+def _load_rows_tfds(d, data: str, workdir: str, limit: Optional[int]) -> list[dict]:
   from t3d_jax.data import tfds_builders as tb
   from t3d_jax.data.loader import decode_row
   data_dir = d.tfds_dir or (os.path.join(workdir, "tfds") if workdir else "")
   if not data_dir:
     raise InputError("use_tfds needs tfds_dir (or --config.workdir)")
-  if d.data in _TFDS_SHIPPED and (d.question_field, d.answer_field) == ("question", "answer"):
-    source, split = _TFDS_SHIPPED[d.data]
+  if data in _TFDS_SHIPPED and (d.question_field, d.answer_field) == ("question", "answer"):
+    source, split = _TFDS_SHIPPED[data]
   else:
-    source = tb.user_qa_config({"train": d.data}, d.question_field, d.answer_field)
+    source = tb.user_qa_config({"train": data}, d.question_field, d.answer_field)
     split = "train"
   builder = tb.prepare(tb.T3dMathQa, source, data_dir)
   src = builder.as_data_source()[split]

@@ -42,9 +42,9 @@ from tqdm import tqdm
 from t3d_jax.data.jsonl import count_rows, write_json_atomic, write_jsonl_atomic
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation import decode as dec
-from t3d_jax.evaluation.grading import grade
 from t3d_jax.evaluation.metrics import aup, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
+from t3d_jax.tasks import grade_response
 
 SHORT = {"sequential": "seq", "low_confidence_static": "static",
          "low_confidence_dynamic": "dynamic", "entropy_bounded": "entropy"}
@@ -68,14 +68,14 @@ class Setting:
 
 def parse_models(config) -> list[tuple[str, str]]:
   """``eval.models`` entries 'name=path' (or a bare path, named by its basename)."""
-  from t3d_jax.config_base import model_dir
+  from t3d_jax.config_base import expand, model_dir
   entries = list(config.eval.models) or [f"model={model_dir(config)}"]
   out, seen = [], set()
   for e in entries:
     name, sep, path = str(e).partition("=")
     if not sep:
       name, path = Path(e).name or "model", str(e)
-    name, path = name.strip(), path.strip()
+    name, path = name.strip(), expand(path.strip(), config)
     if not name or not path or "/" in name:
       raise InputError(f"config eval.models entry {e!r}: expected 'name=path'")
     if name in seen:
@@ -121,8 +121,9 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
   rows = []
   for q, prompt, res in zip(questions, prompts, results):
     text = model.tokenizer.decode(res["response_ids"], skip_special_tokens=False)
-    g = grade(model.tokenizer.decode(res["response_ids"], skip_special_tokens=True),
-              q["answer"], timeout_s=config.eval.grade_timeout_s)
+    g = grade_response(config.task.name, q["question"], q["answer"],
+                       model.tokenizer.decode(res["response_ids"], skip_special_tokens=True),
+                       timeout_s=config.eval.grade_timeout_s)
     rows.append(dict(index=q["index"], question=q["question"], answer=q["answer"],
                      prompt=prompt, full_output=text, step_map=res["step_map"],
                      response_length=res["length"], nfe=res["nfe"], prediction=g.prediction,

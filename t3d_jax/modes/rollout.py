@@ -47,11 +47,12 @@ from tqdm import tqdm
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation import decode as dec
-from t3d_jax.evaluation.grading import extract_prediction
+from t3d_jax.tasks import extract
 
 
 def _paths(config) -> tuple[Path, Path, Path]:
-  out = Path(config.rollout.output) if config.rollout.output else \
+  from t3d_jax.config_base import expand
+  out = Path(expand(config.rollout.output, config)) if config.rollout.output else \
       Path(config.workdir) / "trajectories.jsonl"
   return out, out.with_name(out.stem + ".meta.json"), out.with_name(out.stem + ".step_maps.png")
 
@@ -87,13 +88,11 @@ def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
   write_json_atomic(meta, dict(fingerprint=digest, settings=fp))
 
 
-def _row(model, q: dict, prompt: str, samples: list[dict]) -> dict:
+def _row(model, q: dict, prompt: str, samples: list[dict], task: str) -> dict:
   tok = model.tokenizer
   texts = [tok.decode(s["response_ids"], skip_special_tokens=False) for s in samples]
-  extracted = []
-  for t in texts:
-    pred, _ = extract_prediction(t)
-    extracted.append(pred or "")
+  extracted = [extract(task, tok.decode(s["response_ids"], skip_special_tokens=True))
+               for s in samples]
   return dict(index=q["index"], question=q["question"], answer=q["answer"], prompt=prompt,
               full_output=texts, step_map=[s["step_map"] for s in samples],
               response_length=[s["length"] for s in samples], extracted_output=extracted,
@@ -180,7 +179,7 @@ def run(config) -> None:
         tokens += sum(s["length"] for s in samples)
         nfe += sum(s["nfe"] for s in samples)
         if writer is not None:
-          writer.write(_row(model, questions[i], prompts[i], samples))
+          writer.write(_row(model, questions[i], prompts[i], samples, config.task.name))
       done = stop
       bar.update(max(0, done * ns - bar.n))
   finally:

@@ -1,0 +1,101 @@
+"""The training loop shared by the pretrain and distill modes.
+
+Given a sharded train state, a jitted step and a function building the global batch of
+update ``k``, it runs updates ``start..total`` with a tqdm bar, logs scalars to
+TensorBoard (``<out>/tb``) and ``<out>/metrics.jsonl`` (process 0 only), saves orbax
+checkpoints in ``<out>/checkpoints`` (state, optional reference, JSON meta with a
+fingerprint of the run's settings) and resumes from the newest one: a rerun of the same
+command continues where it stopped, bit-exactly (batches depend only on the update index).
+A checkpoint written with another fingerprint is refused unless ``overwrite``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import jax
+from absl import logging
+from tqdm import tqdm
+
+from t3d_jax import checkpoint
+from t3d_jax.data.jsonl import JsonlAppender
+from t3d_jax.errors import InputError
+
+
+def fingerprint(settings: dict) -> str:
+  return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  name: str                   # tqdm / TensorBoard prefix: "pretrain", "distill"
+  out: Path                   # checkpoints/, tb/, metrics.jsonl go here
+  total: int                  # updates
+  log_every: int = 1
+  checkpoint_every: int = 50
+  keep_checkpoints: int = 3
+  async_checkpoint: bool = True
+  round_interval: int = 0     # > 0: reference <- params every this many updates (self-play)
+  overwrite: bool = False
+
+
+def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callable,
+        settings: dict, rng, refresh: Optional[Callable] = None,
+        extra: Optional[Callable[[int], dict]] = None) -> Any:
+  """Runs the updates and returns the final state.
+
+  ``step_fn(state, reference, batch, rng) -> (state, metrics)``; ``batch_fn(k) -> (batch,
+  info)`` gives update k's global batch and a dict of scalars to log with it;
+  ``refresh(params) -> reference`` (new buffers) is called every ``lc.round_interval``
+  updates; ``extra(done)`` adds keys to the checkpoint meta (data position, ...)."""
+  fp = fingerprint(settings)
+  ckpt = checkpoint.TrainCheckpointer(lc.out / "checkpoints", keep=lc.keep_checkpoints,
+                                      async_save=lc.async_checkpoint,
+                                      with_reference=reference is not None)
+  restored = ckpt.restore_latest(state, reference)
+  if restored is not None:
+    state, reference, meta = restored
+    if meta.get("fingerprint") != fp and not lc.overwrite:
+      ckpt.close()
+      raise InputError(f"{lc.out / 'checkpoints'}: written by a run with other data or "
+                       "settings (fingerprint differs); use another workdir or "
+                       "--config.overwrite=True")
+    logging.info("%s: resuming from step %d", lc.name, int(state.step))
+  main = jax.process_index() == 0  # only process 0 logs
+  writer = None
+  if main:
+    from tensorboardX import SummaryWriter
+    writer = SummaryWriter(str(lc.out / "tb"))
+  start, t0 = int(state.step), time.time()
+  rounds = lambda done: done // lc.round_interval if lc.round_interval else 0  # noqa: E731
+  try:
+    with JsonlAppender(lc.out / "metrics.jsonl") if main else contextlib.nullcontext() as rows:
+      for step in tqdm(range(start, lc.total), initial=start, total=lc.total, desc=lc.name,
+                       disable=not main):
+        batch, info = batch_fn(step)
+        state, metrics = step_fn(state, reference, batch, rng)
+        done = step + 1
+        if refresh is not None and lc.round_interval and done % lc.round_interval == 0:
+          reference = refresh(state.params)
+        if done % lc.log_every == 0 or done == lc.total:
+          m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          m.update(info, step=done, round=rounds(done), elapsed_s=time.time() - t0)
+          if writer is not None:
+            for key, v in m.items():
+              writer.add_scalar(f"{lc.name}/{key}", v, done)
+            rows.write(m)
+        if done % lc.checkpoint_every == 0 or done == lc.total:
+          meta = dict(step=done, round=rounds(done), fingerprint=fp)
+          meta.update(extra(done) if extra else {})
+          ckpt.save(done, state, reference, meta)
+  finally:
+    ckpt.close()
+    if writer is not None:
+      writer.close()
+  logging.info("%s: %d updates in %.1fs", lc.name, lc.total - start, time.time() - t0)
+  return state
