@@ -467,3 +467,11 @@ def initialize_from_config(config) -> bool:
 def is_main_process() -> bool:
   """Only process 0 writes logs and exports."""
   return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches this point (after process 0 wrote files the
+  others read next); a no-op with one process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

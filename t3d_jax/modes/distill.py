@@ -107,5 +107,12 @@ def run(config) -> None:
   if jax.process_index() == 0:  # only process 0 writes the student
     checkpoint.save_model_dir(student, final, mcfg.replace(remat=False),
                               meta_dir=checkpoint.meta_dir_of(src), overwrite=True)
-  logging.info("distilled %d updates in %.1fs; student model dir: %s", total,
-               time.time() - t0, student)
+  parallel.barrier("distill: student written")
+  last = loop.last_metrics(work)
+  msg = (f"[distill] {total} updates on {len(samples)} trajectories; last logp_target_real "
+         f"{last.get('logp_target_real', float('nan')):.3f} vs logp_ref_real "
+         f"{last.get('logp_ref_real', float('nan')):.3f}; student {student} "
+         f"({time.time() - t0:.0f}s this run)")
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+  logging.info(msg)

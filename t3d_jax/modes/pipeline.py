@@ -24,6 +24,7 @@ from pathlib import Path
 from t3d_jax.config_base import expand, model_dir
 from t3d_jax.data.jsonl import write_json_atomic
 from t3d_jax.errors import InputError
+from t3d_jax.parallel import barrier
 
 STAGES = ("task", "pretrain", "rollout", "distill", "eval", "export")
 RUNTIME_KEYS = ("mode", "overwrite", "force", "jax_distributed", "distributed")
@@ -139,6 +140,7 @@ def run(config) -> None:
     check_inputs(sub, s)
     t0 = time.time()
     importlib.import_module(f"t3d_jax.modes.{s}").run(sub)
+    barrier(f"pipeline: {s} done")  # process 0's files are complete for the next stage
     times[s] = round(time.time() - t0, 1)
     write_json_atomic(work / "pipeline.json", dict(stages=times, total_s=round(
         time.time() - t_all, 1)))

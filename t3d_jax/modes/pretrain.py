@@ -156,7 +156,10 @@ def run(config) -> None:
       meta = meta_src or _write_meta(Path(tmp), tok_dir, mcfg)
       checkpoint.save_model_dir(out, final, mcfg.replace(remat=False, dtype="float32"),
                                 meta_dir=meta, overwrite=True)
-  last = _last_metrics(work / "pretrain" / "metrics.jsonl")
+  parallel.barrier("pretrain: model dir written")
+  if jax.process_index() != 0:
+    return
+  last = loop.last_metrics(work / "pretrain")
   print(f"[pretrain] {total} updates, {len(pairs)} pairs, {_count(final)/1e6:.2f}M params; "
         f"final loss {last.get('loss', float('nan')):.4f}; model dir {out}", flush=True)
   logging.info("pretrain done: %s", out)
@@ -164,10 +167,3 @@ def run(config) -> None:
 
 def _count(tree) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
-
-
-def _last_metrics(path: Path) -> dict:
-  if not path.is_file():
-    return {}
-  lines = [l for l in path.read_text().splitlines() if l.strip()]
-  return json.loads(lines[-1]) if lines else {}

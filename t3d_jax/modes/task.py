@@ -31,11 +31,21 @@ def run(config) -> None:
                      f"task.name={t.name!r} uses shipped or user data directly")
   if not config.workdir:
     raise InputError("task mode needs --config.workdir")
-  from t3d_jax.tasks import words
+  import jax
+  from t3d_jax.parallel import barrier
   p = paths(config.workdir)
-  if p["train"].is_file() and p["test"].is_file() and (p["tokenizer"] / "tokenizer.json").is_file():
-    print(f"[task] {p['train'].parent} and {p['tokenizer']} exist, kept", flush=True)
-    return
+  if jax.process_index() == 0:  # one writer; the others wait for the files
+    if (p["train"].is_file() and p["test"].is_file()
+        and (p["tokenizer"] / "tokenizer.json").is_file()):
+      print(f"[task] {p['train'].parent} and {p['tokenizer']} exist, kept", flush=True)
+    else:
+      _write(config, p)
+  barrier("task: data written")
+
+
+def _write(config, p: dict) -> None:
+  from t3d_jax.tasks import words
+  t = config.task
   try:
     train, test = words.split_rows(t.num_train, t.num_test, seed=config.seed,
                                    min_words=t.min_words, max_words=t.max_words)

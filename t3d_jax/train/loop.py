@@ -99,3 +99,12 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
       writer.close()
   logging.info("%s: %d updates in %.1fs", lc.name, lc.total - start, time.time() - t0)
   return state
+
+
+def last_metrics(out: Path) -> dict:
+  """The last row of ``<out>/metrics.jsonl`` ({} when there is none)."""
+  path = Path(out) / "metrics.jsonl"
+  if not path.is_file():
+    return {}
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  return json.loads(lines[-1]) if lines else {}
