@@ -44,6 +44,7 @@ from t3d_jax.errors import InputError
 from t3d_jax.evaluation import decode as dec
 from t3d_jax.evaluation.metrics import aup, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
+from t3d_jax.config_base import expand
 from t3d_jax.tasks import grade_response
 
 SHORT = {"sequential": "seq", "low_confidence_static": "static",
@@ -68,7 +69,7 @@ class Setting:
 
 def parse_models(config) -> list[tuple[str, str]]:
   """``eval.models`` entries 'name=path' (or a bare path, named by its basename)."""
-  from t3d_jax.config_base import expand, model_dir
+  from t3d_jax.config_base import model_dir
   entries = list(config.eval.models) or [f"model={model_dir(config)}"]
   out, seen = [], set()
   for e in entries:
@@ -203,6 +204,7 @@ def run(config) -> None:
   finally:
     bar.close()
 
+  data = expand(e.data, config) if "{workdir}" in e.data else e.data
   curves: dict[str, list] = {}
   for r in results:
     c = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"], r["block_size"]),
@@ -212,13 +214,13 @@ def run(config) -> None:
   aups = {c: (aup([t for t, _ in pts], [y for _, y in pts], y_max=y_max or None)
               if all(t > 0 for t, _ in pts) else 0.0) for c, pts in curves.items()}
   table = format_table(results, aups, multi)
-  header = (f"[eval] {e.data}: {n} questions; block {d.block_size}, temperature "
+  header = (f"[eval] {data}: {n} questions; block {d.block_size}, temperature "
             f"{d.temperature}, top_k {d.top_k}, top_p {d.top_p}, max_new_tokens "
             f"{d.max_new_tokens}, {d.commit_mode} commit")
   if not main:
     return
   plot = plot_accuracy_vs_tpf(curves, out / "accuracy_vs_tpf.png", aup=aups,
-                              title=f"{e.data}: accuracy vs tokens per forward")
+                              title=f"{data}: accuracy vs tokens per forward")
   write_json_atomic(out / "summary.json", dict(
       data=e.data, limit=e.limit, n=n, decode=d.to_dict(), models=dict(models),
       prompt_template=config.prompt_template, seed=config.seed, results=results, aup=aups,

@@ -27,7 +27,7 @@ from t3d_jax.errors import InputError
 from t3d_jax.parallel import barrier
 
 STAGES = ("task", "pretrain", "rollout", "distill", "eval", "export")
-RUNTIME_KEYS = ("mode", "overwrite", "force", "jax_distributed", "distributed")
+RUNTIME_KEYS = ("mode", "workdir", "overwrite", "force", "jax_distributed", "distributed")
 RECORD = "t3d_config.json"
 
 
