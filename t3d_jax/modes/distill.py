@@ -138,6 +138,7 @@ def run(config) -> None:
   final = parallel.gather_to_host(state.params)  # collective: every process takes part
   if main:
     checkpoint.save_model_dir(student, final, mcfg.replace(remat=False),
-                              meta_dir=checkpoint.meta_dir_of(src), overwrite=True)
+                              meta_dir=checkpoint.meta_dir_of(src), overwrite=True,
+                              this_process_only=True)  # the others do not write it
   logging.info("distilled %d updates in %.1fs; student model dir: %s", total - start,
                time.time() - t0, student)
