@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 
 from t3d_jax import checkpoint
 from t3d_jax.data import datasets
@@ -189,6 +190,8 @@ def decode_shared(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeCon
     raise RuntimeError(f"decode_shared: prompts decoded by {sorted(set(owners.tolist()))} "
                        "processes, expected exactly 1 each")
   results = unpack_results(everyone[everyone[:, :, 0].argmax(0), np.arange(n)])
+  logging.info("process %d of %d decoded %d of %d sequences", index, count,
+               sum(r is not None for r in local), n)
   if stats is not None:
     t = parallel.allgather_host(np.array([mine.compile_s, mine.decode_s, mine.batches],
                                          np.float32))
