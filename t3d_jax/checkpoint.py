@@ -25,9 +25,18 @@ from t3d_jax.models.sdar import SDARConfig
 PARAMS, CONFIG, HF_META = "params", "sdar_config.json", "hf_meta"
 
 
-def save_params(directory, params) -> None:
-  """Save a param tree (numpy or jax arrays) with orbax; blocks until written."""
-  ckptr = ocp.StandardCheckpointer()
+def save_params(directory, params, *, this_process_only: bool = False) -> None:
+  """Save a param tree (numpy or jax arrays) with orbax; blocks until written.
+
+  orbax syncs every process at a save; ``this_process_only`` (host numpy params written
+  by one process of a multi-process run, e.g. process 0's student) limits it to this
+  process, so the others are not waited for."""
+  kw = {}
+  if this_process_only and jax.process_count() > 1:
+    me = jax.process_index()
+    kw["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process_{me}_only")
+  ckptr = ocp.StandardCheckpointer(**kw)
   ckptr.save(Path(directory).absolute(), params)
   ckptr.wait_until_finished()
   ckptr.close()
@@ -52,7 +61,8 @@ def is_model_dir(path) -> bool:
   return (p / CONFIG).is_file() and (p / PARAMS).is_dir()
 
 
-def save_model_dir(model_dir, params, cfg: SDARConfig, meta_dir=None, overwrite=False) -> Path:
+def save_model_dir(model_dir, params, cfg: SDARConfig, meta_dir=None, overwrite=False, *,
+                   this_process_only: bool = False) -> Path:
   from t3d_jax.convert.hf import ConversionError, _commit_dir, copy_meta_files
   model_dir = Path(model_dir).absolute()
   if model_dir.exists() and any(model_dir.iterdir()) and not overwrite:
@@ -60,7 +70,7 @@ def save_model_dir(model_dir, params, cfg: SDARConfig, meta_dir=None, overwrite=
   model_dir.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.tmp-", dir=model_dir.parent))
   try:
-    save_params(tmp / PARAMS, params)
+    save_params(tmp / PARAMS, params, this_process_only=this_process_only)
     (tmp / CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     (tmp / HF_META).mkdir()
     if meta_dir is not None:

@@ -464,6 +464,24 @@ def initialize_from_config(config) -> bool:
       local_device_ids=[int(i) for i in str(ids).split(",") if i.strip()] if ids else None)
 
 
+def allgather_host(x) -> np.ndarray:
+  """[process_count, ...]: every process's host array ``x`` (same shape and dtype on
+  all), stacked in process order. A collective: every process must call it."""
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x[None]
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=False))
+
+
+def broadcast_from_main(value: int) -> int:
+  """Process 0's ``value`` on every process (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def is_main_process() -> bool:
   """Only process 0 writes logs and exports."""
   return jax.process_index() == 0

@@ -459,3 +459,27 @@ def test_rollout_groups_pads_and_restores_order(tiny):
   with pytest.raises(DecodeError, match="prompt too long: prompt 2 has 12"):
     rollout(params, cfg, prompts, DecodeConfig(mask_id=MASK, max_length=20, **kw),
             jax.random.key(0))
+
+
+def test_rollout_parts_together_equal_the_whole(tiny):
+  """part=(i, 2) decodes every other batch with the whole run's rngs (what each of two
+  processes does); packed into int32 rows and merged, the parts equal the whole."""
+  from t3d_jax.sampling.rollout import pack_results, rollout, unpack_results
+  _, params, cfg = tiny
+  prompts = make_prompts([7, 2, 12, 5, 9], seed=10)
+  dcfg = DecodeConfig(mask_id=MASK, block_size=4, denoising_steps=2, max_new_tokens=N_NEW,
+                      temperature=1.0)  # sampled: each batch's rng matters
+  kw = dict(batch_size=2, width_multiple=8)
+  whole = rollout(params, cfg, prompts, dcfg, jax.random.key(3), **kw)
+  parts = [rollout(params, cfg, prompts, dcfg, jax.random.key(3), part=(i, 2), **kw)
+           for i in range(2)]
+  # by length: batches [1, 3], [0, 4], [2]; part 0 decodes batches 0 and 2
+  assert [r is not None for r in parts[0]] == [False, True, True, True, False]
+  packed = np.stack([pack_results(p, N_NEW) for p in parts])
+  assert packed.dtype == np.int32 and packed.shape == (2, 5, 3 + 2 * N_NEW)
+  assert (packed[:, :, 0].sum(0) == 1).all()
+  merged = unpack_results(packed[packed[:, :, 0].argmax(0), np.arange(5)])
+  assert merged == whole
+  assert unpack_results(pack_results(parts[1], N_NEW)) == parts[1]
+  with pytest.raises(DecodeError, match=r"part \(2, 2\)"):
+    rollout(params, cfg, prompts, dcfg, jax.random.key(3), part=(2, 2), **kw)

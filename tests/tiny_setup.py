@@ -30,14 +30,17 @@ def make_model_dir(root: Path, seed: int = 0) -> Path:
 
 
 def write_trajectories(path: Path, tokenizer_dir: Path, n: int = 12, block: int = 4,
-                       seed: int = 0) -> None:
+                       seed: int = 0, questions=None) -> None:
   """Rows in the rollout layout with random responses ending in EOS and random
-  per-block reveal orders (one token per step)."""
+  per-block reveal orders (one token per step), for the first ``n`` GSM8K test questions
+  or the given (question, answer) pairs."""
   tok = tok_lib.load_tokenizer(tokenizer_dir)
   ids = tok_lib.special_ids(tok)
   rng = np.random.RandomState(seed)
+  rows = (load_qa("gsm8k_test", limit=n) if questions is None else
+          [dict(question=q, answer=a) for q, a in questions])
   with open(path, "w") as f:
-    for r in load_qa("gsm8k_test", limit=n):
+    for r in rows:
       length = int(rng.randint(3, 14))
       resp = [int(x) for x in rng.randint(30, ids.vocab_size - 1, length - 1)] + [ids.eos_id]
       smap = []

@@ -1,5 +1,6 @@
 """What the rollout and eval modes share: question/answer rows, prompts, model loading,
-decoding settings from the config, and timed batched decoding.
+decoding settings from the config, and batched decoding split over the processes
+(``decode_shared``; timed: ``timed_decode``).
 
 Config keys read here (t3d_jax/config_base.py): ``config.decode.*`` (the decoding
 setting: block, steps, strategy, temperature, ... plus batching), ``config.prompt_template``
@@ -15,6 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 
 from t3d_jax import checkpoint
 from t3d_jax.data import datasets
@@ -165,13 +167,54 @@ def data_mesh(dc):
   return Mesh(np.array(devices), ("data",))
 
 
+def decode_shared(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig, rng, *,
+                  batch_size: int, width_multiple: int, mesh=None,
+                  progress: Optional[Callable[[int], None]] = None,
+                  stats: Optional[DecodeStats] = None) -> list[dict]:
+  """:func:`t3d_jax.sampling.rollout.rollout` with its batches split over the processes:
+  process p decodes the batches b with ``b % process_count == p`` and every process gets
+  every result (one all-gather), in input order, equal to a one-process rollout (batch b
+  uses ``fold_in(rng, b)`` whichever process decodes it). Every process must call it with
+  the same arguments. ``progress`` sees this process's count times the process count
+  (an estimate) and then the total. With ``stats``: compile_s and decode_s of the
+  slowest process (decode_s is then the wall time of the parallel decode), batches of all."""
+  from t3d_jax import parallel
+  from t3d_jax.sampling.rollout import pack_results, rollout, unpack_results
+  count, index = jax.process_count(), jax.process_index()
+  kw = dict(batch_size=batch_size, width_multiple=width_multiple, mesh=mesh)
+  if count == 1 or not prompts:
+    return rollout(params, cfg, prompts, dcfg, rng, progress=progress, stats=stats, **kw)
+  n = len(prompts)
+  mine = DecodeStats()
+  scaled = None if progress is None else (lambda k: progress(min(n, k * count)))
+  local = rollout(params, cfg, prompts, dcfg, rng, stats=None if stats is None else mine,
+                  progress=scaled, part=(index, count), **kw)
+  everyone = parallel.allgather_host(pack_results(local, dcfg.max_new_tokens))  # [P, n, W]
+  owners = everyone[:, :, 0].sum(0)
+  if not (owners == 1).all():  # a bug, not bad input
+    raise RuntimeError(f"decode_shared: prompts decoded by {sorted(set(owners.tolist()))} "
+                       "processes, expected exactly 1 each")
+  results = unpack_results(everyone[everyone[:, :, 0].argmax(0), np.arange(n)])
+  logging.info("process %d of %d decoded %d of %d sequences", index, count,
+               sum(r is not None for r in local), n)
+  if stats is not None:
+    t = parallel.allgather_host(np.array([mine.compile_s, mine.decode_s, mine.batches],
+                                         np.float32))
+    stats.compile_s += float(t[:, 0].max())
+    stats.decode_s += float(t[:, 1].max())
+    stats.batches += int(t[:, 2].sum())
+  if progress is not None:
+    progress(n)
+  return results
+
+
 def timed_decode(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig, rng, *,
                  batch_size: int, width_multiple: int, mesh=None,
                  progress: Optional[Callable[[int], None]] = None
                  ) -> tuple[list[dict], DecodeStats]:
-  """:func:`t3d_jax.sampling.rollout.rollout` with compilation kept out of the timing."""
-  from t3d_jax.sampling.rollout import rollout
+  """:func:`decode_shared` with compilation kept out of the timing."""
   stats = DecodeStats()
-  results = rollout(params, cfg, prompts, dcfg, rng, batch_size=batch_size,
-                    width_multiple=width_multiple, mesh=mesh, progress=progress, stats=stats)
+  results = decode_shared(params, cfg, prompts, dcfg, rng, batch_size=batch_size,
+                          width_multiple=width_multiple, mesh=mesh, progress=progress,
+                          stats=stats)
   return results, stats

@@ -106,7 +106,8 @@ def run(config) -> None:
   final = parallel.gather_to_host(state.params)  # collective: every process takes part
   if jax.process_index() == 0:  # only process 0 writes the student
     checkpoint.save_model_dir(student, final, mcfg.replace(remat=False),
-                              meta_dir=checkpoint.meta_dir_of(src), overwrite=True)
+                              meta_dir=checkpoint.meta_dir_of(src), overwrite=True,
+                              this_process_only=True)  # the others do not write it
   parallel.barrier("distill: student written")
   last = loop.last_metrics(work)
   msg = (f"[distill] {total} updates on {len(samples)} trajectories; last logp_target_real "

@@ -25,6 +25,12 @@ Outputs under <workdir>/eval (or ``eval.output_dir``):
 
 tokens/s = generated tokens / seconds of the decoding calls (each batch shape compiled
 ahead of time, so compilation is excluded; it is reported as ``compile_s``).
+
+With several processes each one loads the whole model and decodes its share of the
+batches (t3d_jax.evaluation.decode.decode_shared); the results are all-gathered, and
+only process 0 writes, so the files equal a single process's (tokens/s then counts all
+processes' tokens over the slowest one's decoding time). Process 0 decides which
+finished (model, setting) pairs are reused and tells the others.
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ from t3d_jax.evaluation.metrics import aup, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
 from t3d_jax.config_base import expand
 from t3d_jax.tasks import grade_response
+from t3d_jax.parallel import broadcast_from_main
 
 SHORT = {"sequential": "seq", "low_confidence_static": "static",
          "low_confidence_dynamic": "dynamic", "entropy_bounded": "entropy"}
@@ -138,6 +145,15 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
   return rows, summary
 
 
+def _finished(summary_path: Path, samples_path: Path, n: int, fp: str):
+  """The summary of a (model, setting) finished before with the same fingerprint, or None."""
+  if summary_path.is_file() and count_rows(samples_path) == n:
+    cached = json.loads(summary_path.read_text())
+    if cached.get("fingerprint") == fp:
+      return cached
+  return None
+
+
 def format_table(results: list[dict], aups: dict, multi: bool) -> str:
   head = (f"{'model':<14}{'setting':<22}{'acc %':>7}{'len':>8}{'NFE':>8}{'TPF':>7}"
           f"{'tok/s':>9}{'AUP':>8}")
@@ -185,13 +201,13 @@ def run(config) -> None:
                           prompt_template=config.prompt_template))
         samples_path = out / "samples" / name / f"{s.name}.jsonl"
         summary_path = samples_path.with_suffix(".summary.json")
-        if summary_path.is_file() and count_rows(samples_path) == n:
-          cached = json.loads(summary_path.read_text())
-          if cached.get("fingerprint") == fp:
-            logging.info("eval %s %s: finished before, reused", name, s.name)
+        cached = _finished(summary_path, samples_path, n, fp) if main else None
+        if broadcast_from_main(cached is not None):  # the others decode only when 0 does
+          logging.info("eval %s %s: finished before, reused", name, s.name)
+          if cached is not None:
             results.append(cached)
-            bar.update(n)
-            continue
+          bar.update(n)
+          continue
         bar.set_postfix_str(f"{name} {s.name}")
         rows, summary = _evaluate(model, s, dcfg, prompts, prompt_ids, questions, config, rng,
                                   bar)
@@ -203,6 +219,8 @@ def run(config) -> None:
       del model
   finally:
     bar.close()
+  if not main:
+    return
 
   data = expand(e.data, config) if "{workdir}" in e.data else e.data
   curves: dict[str, list] = {}
@@ -217,8 +235,6 @@ def run(config) -> None:
   header = (f"[eval] {data}: {n} questions; block {d.block_size}, temperature "
             f"{d.temperature}, top_k {d.top_k}, top_p {d.top_p}, max_new_tokens "
             f"{d.max_new_tokens}, {d.commit_mode} commit")
-  if not main:
-    return
   plot = plot_accuracy_vs_tpf(curves, out / "accuracy_vs_tpf.png", aup=aups,
                               title=f"{data}: accuracy vs tokens per forward")
   write_json_atomic(out / "summary.json", dict(

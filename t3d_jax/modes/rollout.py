@@ -27,9 +27,14 @@ the settings and the seed: rerunning the same command skips the rows already wri
 settings are fingerprinted in <output stem>.meta.json; resuming onto a file written with
 other settings is refused unless ``--config.overwrite=True`` (which starts over).
 
-Every process decodes (redundantly; the model is not sharded here) and only process 0
-writes. At the end a step_map heat-map of the first ``rollout.plot_trajectories`` rows
-is written next to the output (<output stem>.step_maps.png).
+With several processes (multi-host, or launch/cpu_multiprocess.sh) each one loads the
+whole model and decodes its share of every chunk's batches (batch b on process
+b mod process_count); the results are all-gathered and only process 0 writes, so the
+file is the one a single process writes. Process 0 also decides where to resume (its row
+count is broadcast), so only it needs to see the output.
+
+At the end a step_map heat-map of the first ``rollout.plot_trajectories`` rows is
+written next to the output (<output stem>.step_maps.png).
 """
 from __future__ import annotations
 
@@ -88,6 +93,27 @@ def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
   write_json_atomic(meta, dict(fingerprint=digest, settings=fp))
 
 
+def _open_output(out: Path, meta: Path, fp: dict, overwrite: bool, n: int, main: bool):
+  """Process 0 checks / records the settings and opens the output; every process gets its
+  row count (the rows to skip). Returns (writer or None, rows done)."""
+  from t3d_jax.parallel import broadcast_from_main
+  writer, done = None, -1
+  try:
+    if main:
+      _prepare_output(out, meta, fp, overwrite)
+      writer = JsonlAppender(out)
+      if writer.rows > n:
+        writer.close()
+        raise InputError(f"{out}: holds {writer.rows} rows but the data has only {n} "
+                         "questions")
+      done = writer.rows
+  finally:  # also when process 0 failed: the others must not wait for it at a collective
+    done = broadcast_from_main(done)
+  if done < 0:
+    raise InputError(f"{out}: process 0 could not open the output (see its log)")
+  return writer, done
+
+
 def _row(model, q: dict, prompt: str, samples: list[dict], task: str) -> dict:
   tok = model.tokenizer
   texts = [tok.decode(s["response_ids"], skip_special_tokens=False) for s in samples]
@@ -119,7 +145,6 @@ def plot_trajectories(out: Path, png: Path, prompt_ids, dcfg, k: int) -> None:
 def run(config) -> None:
   from t3d_jax.config_base import model_dir
   from t3d_jax.sampling.config import DecodeError
-  from t3d_jax.sampling.rollout import rollout
 
   r, d = config.rollout, config.decode
   if not config.workdir:
@@ -140,17 +165,12 @@ def run(config) -> None:
                                           dcfg, r.data)
   out, meta, png = _paths(config)
   main = jax.process_index() == 0
-  fp = fingerprint(config, src, dcfg)
-  if main:
-    _prepare_output(out, meta, fp, config.overwrite)
   n, ns = len(questions), r.num_samples
+  writer, done = _open_output(out, meta, fingerprint(config, src, dcfg), config.overwrite, n,
+                              main)
   logging.info("rollout: %d questions x %d samples from %s, model %s, %s", n, ns, r.data, src,
                dcfg)
   key = jax.random.key(config.seed)
-  writer = JsonlAppender(out) if main else None
-  done = writer.rows if main else count_rows(out)
-  if done > n:
-    raise InputError(f"{out}: holds {done} rows but the data has only {n} questions")
   if done:
     logging.info("resuming: %d of %d rows already in %s", done, n, out)
   t0, tokens, nfe = time.time(), 0, 0
@@ -166,10 +186,10 @@ def run(config) -> None:
       def progress(k, base=base, first=max(0, done - start) * ns):
         bar.update(max(0, base + max(0, k - first) - bar.n))
 
-      try:
-        res = rollout(model.params, model.cfg, seqs, dcfg, jax.random.fold_in(key, c),
-                      batch_size=d.batch_size, width_multiple=d.width_multiple,
-                      mesh=mesh, progress=progress)
+      try:  # collective: every process decodes its batches, every one gets all results
+        res = dec.decode_shared(model.params, model.cfg, seqs, dcfg, jax.random.fold_in(key, c),
+                                batch_size=d.batch_size, width_multiple=d.width_multiple,
+                                mesh=mesh, progress=progress)
       except DecodeError as e:
         raise InputError(f"rollout: {e}") from None
       for j, i in enumerate(range(start, stop)):

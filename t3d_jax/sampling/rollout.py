@@ -4,6 +4,10 @@ Pure library code (no file I/O, no tokenizer): the rollout mode reads prompts, t
 them, calls :func:`rollout` and writes JSONL. Prompts are sorted by length and grouped
 into fixed-size batches (less padding); widths are rounded up to ``width_multiple`` and
 the last batch is filled with copies of a real prompt, so only a few shapes compile.
+
+Several processes share one rollout with ``part=(index, count)``: each decodes every
+``count``-th batch, and :func:`pack_results` / :func:`unpack_results` carry the results
+between them as one int32 array (t3d_jax.evaluation.decode.decode_shared gathers them).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import numpy as np
 
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.sampling.config import DecodeConfig, DecodeError
-from t3d_jax.sampling.sampler import make_generate
+from t3d_jax.sampling.sampler import _cached_generate
 
 
 @dataclasses.dataclass
@@ -49,14 +53,20 @@ def rollout(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg: Dec
             rng, *, batch_size: int = 16, width_multiple: int = 64, mesh=None,
             data_axis: str = "data",
             progress: Optional[Callable[[int], None]] = None,
-            stats: Optional[DecodeStats] = None) -> list[dict]:
+            stats: Optional[DecodeStats] = None,
+            part: tuple[int, int] = (0, 1)) -> list[Optional[dict]]:
   """Decode every prompt; returns, in input order, dicts with ``response_ids`` (list of
   generated ids, cut after the stop token), ``step_map`` (same length), ``length`` and
   ``nfe``. Batch b uses ``fold_in(rng, b)``: results are deterministic given prompts,
   batch_size and rng (greedy results do not depend on the grouping at all).
   ``progress(n)`` is called with the number of prompts finished after each batch. With
   ``stats``, each batch shape is compiled ahead of time and the clock covers only the
-  decoding calls."""
+  decoding calls. With ``part=(index, count)`` only the batches b with
+  ``b % count == index`` are decoded (the other prompts' entries are None); batch b still
+  uses ``fold_in(rng, b)``, so the parts together equal one whole rollout."""
+  index, count = part
+  if not 0 <= index < count:
+    raise DecodeError(f"part {part}: expected (index, count) with 0 <= index < count")
   if batch_size < 1:
     raise DecodeError(f"batch_size must be >= 1, got {batch_size}")
   if width_multiple < 1:
@@ -72,11 +82,13 @@ def rollout(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg: Dec
       if len(p) + dcfg.max_new_tokens > dcfg.max_length:
         raise DecodeError(f"prompt too long: prompt {i} has {len(p)} tokens + max_new_tokens="
                           f"{dcfg.max_new_tokens} > max_length={dcfg.max_length}")
-  run = make_generate(cfg, dcfg, mesh, data_axis)
+  run = _cached_generate(cfg, dcfg, mesh, data_axis)  # one jit per setting: chunks reuse it
   compiled: dict = {}  # (width) -> executable, when timing
   results: list[Optional[dict]] = [None] * len(prompts)
   done = 0
   for bi, idx in enumerate(plan_batches([len(p) for p in prompts], batch_size)):
+    if bi % count != index:
+      continue
     group = [prompts[i] for i in idx]
     width = max(1, -(-max(len(p) for p in group) // width_multiple) * width_multiple)
     if dcfg.max_length is not None:
@@ -104,3 +116,31 @@ def rollout(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg: Dec
     if progress is not None:
       progress(done)
   return results
+
+
+def pack_results(results: Sequence[Optional[dict]], width: int) -> np.ndarray:
+  """Results of :func:`rollout` (None where not decoded) as int32 [n, 3 + 2 width]: per
+  prompt (decoded 0/1, length, nfe, response ids, step map), right-padded with zeros."""
+  out = np.zeros((len(results), 3 + 2 * width), np.int32)
+  for i, r in enumerate(results):
+    if r is None:
+      continue
+    n = r["length"]
+    if n > width:
+      raise DecodeError(f"result {i}: length {n} > width {width}")
+    out[i, :3] = (1, n, r["nfe"])
+    out[i, 3:3 + n] = r["response_ids"]
+    out[i, 3 + width:3 + width + n] = r["step_map"]
+  return out
+
+
+def unpack_results(packed: np.ndarray) -> list[Optional[dict]]:
+  """Inverse of :func:`pack_results`."""
+  width = (packed.shape[1] - 3) // 2
+  out: list[Optional[dict]] = []
+  for row in np.asarray(packed):
+    n = int(row[1])
+    out.append(None if not row[0] else dict(
+        response_ids=row[3:3 + n].tolist(), step_map=row[3 + width:3 + width + n].tolist(),
+        length=n, nfe=int(row[2])))
+  return out

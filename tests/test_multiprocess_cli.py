@@ -1,0 +1,156 @@
+"""The real CLI on two JAX processes (launch/cpu_multiprocess.sh: local coordinator, gloo
+CPU collectives, 4 fake devices each) equals one process:
+
+* rollout: the processes split every chunk's batches; process 0's trajectories JSONL is
+  byte-identical to a one-process run (sampled decoding: each batch's rng is fixed by its
+  index), and a run killed mid-chunk resumes to the same file;
+* distill: a (data=2, fsdp=2, tensor=2) mesh spanning both processes writes checkpoints
+  and the student; a run that lost its newest checkpoint resumes to the same student,
+  and the losses and student equal one 8-device process's.
+
+Slow (``pytest -m slow``); the wall times of the 2-process runs are printed (``-s``).
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from decode_setup import DECODE_FLAGS, QUESTIONS, cli, tiny_model, write_questions
+
+REPO = Path(__file__).resolve().parents[1]
+N_QUESTIONS, SAMPLES = 7, 2
+NAMES = ("loss", "loss_real", "loss_fake", "logp_target_real", "logp_ref_real",
+         "logp_target_fake", "logp_ref_fake", "loss_path", "grad_norm", "lr")
+
+pytestmark = pytest.mark.slow
+
+
+def launch(logs: Path, config: str, *flags) -> float:
+  """launch/cpu_multiprocess.sh -n 2 -d 4 -- the CLI; returns the wall time (s)."""
+  cache = os.environ.get("T3D_TEST_JAX_CACHE", "/tmp/t3d_jax_test_cache")
+  env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(REPO),
+             JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  for k in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    env.pop(k, None)
+  cmd = ["bash", str(REPO / "launch" / "cpu_multiprocess.sh"), "-n", "2", "-d", "4",
+         "-l", str(logs), "--", "--config", f"configs/{config}.py", *flags]
+  t0 = time.time()
+  p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
+  try:
+    out = p.communicate(timeout=600)[0]
+  except subprocess.TimeoutExpired:
+    os.killpg(p.pid, signal.SIGKILL)  # the script and both workers
+    raise
+  wall = time.time() - t0
+  if p.returncode != 0:
+    tails = "\n".join(f"--- {f.name}:\n{f.read_text()[-3000:]}" for f in sorted(logs.glob("*.log")))
+    pytest.fail(f"{config}: launcher exit {p.returncode}\n{out}\n{tails}")
+  return wall
+
+
+def log(logs: Path, i: int) -> str:
+  return (logs / f"process-{i}.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory):
+  return tiny_model(tmp_path_factory)
+
+
+def test_rollout_two_processes_equal_one_and_resume(model_root, tmp_path):
+  data = write_questions(tmp_path / "q.jsonl", N_QUESTIONS)
+
+  def flags(work):
+    return (f"--config.workdir={work}", f"--config.model_dir={model_root / 'model'}",
+            f"--config.rollout.data={data}", f"--config.rollout.num_samples={SAMPLES}",
+            "--config.rollout.chunk_prompts=3", "--config.decode.batch_size=4",
+            "--config.decode.max_new_tokens=10", *DECODE_FLAGS)
+
+  wall = launch(tmp_path / "logs_mp", "rollout", *flags(tmp_path / "mp"))
+  one = cli("rollout", *flags(tmp_path / "one"))
+  assert one.returncode == 0, one.stderr[-4000:]
+  want = (tmp_path / "one" / "trajectories.jsonl").read_bytes()
+  assert len(want.splitlines()) == N_QUESTIONS
+  assert (tmp_path / "mp" / "trajectories.jsonl").read_bytes() == want
+  # chunks of 3 questions x 2 samples = 6 sequences = batches of 4 + 2: one per process
+  for i in range(2):
+    assert f"process {i} of 2 decoded {4 if i == 0 else 2} of 6 sequences" in \
+        log(tmp_path / "logs_mp", i)
+  assert (tmp_path / "mp" / "trajectories.step_maps.png").is_file()
+
+  # killed while writing row 5 (chunk 1 half written): the rerun continues, same file
+  b = tmp_path / "resumed"
+  b.mkdir()
+  shutil.copy(tmp_path / "mp" / "trajectories.meta.json", b)
+  lines = want.split(b"\n")
+  (b / "trajectories.jsonl").write_bytes(b"\n".join(lines[:4]) + b"\n" + lines[4][:50])
+  wall_resume = launch(tmp_path / "logs_resume", "rollout", *flags(b))
+  assert f"resuming: 4 of {N_QUESTIONS} rows" in log(tmp_path / "logs_resume", 0)
+  assert f"resuming: 4 of {N_QUESTIONS} rows" in log(tmp_path / "logs_resume", 1)
+  assert (b / "trajectories.jsonl").read_bytes() == want
+  print(f"\n2-process rollout: {wall:.1f} s wall; resumed run: {wall_resume:.1f} s")
+
+
+def _metrics(work: Path) -> list[dict]:
+  return [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_distill_two_processes_checkpoint_resume_equal_one(model_root, tmp_path):
+  from t3d_jax.convert import load_params
+  from tiny_setup import write_trajectories
+  data = tmp_path / "traj.jsonl"
+  write_trajectories(data, model_root / "tokenizer", questions=QUESTIONS)  # short prompts
+  common = (f"--config.model_dir={model_root / 'model'}", f"--config.distill.data={data}",
+            "--config.distill.global_batch=4", "--config.distill.micro_batch=4",
+            "--config.distill.max_steps=4", "--config.distill.checkpoint_every=2",
+            "--config.distill.round_interval=2", "--config.distill.length_bucket=160",
+            "--config.examples.block_size=4", "--config.optim.lr=1e-3",
+            "--config.optim.warmup_steps=1", "--config.distill.async_checkpoint=False",
+            "--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2",
+            "--config.mesh.shape.tensor=2")
+  a = tmp_path / "mp"
+  wall = launch(tmp_path / "logs_mp", "distill", f"--config.workdir={a}", *common)
+  rows = _metrics(a)
+  assert [x["step"] for x in rows] == [1, 2, 3, 4]
+  assert sorted(p.name for p in (a / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
+  student, _ = load_params(a / "student")
+
+  # preempted after step 2: the newest checkpoint and the student are lost; rerun
+  b = tmp_path / "resumed"
+  shutil.copytree(a, b)
+  shutil.rmtree(b / "checkpoints" / "4")
+  shutil.rmtree(b / "student")
+  (b / "metrics.jsonl").write_text("".join(
+      x + "\n" for x in (a / "metrics.jsonl").read_text().splitlines()[:2]))
+  wall_resume = launch(tmp_path / "logs_resume", "distill", f"--config.workdir={b}", *common)
+  for i in range(2):
+    assert "resuming from step 2" in log(tmp_path / "logs_resume", i)
+  np.testing.assert_array_equal([x["loss"] for x in _metrics(b)], [x["loss"] for x in rows])
+  resumed, _ = load_params(b / "student")
+  for x, y in zip(jax.tree.leaves(student), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+  # one process with the same 8-device mesh
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  r = subprocess.run([sys.executable, "-m", "t3d_jax.main", "--config", "configs/distill.py",
+                      f"--config.workdir={tmp_path / 'one'}", *common], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-4000:]
+  for x, y in zip(rows, _metrics(tmp_path / "one"), strict=True):
+    for k in NAMES:
+      np.testing.assert_allclose(x[k], y[k], rtol=2e-5, atol=1e-7, err_msg=k)
+  single, _ = load_params(tmp_path / "one" / "student")
+  for x, y in zip(jax.tree.leaves(student), jax.tree.leaves(single)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-5)
+  print(f"\n2-process distill: {wall:.1f} s wall; resumed run: {wall_resume:.1f} s")
