@@ -154,3 +154,18 @@ def test_distill_two_processes_checkpoint_resume_equal_one(model_root, tmp_path)
   for x, y in zip(jax.tree.leaves(student), jax.tree.leaves(single)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-5)
   print(f"\n2-process distill: {wall:.1f} s wall; resumed run: {wall_resume:.1f} s")
+
+
+def test_demo_pipeline_on_two_processes(tmp_path):
+  """The shortened demo pipeline (every stage) on 2 processes x 4 devices: process 0
+  writes each stage's files, the others wait at a barrier and read them next."""
+  from test_pipeline import SHORT
+  work = tmp_path / "w"
+  wall = launch(tmp_path / "logs", "demo", f"--config.workdir={work}", *SHORT)
+  print(f"\n2-process demo pipeline (shortened): {wall:.1f}s")
+  s = json.loads((work / "eval/summary.json").read_text())
+  assert {(r["model"], r["tokens_per_forward"]) for r in s["results"]} == {
+      (m, t) for m in ("base", "t3d") for t in (1, 2, 4)}
+  assert len((work / "trajectories.jsonl").read_text().splitlines()) == 32
+  assert "[pipeline] stage times" in log(tmp_path / "logs", 0)
+  assert "[pipeline] stage times" not in log(tmp_path / "logs", 1)  # process 0 reports

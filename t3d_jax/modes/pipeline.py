@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+import jax
+
 from t3d_jax.config_base import expand, model_dir
 from t3d_jax.data.jsonl import write_json_atomic
 from t3d_jax.errors import InputError
@@ -65,7 +67,8 @@ def check_workdir(config) -> None:
                         for k in diff[:5]) + (" ..." if len(diff) > 5 else "")
       raise InputError(f"{work} was set up by a different config ({len(diff)} keys differ: "
                        f"{shown}); use another --config.workdir or --config.force=True")
-  write_json_atomic(record, now)
+  if jax.process_index() == 0:
+    write_json_atomic(record, now)
 
 
 def _outputs(config) -> dict:
@@ -131,10 +134,12 @@ def run(config) -> None:
   if not config.workdir:
     raise InputError("pipeline mode needs --config.workdir")
   work = Path(config.workdir)
+  main = jax.process_index() == 0
   times: dict[str, float] = {}
   t_all = time.time()
   for i, s in enumerate(stages):
-    print(f"[pipeline] stage {i + 1}/{len(stages)}: {s}", flush=True)
+    if main:
+      print(f"[pipeline] stage {i + 1}/{len(stages)}: {s}", flush=True)
     sub = config.copy_and_resolve_references()
     sub.mode = s
     check_inputs(sub, s)
@@ -142,9 +147,11 @@ def run(config) -> None:
     importlib.import_module(f"t3d_jax.modes.{s}").run(sub)
     barrier(f"pipeline: {s} done")  # process 0's files are complete for the next stage
     times[s] = round(time.time() - t0, 1)
-    write_json_atomic(work / "pipeline.json", dict(stages=times, total_s=round(
-        time.time() - t_all, 1)))
+    if main:
+      write_json_atomic(work / "pipeline.json", dict(stages=times, total_s=round(
+          time.time() - t_all, 1)))
   total = time.time() - t_all
-  print("[pipeline] stage times: " + ", ".join(f"{s} {t:.0f}s" for s, t in times.items())
-        + f"; total {total:.0f}s (this run; finished stages are skipped or resumed)",
-        flush=True)
+  if main:
+    print("[pipeline] stage times: " + ", ".join(f"{s} {t:.0f}s" for s, t in times.items())
+          + f"; total {total:.0f}s (this run; finished stages are skipped or resumed)",
+          flush=True)
