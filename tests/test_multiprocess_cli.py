@@ -169,3 +169,16 @@ def test_demo_pipeline_on_two_processes(tmp_path):
   assert len((work / "trajectories.jsonl").read_text().splitlines()) == 32
   assert "[pipeline] stage times" in log(tmp_path / "logs", 0)
   assert "[pipeline] stage times" not in log(tmp_path / "logs", 1)  # process 0 reports
+
+
+def test_convert_and_export_on_two_processes(model_root, tmp_path):
+  """Process 0 writes the model dir / HF dir, the others wait (export: every process
+  restores the params, an orbax collective); the round trip stays byte-identical."""
+  from t3d_jax.convert.hf import TensorSource
+  work = tmp_path / "w"
+  launch(tmp_path / "logs_c", "convert", f"--config.hf_dir={model_root / 'hf'}",
+         f"--config.workdir={work}")
+  launch(tmp_path / "logs_e", "export", f"--config.workdir={work}")
+  a, b = TensorSource(model_root / "hf"), TensorSource(work / "hf_export")
+  assert sorted(a.weight_map) == sorted(b.weight_map)
+  assert all(a.get(n).tobytes() == b.get(n).tobytes() for n in a.weight_map)

@@ -33,10 +33,13 @@ def load_params(path, param_dtype: str | None = None, abstract=None):
 
 
 def convert_hf_to_model_dir(hf_dir, model_dir, param_dtype: str | None = None,
-                            overwrite: bool = False) -> SDARConfig:
-  """HF checkpoint dir -> orbax model dir (params + config + copied HF meta files)."""
+                            overwrite: bool = False,
+                            this_process_only: bool = False) -> SDARConfig:
+  """HF checkpoint dir -> orbax model dir (params + config + copied HF meta files);
+  ``this_process_only``: the one writer of a multi-process run (see save_params)."""
   params, cfg, _ = load_hf_params(hf_dir, param_dtype)
-  checkpoint.save_model_dir(model_dir, params, cfg, meta_dir=hf_dir, overwrite=overwrite)
+  checkpoint.save_model_dir(model_dir, params, cfg, meta_dir=hf_dir, overwrite=overwrite,
+                            this_process_only=this_process_only)
   return cfg
 
 

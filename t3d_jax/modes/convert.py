@@ -1,11 +1,16 @@
-"""convert mode: HF checkpoint dir -> orbax model dir (<workdir>/model)."""
+"""convert mode: HF checkpoint dir -> orbax model dir (<workdir>/model).
+
+With several processes (multi-host), process 0 converts and the others wait for it."""
 import time
+
+import jax
 
 from absl import logging
 
 from t3d_jax.config_base import model_dir
 from t3d_jax.errors import InputError
 from t3d_jax.convert import convert_hf_to_model_dir
+from t3d_jax.parallel import barrier
 
 
 def run(config) -> None:
@@ -13,7 +18,9 @@ def run(config) -> None:
     raise InputError("convert mode needs --config.hf_dir=<Hugging Face checkpoint dir>")
   t0 = time.time()
   out = model_dir(config)
-  cfg = convert_hf_to_model_dir(config.hf_dir, out, config.param_dtype or None,
-                                overwrite=config.overwrite)
-  logging.info("converted %s -> %s (%s, %d layers) in %.1fs", config.hf_dir, out,
-               cfg.param_dtype, cfg.num_layers, time.time() - t0)
+  if jax.process_index() == 0:
+    cfg = convert_hf_to_model_dir(config.hf_dir, out, config.param_dtype or None,
+                                  overwrite=config.overwrite, this_process_only=True)
+    logging.info("converted %s -> %s (%s, %d layers) in %.1fs", config.hf_dir, out,
+                 cfg.param_dtype, cfg.num_layers, time.time() - t0)
+  barrier("convert: model dir written")
