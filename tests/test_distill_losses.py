@@ -228,6 +228,32 @@ def test_t3d_loss_total_and_metrics(temp):
           "logp_target_fake", "logp_ref_fake", "loss_path"} <= set(m)
 
 
+@pytest.mark.parametrize("temp", [0.0, 0.8])
+def test_t3d_loss_on_noisy_rows_only_equals_full_rows(temp):
+  """logits_start = prompt_len (the step's head-skipping): same loss, metrics and
+  gradient as with the prompt rows' logits present, the Gumbel draw included."""
+  logits, x0, step_map, p_mask = fixed_case()
+  ref_logits = logits[::-1] * 0.7
+  cfg = losses.LossConfig(block_size=BS, path_k_steps=K, reference_temp=temp)
+  key = jax.random.PRNGKey(3)
+
+  def f(tl, rl, start):
+    return losses.t3d_loss(tl[:, start:], rl[:, start:], x0, p_mask, step_map, cfg,
+                           prompt_len=L0, mask_id=MASK, pad_id=PAD, rng=key,
+                           logits_start=start)
+
+  full, m_full = f(jnp.asarray(logits), jnp.asarray(ref_logits), 0)
+  part, m_part = f(jnp.asarray(logits), jnp.asarray(ref_logits), L0)
+  np.testing.assert_allclose(float(part), float(full), rtol=1e-6)
+  for k in m_full:
+    np.testing.assert_allclose(float(m_part[k]), float(m_full[k]), rtol=1e-6, atol=1e-7)
+  g_full = jax.grad(lambda t: f(t, jnp.asarray(ref_logits), 0)[0])(jnp.asarray(logits))
+  g_part = jax.grad(lambda t: f(t, jnp.asarray(ref_logits), L0)[0])(jnp.asarray(logits))
+  np.testing.assert_allclose(np.asarray(g_part), np.asarray(g_full), atol=1e-7)
+  with pytest.raises(ValueError, match="logits_start"):
+    f(jnp.asarray(logits), jnp.asarray(ref_logits), L0 + 1)
+
+
 def test_t3d_loss_gradient_only_through_target_and_jits():
   logits, x0, step_map, p_mask = fixed_case()
   cfg = losses.LossConfig(block_size=BS, path_k_steps=K)

@@ -46,6 +46,8 @@ def test_t3d_training_mask_matches_transformers(tiny):
   ours = np.asarray(forward(params, cfg, ids, mask, pos))
   ref = torch_logits(model, ids, mask, pos)
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+  noisy = np.asarray(forward(params, cfg, ids, mask, pos, logits_start=L0 + L1))
+  np.testing.assert_allclose(noisy, ours[:, L0 + L1:], atol=1e-5, rtol=0)
 
 
 def test_cache_decode_equals_full_forward(tiny):

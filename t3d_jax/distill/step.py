@@ -13,6 +13,8 @@
 Batch layout (leading axes: accumulation steps A, micro-batch M):
   ids [A, M, L0+2*L1] int32, positions [A, M, L0+2*L1], labels [A, M, L0+L1],
   p_mask [A, M, L0+L1] bool, step_map [A, M, L1] int32, weight [A, M] float32.
+p_mask must be False on the prompt rows (build_examples never sets them): the step
+computes logits for the noisy rows only.
 """
 from __future__ import annotations
 
@@ -93,23 +95,24 @@ class TrainState(flax.struct.PyTreeNode):
     return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx)
 
 
-def _t3d_rows(logits: Array, prompt_len: int, response_len: int) -> Array:
-  """Keep the prompt rows and the noisy rows: [B, L0+L1, V] aligned with labels."""
-  return jnp.concatenate([logits[:, :prompt_len], logits[:, prompt_len + response_len:]], 1)
-
-
 def micro_loss(params, ref_params, mb: dict, rng: Array, *, model: SDARConfig,
                loss_cfg: LossConfig, mask_id: int, pad_id: int):
-  """T3D loss of one micro-batch (weighted mean over its examples) and its metrics."""
+  """T3D loss of one micro-batch (weighted mean over its examples) and its metrics.
+
+  Only the noisy rows' logits enter the loss (p_mask is False on the prompt rows, and
+  the path loss reads the response rows), so both forwards run the final norm, the
+  head and the vocabulary log-softmax on the last L1 rows only; the prompt and clean
+  rows are context."""
   n, nl = mb["ids"].shape[-1], mb["labels"].shape[-1]
   l1 = n - nl
   l0 = nl - l1
   attn = masks.training_batch_mask(mb["ids"], l0, loss_cfg.block_size, pad_id)
-  tgt = _t3d_rows(forward(params, model, mb["ids"], attn, mb["positions"]), l0, l1)
-  ref = _t3d_rows(forward(ref_params, model, mb["ids"], attn, mb["positions"]), l0, l1)
+  noisy = l0 + l1
+  tgt = forward(params, model, mb["ids"], attn, mb["positions"], logits_start=noisy)
+  ref = forward(ref_params, model, mb["ids"], attn, mb["positions"], logits_start=noisy)
   return t3d_loss(tgt, jax.lax.stop_gradient(ref), mb["labels"], mb["p_mask"], mb["step_map"],
                   loss_cfg, prompt_len=l0, mask_id=mask_id, pad_id=pad_id, rng=rng,
-                  weight=mb["weight"])
+                  weight=mb["weight"], logits_start=l0)
 
 
 def make_train_step(model: SDARConfig, loss_cfg: LossConfig, optim: OptimConfig, *,

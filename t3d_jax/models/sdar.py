@@ -252,10 +252,12 @@ def logical_axes(cfg: SDARConfig):
   return nn.get_partition_spec(abstract_params(cfg))
 
 
-def forward(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array) -> Array:
-  """Logits [B, T, V] for ids [B, T] under a bool mask [B, T, T] (True = may attend)
-  and position ids [B, T]. Logit i scores the token at position i."""
-  return SDAR(cfg).apply({"params": params}, ids, mask, positions)[0]
+def forward(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
+            logits_start: int = 0) -> Array:
+  """Logits [B, T - logits_start, V] for ids [B, T] under a bool mask [B, T, T] (True =
+  may attend) and position ids [B, T]. Logit i scores the token at position i; a static
+  ``logits_start`` skips the final norm and head for the rows before it."""
+  return SDAR(cfg).apply({"params": params}, ids, mask, positions, None, logits_start)[0]
 
 
 def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
