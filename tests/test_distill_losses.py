@@ -180,6 +180,17 @@ def test_path_loss_jits_and_no_position_gives_zero():
   np.testing.assert_array_equal(np.asarray(zero), 0.0)
 
 
+def test_argmax_last_is_jnp_argmax_with_ties_and_nan():
+  rng = np.random.default_rng(0)
+  x = rng.integers(-3, 3, (64, 50)).astype(np.float32)   # many ties: first index wins
+  x[1, 3] = x[1, 7] = np.nan                              # a NaN counts as the max
+  x[2, :] = -np.inf
+  for dt in (jnp.float32, jnp.bfloat16):
+    got = jax.jit(losses.argmax_last)(jnp.asarray(x, dt))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(jnp.asarray(x, dt), -1)))
+    assert got.dtype == jnp.int32
+
+
 def test_fake_targets_argmax_and_gumbel_frequencies():
   logits = jnp.asarray(np.log(np.array([[[0.1, 0.2, 0.3, 0.4]]], np.float32)))
   assert int(losses.fake_targets(logits)[0, 0]) == 3

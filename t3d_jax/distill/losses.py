@@ -97,6 +97,16 @@ def batch_mean(x: Array, weight: Optional[Array] = None) -> Array:
   return (x * w).sum() / jnp.maximum(w.sum(), 1e-12)
 
 
+def argmax_last(x: Array) -> Array:
+  """jnp.argmax(x, -1) (first index of the max; a NaN counts as the max) as a max and a
+  min-index reduction: on CPU about 3x faster than argmax's variadic reduce over a
+  vocabulary."""
+  top = jnp.max(x, axis=-1, keepdims=True)
+  idx = jnp.arange(x.shape[-1], dtype=jnp.int32)
+  hit = (x == top) | jnp.isnan(x)
+  return jnp.min(jnp.where(hit, idx, x.shape[-1]), axis=-1)
+
+
 def fake_targets(ref_logits: Array, temperature: float = 0.0,
                  rng: Optional[Array] = None, row_offset: int = 0) -> Array:
   """The fake sample: argmax of the reference logits (temperature 0), else Gumbel-max
@@ -107,15 +117,14 @@ def fake_targets(ref_logits: Array, temperature: float = 0.0,
   those rows of the draw for the whole sequence, so skipping leading rows leaves the
   sample unchanged."""
   if temperature == 0:
-    return jnp.argmax(ref_logits, axis=-1).astype(jnp.int32)
+    return argmax_last(ref_logits)
   if rng is None:
     raise ValueError("fake_targets with temperature > 0 needs an rng key")
   b, t, v = ref_logits.shape
   u = jax.random.uniform(rng, (b, row_offset + t, v), jnp.float32,
                          minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)[:, row_offset:]
   gumbel = -jnp.log(-jnp.log(u))
-  return jnp.argmax(ref_logits.astype(jnp.float32) + temperature * gumbel,
-                    axis=-1).astype(jnp.int32)
+  return argmax_last(ref_logits.astype(jnp.float32) + temperature * gumbel)
 
 
 # ----------------------------------------------------------------------------- DDO
