@@ -15,10 +15,12 @@ MFU = model FLOPs per update / update time / peak, where the peak is a dense fp3
 matmul measured in this run (jitted, same process). Model FLOPs count what T3D needs:
 one target forward + backward (3x forward) and one reference forward per example, with
 forward FLOPs = 2 * N * non-embedding layer params + 2 * L1 * head params
-+ 4 * N^2 * layers * heads * head_dim for N = L0 + 2*L1 tokens (dense attention, as both
-sides compute it). The head counts only the L1 noisy rows: the losses read no other
-row's logits (the prompt and clean rows are context), so head work on them is waste,
-whichever side does it.
++ 4 * P * layers * heads * head_dim for N = L0 + 2*L1 tokens and P query-key pairs.
+Only the work the losses need counts, whichever side does more: the head on the L1 noisy
+rows (no other row's logits are read; the prompt and clean rows are context), and
+attention over the score blocks the training mask does not hide entirely, P = C^2 +
+L1 * (C + block) with C = L0 + L1 (context rows x context keys, noisy rows x context
+keys and their own block), not the N^2 of dense attention.
 """
 from __future__ import annotations
 
@@ -69,15 +71,17 @@ def make_data(a, cfg: SDARConfig, pad: int, mask: int):
   return ex
 
 
-def model_flops(cfg: SDARConfig, prompt_len: int, response_len: int) -> float:
+def model_flops(cfg: SDARConfig, prompt_len: int, response_len: int, block: int) -> float:
   """FLOPs of one example's T3D update: the layers on all L0 + 2*L1 rows, the head on
-  the L1 noisy rows (the only logits the losses read)."""
+  the L1 noisy rows (the only logits the losses read), attention on the visible score
+  blocks."""
   h, i, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-  n_tokens = prompt_len + 2 * response_len
+  n_tokens, ctx = prompt_len + 2 * response_len, prompt_len + response_len
   attn_params = h * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
   layers = L * (attn_params + 3 * h * i)
+  pairs = ctx * ctx + response_len * (ctx + block)
   fwd = (2 * n_tokens * layers + 2 * response_len * h * cfg.vocab_size
-         + 4 * n_tokens**2 * L * cfg.num_heads * cfg.head_dim)
+         + 4 * pairs * L * cfg.num_heads * cfg.head_dim)
   return 4.0 * fwd  # target fwd + bwd (3x) + reference fwd (1x)
 
 
@@ -220,7 +224,7 @@ def main(argv=None) -> int:
   n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
       lambda: init_params(cfg, jax.random.key(0)))))
   peak = matmul_peak()
-  flops = model_flops(cfg, a.l0, a.l1) * a.batch
+  flops = model_flops(cfg, a.l0, a.l1, a.block) * a.batch
   compile_s, jax_s = time_jax(a, cfg, ex, pad, mask)
   print(f"model {n_params / 1e6:.1f}M params; batch {a.batch} x (L0 {a.l0} + 2*L1 {a.l1}), "
         f"micro-batch {a.micro}, block {a.block}; {jax.devices()[0].platform}, "

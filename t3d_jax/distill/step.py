@@ -107,9 +107,11 @@ def micro_loss(params, ref_params, mb: dict, rng: Array, *, model: SDARConfig,
   l1 = n - nl
   l0 = nl - l1
   attn = masks.training_batch_mask(mb["ids"], l0, loss_cfg.block_size, pad_id)
-  noisy = l0 + l1
-  tgt = forward(params, model, mb["ids"], attn, mb["positions"], logits_start=noisy)
-  ref = forward(ref_params, model, mb["ids"], attn, mb["positions"], logits_start=noisy)
+  # The training mask has the [context | noisy] layout: attention skips the score
+  # blocks it hides (noisy keys for the context rows, other noisy blocks for a noisy row).
+  layout = dict(logits_start=l0 + l1, context_len=l0 + l1, noisy_block=loss_cfg.block_size)
+  tgt = forward(params, model, mb["ids"], attn, mb["positions"], **layout)
+  ref = forward(ref_params, model, mb["ids"], attn, mb["positions"], **layout)
   return t3d_loss(tgt, jax.lax.stop_gradient(ref), mb["labels"], mb["p_mask"], mb["step_map"],
                   loss_cfg, prompt_len=l0, mask_id=mask_id, pad_id=pad_id, rng=rng,
                   weight=mb["weight"], logits_start=l0)
