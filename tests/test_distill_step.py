@@ -9,8 +9,8 @@ import pytest
 from t3d_jax.distill.examples import ExampleConfig, build_examples
 from t3d_jax import masks
 from t3d_jax.distill.losses import LossConfig, loss_rows, t3d_loss
-from t3d_jax.distill.step import (OptimConfig, TrainState, copy_tree, lr_schedule,
-                                  make_optimizer, make_train_step)
+from t3d_jax.distill.step import (OptimConfig, TrainState, clip_by_global_norm, copy_tree,
+                                  lr_schedule, make_optimizer, make_train_step)
 from t3d_jax.models import SDARConfig, forward, init_params
 
 V, PAD, MASK = 64, 0, 63
@@ -138,6 +138,19 @@ def test_reference_refresh_does_not_recompile_and_training_learns():
   assert step._cache_size() == 1
   assert float(m["logp_target_real"]) > first + 0.5  # the student fits the teacher tokens
   assert int(state.step) == 12
+
+
+def test_clip_by_global_norm_matches_optax():
+  import optax
+  params = init_params(MODEL, jax.random.key(0))
+  ours, ref = clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+  assert jax.tree.structure(ours.init(params)) == jax.tree.structure(ref.init(params))
+  for scale in (10.0, 1e-3):  # clipping active, inactive
+    g = jax.tree.map(lambda x: x * scale, params)
+    a, _ = ours.update(g, ours.init(params))
+    b, _ = ref.update(g, ref.init(params))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-9)
 
 
 def test_weight_decay_mask():

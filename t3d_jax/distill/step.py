@@ -76,10 +76,24 @@ def _decay_mask(params):
   return jax.tree_util.tree_map_with_path(leaf, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm as one scalar factor, min(1, max_norm / norm), times each
+  gradient. optax selects per element between t and t / norm * max_norm, which XLA:CPU
+  materialises as a clipped copy of every gradient before Adam reads it; the scalar
+  form fuses into Adam's moment updates (same values up to float rounding; same empty
+  state, so checkpoints are unchanged)."""
+  def update_fn(updates, state, params=None):
+    del params
+    norm = optax.tree.norm(updates)
+    factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+    return jax.tree.map(lambda t: t * factor.astype(t.dtype), updates), state
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
 def make_optimizer(o: OptimConfig) -> optax.GradientTransformation:
   mask = None if o.decay_norms_and_biases else _decay_mask
   return optax.chain(
-      optax.clip_by_global_norm(o.clip_grad_norm) if o.clip_grad_norm > 0 else optax.identity(),
+      clip_by_global_norm(o.clip_grad_norm) if o.clip_grad_norm > 0 else optax.identity(),
       optax.adamw(lr_schedule(o), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                   mask=mask))
 
