@@ -13,14 +13,16 @@ level by level with Python loops, backpropagates, then clips and steps AdamW.
 
 MFU = model FLOPs per update / update time / peak, where the peak is a dense fp32
 matmul measured in this run (jitted, same process). Model FLOPs count what T3D needs:
-one target forward + backward (3x forward) and one reference forward per example, with
-forward FLOPs = 2 * N * non-embedding layer params + 2 * L1 * head params
-+ 4 * P * layers * heads * head_dim for N = L0 + 2*L1 tokens and P query-key pairs.
-Only the work the losses need counts, whichever side does more: the head on the L1 noisy
-rows (no other row's logits are read; the prompt and clean rows are context), and
-attention over the score blocks the training mask does not hide entirely, P = C^2 +
-L1 * (C + block) with C = L0 + L1 (context rows x context keys, noisy rows x context
-keys and their own block), not the N^2 of dense attention.
+one target forward + backward (3x forward) and one reference forward per example, each
+forward counting only the work whose result the losses use, whichever side does more:
+* the layers on all N = L0 + 2*L1 rows, except the last layer's queries, attention
+  output, o-projection and MLP, needed on the L1 noisy rows only (the other rows serve
+  as keys and values);
+* the head on the L1 noisy rows (no other row's logits are read; the prompt and clean
+  rows are context);
+* attention over the score blocks the training mask does not hide entirely: C^2 +
+  L1 * (C + block) query-key pairs per layer, C = L0 + L1 (context rows x context keys,
+  noisy rows x context keys and their own block), not the N^2 of dense attention.
 """
 from __future__ import annotations
 
@@ -72,16 +74,16 @@ def make_data(a, cfg: SDARConfig, pad: int, mask: int):
 
 
 def model_flops(cfg: SDARConfig, prompt_len: int, response_len: int, block: int) -> float:
-  """FLOPs of one example's T3D update: the layers on all L0 + 2*L1 rows, the head on
-  the L1 noisy rows (the only logits the losses read), attention on the visible score
-  blocks."""
-  h, i, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-  n_tokens, ctx = prompt_len + 2 * response_len, prompt_len + response_len
-  attn_params = h * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
-  layers = L * (attn_params + 3 * h * i)
+  """FLOPs of one example's T3D update, counting the work the losses need (module doc)."""
+  h, L = cfg.hidden_size, cfg.num_layers
+  n, ctx = prompt_len + 2 * response_len, prompt_len + response_len
+  kv = 2 * h * cfg.head_dim * cfg.num_kv_heads                 # k, v projections
+  rows = 2 * h * cfg.head_dim * cfg.num_heads + 3 * h * cfg.intermediate_size  # q, o, mlp
   pairs = ctx * ctx + response_len * (ctx + block)
-  fwd = (2 * n_tokens * layers + 2 * response_len * h * cfg.vocab_size
-         + 4 * pairs * L * cfg.num_heads * cfg.head_dim)
+  attn = 4 * cfg.num_heads * cfg.head_dim
+  fwd = (2 * n * L * kv + 2 * ((L - 1) * n + response_len) * rows
+         + attn * ((L - 1) * pairs + response_len * (ctx + block))
+         + 2 * response_len * h * cfg.vocab_size)
   return 4.0 * fwd  # target fwd + bwd (3x) + reference fwd (1x)
 
 
