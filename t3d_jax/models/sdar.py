@@ -177,7 +177,6 @@ class Attention(nn.Module):
   cfg: SDARConfig
   context_len: int = 0
   noisy_block: int = 0
-  query_start: int = 0
 
   def _proj(self, x, name, heads, head_names):
     cfg = self.cfg
@@ -193,15 +192,14 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, positions, cache_kv):
-    cfg, qs = self.cfg, self.query_start
-    q = self._proj(x[:, qs:], "q", cfg.num_heads, "heads")
+    cfg = self.cfg
+    q = self._proj(x, "q", cfg.num_heads, "heads")
     k = self._proj(x, "k", cfg.num_kv_heads, "kv_heads")
     v = self._proj(x, "v", cfg.num_kv_heads, "kv_heads")
     q = RMSNorm(cfg, cfg.head_dim, ("head_dim",), name="q_norm")(q)
     k = RMSNorm(cfg, cfg.head_dim, ("head_dim",), name="k_norm")(k)
-    q = rope(q, positions[:, qs:], cfg.rope_theta)
+    q = rope(q, positions, cfg.rope_theta)
     k = rope(k, positions, cfg.rope_theta)
-    mask = mask[:, qs:]
     new_kv = (k, v)
     if cache_kv is not None:  # keys = [committed cache | this query block]
       k = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)
@@ -209,11 +207,8 @@ class Attention(nn.Module):
     b, t, _, d = q.shape
     g = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, t, cfg.num_kv_heads, g, d)
-    c = self.context_len - qs
-    if qs and c == 0 and cache_kv is None:  # the queries are the noisy rows
-      out = (_attend_noisy(q, k, v, mask, self.noisy_block) if self.noisy_block
-             else _attend(q, k, v, mask))
-    elif c > 0 and qs == 0 and cache_kv is None and c < t:
+    c = self.context_len
+    if c and cache_kv is None and c < t:
       noisy = (_attend_noisy(q[:, c:], k, v, mask[:, c:], self.noisy_block)
                if self.noisy_block else _attend(q[:, c:], k, v, mask[:, c:]))
       out = jnp.concatenate([_attend(q[:, :c], k[:, :c], v[:, :c], mask[:, :c, :c]), noisy], 1)
@@ -244,20 +239,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """One pre-norm decoder layer; scanned over the layer axis. A static ``query_start``
-  returns the rows from it on only (their queries attend to every row's keys)."""
+  """One pre-norm decoder layer; scanned over the layer axis."""
   cfg: SDARConfig
   context_len: int = 0
   noisy_block: int = 0
-  query_start: int = 0
 
   @nn.compact
   def __call__(self, x, cache_kv, mask, positions):
     cfg = self.cfg
-    h, new_kv = Attention(cfg, self.context_len, self.noisy_block, self.query_start,
-                          name="attn")(
+    h, new_kv = Attention(cfg, self.context_len, self.noisy_block, name="attn")(
         RMSNorm(cfg, cfg.hidden_size, name="input_norm")(x), mask, positions, cache_kv)
-    x = x[:, self.query_start:] + h
+    x = x + h
     x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, cfg.hidden_size, name="post_attn_norm")(x))
     return x, new_kv
 
@@ -323,30 +315,9 @@ def forward(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
 
   ``context_len`` > 0 promises the [context | noisy] mask layout of T3D training (rows
   before context_len see only keys before it; a later row sees those and the keys of
-  its own ``noisy_block``-row block), so attention skips the hidden score blocks.
-
-  With ``logits_start`` > 0 the last layer also runs on the rows from logits_start only
-  (the others need only its keys and values)."""
-  if not logits_start or cfg.num_layers < 2:
-    return SDAR(cfg).apply({"params": params}, ids, mask, positions, None, logits_start,
-                           context_len, noisy_block)[0]
-  dtype = as_dtype(cfg.dtype)
-  if mask.ndim == 2:
-    mask = jnp.broadcast_to(mask, (ids.shape[0],) + mask.shape)
-  layer = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
-
-  def body(x, p):
-    return layer(cfg, context_len, noisy_block).apply({"params": p}, x, None, mask,
-                                                      positions)[0], None
-  first = jax.tree.map(lambda a: a[:-1], params["layers"])
-  last = jax.tree.map(lambda a: a[-1], params["layers"])
-  x = jnp.take(params["embedding"], ids, axis=0).astype(dtype)
-  x, _ = jax.lax.scan(body, x, first)
-  x = layer(cfg, context_len, noisy_block, logits_start).apply(
-      {"params": last}, x, None, mask, positions)[0]
-  x = RMSNorm(cfg, cfg.hidden_size).apply({"params": params["final_norm"]}, x)
-  head = params["embedding"].T if cfg.tie_word_embeddings else params["lm_head"]
-  return x @ head.astype(dtype)
+  its own ``noisy_block``-row block), so attention skips the hidden score blocks."""
+  return SDAR(cfg).apply({"params": params}, ids, mask, positions, None, logits_start,
+                         context_len, noisy_block)[0]
 
 
 def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
