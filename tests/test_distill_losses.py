@@ -180,6 +180,17 @@ def test_path_loss_jits_and_no_position_gives_zero():
   np.testing.assert_array_equal(np.asarray(zero), 0.0)
 
 
+def test_argmax_last_is_jnp_argmax_with_ties_and_nan():
+  rng = np.random.default_rng(0)
+  x = rng.integers(-3, 3, (64, 50)).astype(np.float32)   # many ties: first index wins
+  x[1, 3] = x[1, 7] = np.nan                              # a NaN counts as the max
+  x[2, :] = -np.inf
+  for dt in (jnp.float32, jnp.bfloat16):
+    got = jax.jit(losses.argmax_last)(jnp.asarray(x, dt))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(jnp.asarray(x, dt), -1)))
+    assert got.dtype == jnp.int32
+
+
 def test_fake_targets_argmax_and_gumbel_frequencies():
   logits = jnp.asarray(np.log(np.array([[[0.1, 0.2, 0.3, 0.4]]], np.float32)))
   assert int(losses.fake_targets(logits)[0, 0]) == 3
@@ -226,6 +237,32 @@ def test_t3d_loss_total_and_metrics(temp):
     np.testing.assert_allclose(float(m[name]), val, atol=1e-5)
   assert {"loss", "loss_real", "loss_fake", "logp_target_real", "logp_ref_real",
           "logp_target_fake", "logp_ref_fake", "loss_path"} <= set(m)
+
+
+@pytest.mark.parametrize("temp", [0.0, 0.8])
+def test_t3d_loss_on_noisy_rows_only_equals_full_rows(temp):
+  """logits_start = prompt_len (the step's head-skipping): same loss, metrics and
+  gradient as with the prompt rows' logits present, the Gumbel draw included."""
+  logits, x0, step_map, p_mask = fixed_case()
+  ref_logits = logits[::-1] * 0.7
+  cfg = losses.LossConfig(block_size=BS, path_k_steps=K, reference_temp=temp)
+  key = jax.random.PRNGKey(3)
+
+  def f(tl, rl, start):
+    return losses.t3d_loss(tl[:, start:], rl[:, start:], x0, p_mask, step_map, cfg,
+                           prompt_len=L0, mask_id=MASK, pad_id=PAD, rng=key,
+                           logits_start=start)
+
+  full, m_full = f(jnp.asarray(logits), jnp.asarray(ref_logits), 0)
+  part, m_part = f(jnp.asarray(logits), jnp.asarray(ref_logits), L0)
+  np.testing.assert_allclose(float(part), float(full), rtol=1e-6)
+  for k in m_full:
+    np.testing.assert_allclose(float(m_part[k]), float(m_full[k]), rtol=1e-6, atol=1e-7)
+  g_full = jax.grad(lambda t: f(t, jnp.asarray(ref_logits), 0)[0])(jnp.asarray(logits))
+  g_part = jax.grad(lambda t: f(t, jnp.asarray(ref_logits), L0)[0])(jnp.asarray(logits))
+  np.testing.assert_allclose(np.asarray(g_part), np.asarray(g_full), atol=1e-7)
+  with pytest.raises(ValueError, match="logits_start"):
+    f(jnp.asarray(logits), jnp.asarray(ref_logits), L0 + 1)
 
 
 def test_t3d_loss_gradient_only_through_target_and_jits():

@@ -1,14 +1,17 @@
 """The T3D update step: accumulation = one big batch, schedule, reference refresh, values."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from t3d_jax.distill.examples import ExampleConfig, build_examples
-from t3d_jax.distill.losses import LossConfig
-from t3d_jax.distill.step import (OptimConfig, TrainState, copy_tree, lr_schedule,
-                                  make_optimizer, make_train_step)
-from t3d_jax.models import SDARConfig, init_params
+from t3d_jax import masks
+from t3d_jax.distill.losses import LossConfig, loss_rows, t3d_loss
+from t3d_jax.distill.step import (OptimConfig, TrainState, clip_by_global_norm, copy_tree,
+                                  lr_schedule, make_optimizer, make_train_step)
+from t3d_jax.models import SDARConfig, forward, init_params
 
 V, PAD, MASK = 64, 0, 63
 MODEL = SDARConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_layers=2,
@@ -78,6 +81,34 @@ def test_first_step_values_with_reference_equal_to_target():
   np.testing.assert_allclose(float(m["lr"]), 1e-3 / 2)
 
 
+@pytest.mark.parametrize("temp", [0.0, 0.7])
+def test_step_loss_equals_the_full_rows_dense_loss(temp):
+  """micro_loss computes the head on the noisy rows only and attention on the score
+  blocks the mask leaves visible; its loss, metrics and gradients are those of the plain
+  formulation (every row's logits, dense attention, t3d_loss on [prompt | noisy] rows)."""
+  loss_cfg = dataclasses.replace(LOSS, reference_temp=temp)
+
+  def plain(p, r, mb, rng):
+    l1 = mb["ids"].shape[-1] - mb["labels"].shape[-1]
+    l0 = mb["labels"].shape[-1] - l1
+    attn = masks.training_batch_mask(mb["ids"], l0, loss_cfg.block_size, PAD)
+    tgt = loss_rows(forward(p, MODEL, mb["ids"], attn, mb["positions"]), l0)
+    ref = loss_rows(forward(r, MODEL, mb["ids"], attn, mb["positions"]), l0)
+    return t3d_loss(tgt, ref, mb["labels"], mb["p_mask"], mb["step_map"], loss_cfg,
+                    prompt_len=l0, mask_id=MASK, pad_id=PAD, rng=rng, weight=mb["weight"])
+
+  params, ref = init_params(MODEL, jax.random.key(0)), init_params(MODEL, jax.random.key(1))
+  batch, rng = split(make_batch(6, seed=3), 2), jax.random.key(5)
+  acc = lambda lf: jax.jit(make_train_step(MODEL, loss_cfg, OptimConfig(), mask_id=MASK,
+                                           pad_id=PAD, loss_fn=lf).accumulate)
+  g0, m0 = acc(plain)(params, ref, batch, rng)
+  g1, m1 = acc(None)(params, ref, batch, rng)
+  for k in m0:
+    np.testing.assert_allclose(float(m1[k]), float(m0[k]), rtol=1e-6, atol=1e-7, err_msg=k)
+  for x, y in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-6, rtol=0)
+
+
 def test_schedule():
   o = OptimConfig(lr=1.0, warmup_steps=4, total_steps=14, min_lr_scale=0.1)
   s = lr_schedule(o)
@@ -107,6 +138,19 @@ def test_reference_refresh_does_not_recompile_and_training_learns():
   assert step._cache_size() == 1
   assert float(m["logp_target_real"]) > first + 0.5  # the student fits the teacher tokens
   assert int(state.step) == 12
+
+
+def test_clip_by_global_norm_matches_optax():
+  import optax
+  params = init_params(MODEL, jax.random.key(0))
+  ours, ref = clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+  assert jax.tree.structure(ours.init(params)) == jax.tree.structure(ref.init(params))
+  for scale in (10.0, 1e-3):  # clipping active, inactive
+    g = jax.tree.map(lambda x: x * scale, params)
+    a, _ = ours.update(g, ours.init(params))
+    b, _ = ref.update(g, ref.init(params))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-9)
 
 
 def test_weight_decay_mask():

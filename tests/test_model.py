@@ -46,6 +46,12 @@ def test_t3d_training_mask_matches_transformers(tiny):
   ours = np.asarray(forward(params, cfg, ids, mask, pos))
   ref = torch_logits(model, ids, mask, pos)
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+  noisy = np.asarray(forward(params, cfg, ids, mask, pos, logits_start=L0 + L1))
+  np.testing.assert_allclose(noisy, ours[:, L0 + L1:], atol=1e-5, rtol=0)
+  # the [context | noisy] layout hint (L1 = 6: a partial last block of the 4-row blocks)
+  for nb in (b, 0):
+    laid = np.asarray(forward(params, cfg, ids, mask, pos, context_len=L0 + L1, noisy_block=nb))
+    np.testing.assert_allclose(laid, ours, atol=1e-5, rtol=0)
 
 
 def test_cache_decode_equals_full_forward(tiny):

@@ -13,9 +13,16 @@ level by level with Python loops, backpropagates, then clips and steps AdamW.
 
 MFU = model FLOPs per update / update time / peak, where the peak is a dense fp32
 matmul measured in this run (jitted, same process). Model FLOPs count what T3D needs:
-one target forward + backward (3x forward) and one reference forward per example, with
-forward FLOPs = 2 * N * (non-embedding params + head) + 4 * N^2 * layers * heads * head_dim
-for N = L0 + 2*L1 tokens (dense attention, as both sides compute it).
+one target forward + backward (3x forward) and one reference forward per example, each
+forward counting only the work whose result the losses use, whichever side does more:
+* the layers on all N = L0 + 2*L1 rows, except the last layer's queries, attention
+  output, o-projection and MLP, needed on the L1 noisy rows only (the other rows serve
+  as keys and values);
+* the head on the L1 noisy rows (no other row's logits are read; the prompt and clean
+  rows are context);
+* attention over the score blocks the training mask does not hide entirely: C^2 +
+  L1 * (C + block) query-key pairs per layer, C = L0 + L1 (context rows x context keys,
+  noisy rows x context keys and their own block), not the N^2 of dense attention.
 """
 from __future__ import annotations
 
@@ -66,11 +73,17 @@ def make_data(a, cfg: SDARConfig, pad: int, mask: int):
   return ex
 
 
-def model_flops(cfg: SDARConfig, n_tokens: int) -> float:
-  h, i, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-  attn_params = h * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
-  dense = L * (attn_params + 3 * h * i) + h * cfg.vocab_size
-  fwd = 2 * n_tokens * dense + 4 * n_tokens**2 * L * cfg.num_heads * cfg.head_dim
+def model_flops(cfg: SDARConfig, prompt_len: int, response_len: int, block: int) -> float:
+  """FLOPs of one example's T3D update, counting the work the losses need (module doc)."""
+  h, L = cfg.hidden_size, cfg.num_layers
+  n, ctx = prompt_len + 2 * response_len, prompt_len + response_len
+  kv = 2 * h * cfg.head_dim * cfg.num_kv_heads                 # k, v projections
+  rows = 2 * h * cfg.head_dim * cfg.num_heads + 3 * h * cfg.intermediate_size  # q, o, mlp
+  pairs = ctx * ctx + response_len * (ctx + block)
+  attn = 4 * cfg.num_heads * cfg.head_dim
+  fwd = (2 * n * L * kv + 2 * ((L - 1) * n + response_len) * rows
+         + attn * ((L - 1) * pairs + response_len * (ctx + block))
+         + 2 * response_len * h * cfg.vocab_size)
   return 4.0 * fwd  # target fwd + bwd (3x) + reference fwd (1x)
 
 
@@ -213,7 +226,7 @@ def main(argv=None) -> int:
   n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
       lambda: init_params(cfg, jax.random.key(0)))))
   peak = matmul_peak()
-  flops = model_flops(cfg, a.l0 + 2 * a.l1) * a.batch
+  flops = model_flops(cfg, a.l0, a.l1, a.block) * a.batch
   compile_s, jax_s = time_jax(a, cfg, ex, pad, mask)
   print(f"model {n_params / 1e6:.1f}M params; batch {a.batch} x (L0 {a.l0} + 2*L1 {a.l1}), "
         f"micro-batch {a.micro}, block {a.block}; {jax.devices()[0].platform}, "

@@ -13,6 +13,8 @@
 Batch layout (leading axes: accumulation steps A, micro-batch M):
   ids [A, M, L0+2*L1] int32, positions [A, M, L0+2*L1], labels [A, M, L0+L1],
   p_mask [A, M, L0+L1] bool, step_map [A, M, L1] int32, weight [A, M] float32.
+p_mask must be False on the prompt rows (build_examples never sets them): the step
+computes logits for the noisy rows only.
 """
 from __future__ import annotations
 
@@ -74,10 +76,24 @@ def _decay_mask(params):
   return jax.tree_util.tree_map_with_path(leaf, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm as one scalar factor, min(1, max_norm / norm), times each
+  gradient. optax selects per element between t and t / norm * max_norm, which XLA:CPU
+  materialises as a clipped copy of every gradient before Adam reads it; the scalar
+  form fuses into Adam's moment updates (same values up to float rounding; same empty
+  state, so checkpoints are unchanged)."""
+  def update_fn(updates, state, params=None):
+    del params
+    norm = optax.tree.norm(updates)
+    factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+    return jax.tree.map(lambda t: t * factor.astype(t.dtype), updates), state
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
 def make_optimizer(o: OptimConfig) -> optax.GradientTransformation:
   mask = None if o.decay_norms_and_biases else _decay_mask
   return optax.chain(
-      optax.clip_by_global_norm(o.clip_grad_norm) if o.clip_grad_norm > 0 else optax.identity(),
+      clip_by_global_norm(o.clip_grad_norm) if o.clip_grad_norm > 0 else optax.identity(),
       optax.adamw(lr_schedule(o), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                   mask=mask))
 
@@ -93,23 +109,26 @@ class TrainState(flax.struct.PyTreeNode):
     return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx)
 
 
-def _t3d_rows(logits: Array, prompt_len: int, response_len: int) -> Array:
-  """Keep the prompt rows and the noisy rows: [B, L0+L1, V] aligned with labels."""
-  return jnp.concatenate([logits[:, :prompt_len], logits[:, prompt_len + response_len:]], 1)
-
-
 def micro_loss(params, ref_params, mb: dict, rng: Array, *, model: SDARConfig,
                loss_cfg: LossConfig, mask_id: int, pad_id: int):
-  """T3D loss of one micro-batch (weighted mean over its examples) and its metrics."""
+  """T3D loss of one micro-batch (weighted mean over its examples) and its metrics.
+
+  Only the noisy rows' logits enter the loss (p_mask is False on the prompt rows, and
+  the path loss reads the response rows), so both forwards run the final norm, the
+  head and the vocabulary log-softmax on the last L1 rows only; the prompt and clean
+  rows are context."""
   n, nl = mb["ids"].shape[-1], mb["labels"].shape[-1]
   l1 = n - nl
   l0 = nl - l1
   attn = masks.training_batch_mask(mb["ids"], l0, loss_cfg.block_size, pad_id)
-  tgt = _t3d_rows(forward(params, model, mb["ids"], attn, mb["positions"]), l0, l1)
-  ref = _t3d_rows(forward(ref_params, model, mb["ids"], attn, mb["positions"]), l0, l1)
+  # The training mask has the [context | noisy] layout: attention skips the score
+  # blocks it hides (noisy keys for the context rows, other noisy blocks for a noisy row).
+  layout = dict(logits_start=l0 + l1, context_len=l0 + l1, noisy_block=loss_cfg.block_size)
+  tgt = forward(params, model, mb["ids"], attn, mb["positions"], **layout)
+  ref = forward(ref_params, model, mb["ids"], attn, mb["positions"], **layout)
   return t3d_loss(tgt, jax.lax.stop_gradient(ref), mb["labels"], mb["p_mask"], mb["step_map"],
                   loss_cfg, prompt_len=l0, mask_id=mask_id, pad_id=pad_id, rng=rng,
-                  weight=mb["weight"])
+                  weight=mb["weight"], logits_start=l0)
 
 
 def make_train_step(model: SDARConfig, loss_cfg: LossConfig, optim: OptimConfig, *,

@@ -127,8 +127,56 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
   return (x32 * cos + rot * sin).astype(x.dtype)
 
 
+def _attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
+  """Masked softmax attention. q [B, T, KV, G, D], k/v [B, S, KV, D], mask [B, T, S]."""
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bkgts,bskd->btkgd", probs, v)
+
+
+def _attend_noisy(q: Array, k: Array, v: Array, mask: Array, block: int) -> Array:
+  """Attention of the noisy rows of a [context C | noisy] layout, when each noisy row
+  sees (under ``mask``) the C context keys and the keys of its own block only.
+
+  q [B, T, KV, G, D] the T noisy rows; k/v [B, C+T, KV, D]; mask [B, T, C+T]. Scores are
+  computed against the context and the own block ([T, C + block] instead of [T, C+T]);
+  a partial last block is padded with masked rows and keys."""
+  b, t, kv, g, d = q.shape
+  ctx = k.shape[1] - t
+  nb = -(-t // block)
+  pad = nb * block - t
+  if pad:
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+    k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    mask = jnp.pad(mask, ((0, 0), (0, pad), (0, pad)))
+  qb = q.reshape(b, nb, block, kv, g, d)
+  k_own = k[:, ctx:].reshape(b, nb, block, kv, d)
+  v_own = v[:, ctx:].reshape(b, nb, block, kv, d)
+  m_ctx = mask[:, :, :ctx].reshape(b, nb, block, ctx)
+  m_own = jnp.diagonal(mask[:, :, ctx:].reshape(b, nb, block, nb, block), axis1=1, axis2=3)
+  m_own = jnp.moveaxis(m_own, -1, 1)                                    # [B, NB, bs, bs]
+  scores = jnp.concatenate([jnp.einsum("bntkgd,bskd->bnkgts", qb, k[:, :ctx]),
+                            jnp.einsum("bntkgd,bnskd->bnkgts", qb, k_own)], -1)
+  scores = scores.astype(jnp.float32) * (d ** -0.5)
+  m = jnp.concatenate([m_ctx, m_own], -1)[:, :, None, None]            # [B, NB, 1, 1, bs, C+bs]
+  scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = (jnp.einsum("bnkgts,bskd->bntkgd", probs[..., :ctx], v[:, :ctx])
+         + jnp.einsum("bnkgts,bnskd->bntkgd", probs[..., ctx:], v_own))
+  return out.reshape(b, nb * block, kv, g, d)[:, :t]
+
+
 class Attention(nn.Module):
+  """``context_len`` > 0 (static, no cache): the mask is known to let rows before it see
+  only keys before it, and each later (noisy) row only the keys before it and those
+  of its own block of ``noisy_block`` rows (counted from context_len; 0: any later
+  key). The score blocks that the mask hides entirely are then not computed; the
+  result is the same. Every row must see at least one key."""
   cfg: SDARConfig
+  context_len: int = 0
+  noisy_block: int = 0
 
   def _proj(self, x, name, heads, head_names):
     cfg = self.cfg
@@ -159,10 +207,14 @@ class Attention(nn.Module):
     b, t, _, d = q.shape
     g = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, t, cfg.num_kv_heads, g, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * (d ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.num_heads, d)
+    c = self.context_len
+    if c and cache_kv is None and c < t:
+      noisy = (_attend_noisy(q[:, c:], k, v, mask[:, c:], self.noisy_block)
+               if self.noisy_block else _attend(q[:, c:], k, v, mask[:, c:]))
+      out = jnp.concatenate([_attend(q[:, :c], k[:, :c], v[:, :c], mask[:, :c, :c]), noisy], 1)
+    else:
+      out = _attend(q, k, v, mask)
+    out = out.reshape(b, t, cfg.num_heads, d)
     wo = _param(self, "o_kernel", (cfg.num_heads, d, cfg.hidden_size),
                 ("heads", "head_dim", "embed"), nn.initializers.normal(0.02), cfg)
     y = jnp.einsum("bthk,hkd->btd", out, wo.astype(out.dtype))
@@ -189,11 +241,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
   """One pre-norm decoder layer; scanned over the layer axis."""
   cfg: SDARConfig
+  context_len: int = 0
+  noisy_block: int = 0
 
   @nn.compact
   def __call__(self, x, cache_kv, mask, positions):
     cfg = self.cfg
-    h, new_kv = Attention(cfg, name="attn")(
+    h, new_kv = Attention(cfg, self.context_len, self.noisy_block, name="attn")(
         RMSNorm(cfg, cfg.hidden_size, name="input_norm")(x), mask, positions, cache_kv)
     x = x + h
     x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, cfg.hidden_size, name="post_attn_norm")(x))
@@ -205,12 +259,13 @@ class SDAR(nn.Module):
 
   @nn.compact
   def __call__(self, ids, mask, positions, cache: Optional[KVCache] = None,
-               logits_start: int = 0):
+               logits_start: int = 0, context_len: int = 0, noisy_block: int = 0):
     """ids [B, T] int; mask [B, T, S+T] (or [T, S+T]) bool; positions [B, T].
 
     Without a cache S = 0. Returns (logits [B, T - logits_start, V] of the rows from
     ``logits_start`` on, KVCache of the T new tokens). A static ``logits_start`` skips
     the head for rows whose logits are not needed (prefill, a fused commit block).
+    ``context_len``/``noisy_block``: a mask layout hint (see :class:`Attention`).
     """
     cfg = self.cfg
     dtype = as_dtype(cfg.dtype)
@@ -224,7 +279,7 @@ class SDAR(nn.Module):
                      in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
     cache_kv = None if cache is None else (cache.k, cache.v)
-    x, (k, v) = layers(cfg, name="layers")(x, cache_kv, mask, positions)
+    x, (k, v) = layers(cfg, context_len, noisy_block, name="layers")(x, cache_kv, mask, positions)
     x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x[:, logits_start:])
     if cfg.tie_word_embeddings:
       logits = x @ table.astype(dtype).T
@@ -252,10 +307,17 @@ def logical_axes(cfg: SDARConfig):
   return nn.get_partition_spec(abstract_params(cfg))
 
 
-def forward(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array) -> Array:
-  """Logits [B, T, V] for ids [B, T] under a bool mask [B, T, T] (True = may attend)
-  and position ids [B, T]. Logit i scores the token at position i."""
-  return SDAR(cfg).apply({"params": params}, ids, mask, positions)[0]
+def forward(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
+            logits_start: int = 0, context_len: int = 0, noisy_block: int = 0) -> Array:
+  """Logits [B, T - logits_start, V] for ids [B, T] under a bool mask [B, T, T] (True =
+  may attend) and position ids [B, T]. Logit i scores the token at position i; a static
+  ``logits_start`` skips the final norm and head for the rows before it.
+
+  ``context_len`` > 0 promises the [context | noisy] mask layout of T3D training (rows
+  before context_len see only keys before it; a later row sees those and the keys of
+  its own ``noisy_block``-row block), so attention skips the hidden score blocks."""
+  return SDAR(cfg).apply({"params": params}, ids, mask, positions, None, logits_start,
+                         context_len, noisy_block)[0]
 
 
 def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
