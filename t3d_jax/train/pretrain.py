@@ -66,14 +66,14 @@ def make_batch(pairs: Sequence[Pair], indices: np.ndarray, ex_cfg: ExampleConfig
 def micro_loss(params, reference, mb: dict, rng, *, model: SDARConfig, block_size: int,
                pad_id: int):
   """``loss_fn`` of :func:`t3d_jax.distill.step.make_train_step` (reference and rng
-  unused): the masked-diffusion loss of one micro-batch and its metrics."""
+  unused): the masked-diffusion loss of one micro-batch and its metrics. Prompt rows are
+  never trained, so only the noisy rows go through the head (as in the T3D step)."""
   del reference, rng
-  import jax.numpy as jnp
   n, nl = mb["ids"].shape[-1], mb["labels"].shape[-1]
   l1 = n - nl
   l0 = nl - l1
   attn = masks.training_batch_mask(mb["ids"], l0, block_size, pad_id)
-  logits = forward(params, model, mb["ids"], attn, mb["positions"])
-  logits = jnp.concatenate([logits[:, :l0], logits[:, l0 + l1:]], 1)  # prompt + noisy rows
-  return pretrain_loss(logits, mb["labels"], mb["p_mask"], mb["t"], mb["num_eligible"],
-                       mb["weight"])
+  logits = forward(params, model, mb["ids"], attn, mb["positions"], logits_start=l0 + l1,
+                   context_len=l0 + l1, noisy_block=block_size)           # noisy rows
+  return pretrain_loss(logits, mb["labels"][:, l0:], mb["p_mask"][:, l0:], mb["t"],
+                       mb["num_eligible"], mb["weight"])
