@@ -52,14 +52,7 @@ def run(config) -> None:
       data, tokenizer, original_prompts=d.original_prompts, retokenize=d.retokenize,
       max_prompt_len=d.max_prompt_len, max_gen_length=d.max_gen_length)
   logging.info("trajectories %s: %s", data, counts)
-  if d.global_batch % d.micro_batch:
-    raise InputError(f"distill.global_batch={d.global_batch} is not a multiple of "
-                     f"distill.micro_batch={d.micro_batch}")
-  per_epoch = len(samples) // d.global_batch
-  if per_epoch == 0:
-    raise InputError(f"{data}: {len(samples)} samples, fewer than distill.global_batch="
-                     f"{d.global_batch}")
-  total = d.max_steps or per_epoch * d.num_epochs
+  per_epoch, total = loop.schedule(len(samples), d, "distill", data)
   ex_cfg = ExampleConfig.from_config(config.examples)
   loss_cfg = LossConfig.from_config(config.loss, block_size=ex_cfg.block_size)
   optim = OptimConfig.from_config(config.optim, total_steps=total)

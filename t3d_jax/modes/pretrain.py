@@ -96,14 +96,7 @@ def run(config) -> None:
                                        for r in rows])
   answers = tok_lib.encode(tokenizer, [str(r["answer"]) for r in rows])
   pairs = pt.make_pairs(prompts, answers, ids.eos_id, p.max_gen_length)
-  if p.global_batch % p.micro_batch:
-    raise InputError(f"config pretrain.global_batch={p.global_batch} is not a multiple of "
-                     f"pretrain.micro_batch={p.micro_batch}")
-  per_epoch = len(pairs) // p.global_batch
-  if per_epoch == 0:
-    raise InputError(f"{p.data}: {len(pairs)} rows, fewer than pretrain.global_batch="
-                     f"{p.global_batch}")
-  total = p.max_steps or per_epoch * p.num_epochs
+  per_epoch, total = loop.schedule(len(pairs), p, "pretrain", p.data)
   params, mcfg, meta_src = _model(config, ids.vocab_size)
   if ids.vocab_size > mcfg.vocab_size:
     raise InputError(f"{tok_dir}: tokenizer has {ids.vocab_size} tokens but the model's "

@@ -27,6 +27,19 @@ from t3d_jax.data.jsonl import JsonlAppender
 from t3d_jax.errors import InputError
 
 
+def schedule(n: int, section, name: str, data: str) -> tuple[int, int]:
+  """(updates per epoch, total updates) for ``n`` examples and a config section with
+  global_batch, micro_batch, max_steps and num_epochs (``name``: its key in the config)."""
+  if section.global_batch % section.micro_batch:
+    raise InputError(f"config {name}.global_batch={section.global_batch} is not a multiple "
+                     f"of {name}.micro_batch={section.micro_batch}")
+  per_epoch = n // section.global_batch
+  if per_epoch == 0:
+    raise InputError(f"{data}: {n} examples, fewer than {name}.global_batch="
+                     f"{section.global_batch}")
+  return per_epoch, section.max_steps or per_epoch * section.num_epochs
+
+
 def fingerprint(settings: dict) -> str:
   return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
