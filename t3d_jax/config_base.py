@@ -160,14 +160,28 @@ def dataclass_from_config(cls, cfg, **overrides):
     raise InputError(f"config ({cls.__name__}): {e}") from None
 
 
-def expand(path: str, config) -> str:
-  """``path`` with "{workdir}" replaced by ``config.workdir``."""
+def expand_workdir(path: str, workdir: str) -> str:
+  """``path`` with "{workdir}" replaced by ``workdir`` (an error if that is empty)."""
   path = str(path)
   if "{workdir}" in path:
-    if not config.workdir:
+    if not workdir:
       raise InputError(f"{path!r} uses {{workdir}} but config.workdir is empty")
-    path = path.replace("{workdir}", str(config.workdir))
+    path = path.replace("{workdir}", str(workdir))
   return path
+
+
+def expand(path: str, config) -> str:
+  """``path`` with "{workdir}" replaced by ``config.workdir``."""
+  return expand_workdir(path, config.workdir)
+
+
+def fingerprint(settings) -> str:
+  """A short digest of JSON-able settings: what a resumed run must share with the run
+  that wrote its checkpoints / rows / summaries."""
+  import hashlib
+  import json
+  text = json.dumps(settings, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def model_dir(config) -> str:

@@ -21,6 +21,7 @@ from absl import logging
 from t3d_jax import checkpoint
 from t3d_jax.data import datasets
 from t3d_jax.data import tokenizer as tok_lib
+from t3d_jax.config_base import expand_workdir
 from t3d_jax.errors import InputError
 from t3d_jax.sampling.config import DecodeConfig, DecodeError
 from t3d_jax.sampling.rollout import DecodeStats
@@ -43,11 +44,7 @@ def load_rows(d, workdir: str = "") -> list[dict]:
   if d.limit < 0:
     raise InputError(f"limit must be >= 0 (0 = all rows), got {d.limit}")
   limit = d.limit or None
-  data = d.data
-  if "{workdir}" in data:
-    if not workdir:
-      raise InputError(f"data {data!r} uses {{workdir}} but config.workdir is empty")
-    data = data.replace("{workdir}", workdir)
+  data = expand_workdir(d.data, workdir)
   if not d.use_tfds:
     rows = datasets.load_qa(data, d.question_field, d.answer_field, limit=limit)
   else:

@@ -35,7 +35,6 @@ finished (model, setting) pairs are reused and tells the others.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -50,7 +49,7 @@ from t3d_jax.errors import InputError
 from t3d_jax.evaluation import decode as dec
 from t3d_jax.evaluation.metrics import aup, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
-from t3d_jax.config_base import expand
+from t3d_jax.config_base import expand, fingerprint
 from t3d_jax.tasks import grade_response
 from t3d_jax.parallel import broadcast_from_main
 
@@ -105,10 +104,6 @@ def parse_settings(config) -> list[Setting]:
       raise InputError(f"config eval.tokens_per_forward: {t!r} does not divide "
                        f"decode.block_size={b}")
   return [Setting(s, t, b) for s in strategies for t in tpfs]
-
-
-def _digest(obj) -> str:
-  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _curve(model: str, setting: Setting, multi: bool) -> str:
@@ -194,7 +189,7 @@ def run(config) -> None:
                                               config.prompt_template, base_dcfg, e.data)
       for s in settings:
         dcfg = dec.decode_config(d, model.ids, strategy=s.strategy, denoising_steps=s.steps)
-        fp = _digest(dict(model=os.path.abspath(path), data=e.data, limit=e.limit,
+        fp = fingerprint(dict(model=os.path.abspath(path), data=e.data, limit=e.limit,
                           fields=(e.question_field, e.answer_field), n=n,
                           decode=dataclasses.asdict(dcfg), batch_size=d.batch_size,
                           width_multiple=d.width_multiple, seed=config.seed,
@@ -222,7 +217,7 @@ def run(config) -> None:
   if not main:
     return
 
-  data = expand(e.data, config) if "{workdir}" in e.data else e.data
+  data = expand(e.data, config)
   curves: dict[str, list] = {}
   for r in results:
     c = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"], r["block_size"]),

@@ -84,8 +84,7 @@ def _outputs(config) -> dict:
 
 
 def _inputs(config, stage: str) -> list[Path]:
-  work = str(config.workdir)
-  data = lambda s: [Path(s.replace("{workdir}", work))] if "{workdir}" in s else []  # noqa
+  data = lambda s: [Path(expand(s, config))] if "{workdir}" in s else []  # noqa: E731
   if stage == "pretrain":
     return data(config.pretrain.data) + ([Path(expand(config.pretrain.init, config))]
                                          if config.pretrain.init else [])

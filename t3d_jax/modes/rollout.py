@@ -39,7 +39,6 @@ written next to the output (<output stem>.step_maps.png).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -49,6 +48,7 @@ import jax
 from absl import logging
 from tqdm import tqdm
 
+from t3d_jax.config_base import expand, fingerprint as config_fingerprint, model_dir
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation import decode as dec
@@ -56,7 +56,6 @@ from t3d_jax.tasks import extract
 
 
 def _paths(config) -> tuple[Path, Path, Path]:
-  from t3d_jax.config_base import expand
   out = Path(expand(config.rollout.output, config)) if config.rollout.output else \
       Path(config.workdir) / "trajectories.jsonl"
   return out, out.with_name(out.stem + ".meta.json"), out.with_name(out.stem + ".step_maps.png")
@@ -72,13 +71,9 @@ def fingerprint(config, model_path: str, dcfg) -> dict:
               seed=config.seed, decode=dataclasses.asdict(dcfg))
 
 
-def _digest(fp: dict) -> str:
-  return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
   """Refuse to resume onto rows written with other settings; record the settings."""
-  digest = _digest(fp)
+  digest = config_fingerprint(fp)
   if count_rows(out) > 0:
     old = json.loads(meta.read_text()).get("fingerprint") if meta.is_file() else None
     if old == digest:
@@ -143,7 +138,6 @@ def plot_trajectories(out: Path, png: Path, prompt_ids, dcfg, k: int) -> None:
 
 
 def run(config) -> None:
-  from t3d_jax.config_base import model_dir
   from t3d_jax.sampling.config import DecodeError
 
   r, d = config.rollout, config.decode

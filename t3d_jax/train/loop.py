@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from absl import logging
 from tqdm import tqdm
 
 from t3d_jax import checkpoint
+from t3d_jax.config_base import fingerprint
 from t3d_jax.data.jsonl import JsonlAppender
 from t3d_jax.errors import InputError
 
@@ -38,10 +38,6 @@ def schedule(n: int, section, name: str, data: str) -> tuple[int, int]:
     raise InputError(f"{data}: {n} examples, fewer than {name}.global_batch="
                      f"{section.global_batch}")
   return per_epoch, section.max_steps or per_epoch * section.num_epochs
-
-
-def fingerprint(settings: dict) -> str:
-  return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
