@@ -109,6 +109,18 @@ class TrainState(flax.struct.PyTreeNode):
     return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx)
 
 
+def t3d_layout(mb: dict, block_size: int, pad_id: int) -> tuple[int, Array, dict]:
+  """(L0, attention mask, forward kwargs) of a [prompt | x0 | xt] micro-batch. The
+  kwargs make ``forward`` return the L1 noisy rows' logits only and skip the score
+  blocks the training mask hides (noisy keys for the context rows, other noisy blocks
+  for a noisy row); the prompt and clean rows are context."""
+  n, nl = mb["ids"].shape[-1], mb["labels"].shape[-1]
+  l1 = n - nl
+  l0 = nl - l1
+  attn = masks.training_batch_mask(mb["ids"], l0, block_size, pad_id)
+  return l0, attn, dict(logits_start=l0 + l1, context_len=l0 + l1, noisy_block=block_size)
+
+
 def micro_loss(params, ref_params, mb: dict, rng: Array, *, model: SDARConfig,
                loss_cfg: LossConfig, mask_id: int, pad_id: int):
   """T3D loss of one micro-batch (weighted mean over its examples) and its metrics.
@@ -117,13 +129,7 @@ def micro_loss(params, ref_params, mb: dict, rng: Array, *, model: SDARConfig,
   the path loss reads the response rows), so both forwards run the final norm, the
   head and the vocabulary log-softmax on the last L1 rows only; the prompt and clean
   rows are context."""
-  n, nl = mb["ids"].shape[-1], mb["labels"].shape[-1]
-  l1 = n - nl
-  l0 = nl - l1
-  attn = masks.training_batch_mask(mb["ids"], l0, loss_cfg.block_size, pad_id)
-  # The training mask has the [context | noisy] layout: attention skips the score
-  # blocks it hides (noisy keys for the context rows, other noisy blocks for a noisy row).
-  layout = dict(logits_start=l0 + l1, context_len=l0 + l1, noisy_block=loss_cfg.block_size)
+  l0, attn, layout = t3d_layout(mb, loss_cfg.block_size, pad_id)
   tgt = forward(params, model, mb["ids"], attn, mb["positions"], **layout)
   ref = forward(ref_params, model, mb["ids"], attn, mb["positions"], **layout)
   return t3d_loss(tgt, jax.lax.stop_gradient(ref), mb["labels"], mb["p_mask"], mb["step_map"],

@@ -17,10 +17,10 @@ from typing import Sequence
 
 import numpy as np
 
-from t3d_jax import masks
 from t3d_jax.distill.examples import (ExampleConfig, build_pretrain_examples, example_seeds,
                                       pad_batch)
 from t3d_jax.distill.losses import pretrain_loss
+from t3d_jax.distill.step import t3d_layout
 from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig, forward
 
@@ -69,11 +69,7 @@ def micro_loss(params, reference, mb: dict, rng, *, model: SDARConfig, block_siz
   unused): the masked-diffusion loss of one micro-batch and its metrics. Prompt rows are
   never trained, so only the noisy rows go through the head (as in the T3D step)."""
   del reference, rng
-  n, nl = mb["ids"].shape[-1], mb["labels"].shape[-1]
-  l1 = n - nl
-  l0 = nl - l1
-  attn = masks.training_batch_mask(mb["ids"], l0, block_size, pad_id)
-  logits = forward(params, model, mb["ids"], attn, mb["positions"], logits_start=l0 + l1,
-                   context_len=l0 + l1, noisy_block=block_size)           # noisy rows
+  l0, attn, layout = t3d_layout(mb, block_size, pad_id)
+  logits = forward(params, model, mb["ids"], attn, mb["positions"], **layout)  # noisy rows
   return pretrain_loss(logits, mb["labels"][:, l0:], mb["p_mask"][:, l0:], mb["t"],
                        mb["num_eligible"], mb["weight"])
