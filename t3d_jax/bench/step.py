@@ -1,10 +1,19 @@
 """T3D update-step cost: our jitted step vs the released algorithm rebuilt in PyTorch.
 
-    python -m t3d_jax.bench step [--layers 8 --hidden 512 ...] [--updates 3]
+    python -m t3d_jax.bench step [--layers 8 --hidden 512 ...] [--updates 3] [--profile DIR]
 
 Both sides train the same random ~50M-parameter Qwen3/SDAR model on the same batch
 (``--batch`` examples per update, prompt ``--l0``, response ``--l1``, accumulation over
-micro-batches of ``--micro``; the released trainer only runs micro-batches of 1).
+micro-batches of ``--micro``; the released trainer only runs micro-batches of 1). The
+updates alternate between the two sides, so a drift of the machine's load hits both;
+the speed-up is the ratio of the medians, with the range of the per-pair ratios.
+
+``--profile DIR`` traces the jax updates once more and splits their op time by kind
+(matmul, transpose/copy, slice/update, fill, other; t3d_jax.bench.profile) and counts
+minor page faults per update. Events of concurrently running ops overlap; for an exact
+split run single-threaded:
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+      taskset -c 0 python -m t3d_jax.bench step --skip-torch --profile /tmp/trace
 
 The PyTorch side follows the released trainer (t3d-method.md §2-§3, §5): per example
 it builds the block mask with Python loops over blocks, runs the frozen reference twice
@@ -27,12 +36,14 @@ forward counting only the work whose result the losses use, whichever side does 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t3d_jax.bench.profile import op_breakdown
 from t3d_jax.distill.examples import ExampleConfig, build_examples
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.distill.step import OptimConfig, TrainState, make_optimizer, make_train_step
@@ -56,6 +67,9 @@ def parse(argv):
   p.add_argument("--block", type=int, default=8)
   p.add_argument("--updates", type=int, default=3)
   p.add_argument("--skip-torch", action="store_true")
+  p.add_argument("--profile", metavar="DIR", default="",
+                 help="also trace --updates jax updates into DIR and print their op time "
+                      "by kind (t3d_jax.bench.profile)")
   return p.parse_args(argv)
 
 
@@ -100,32 +114,32 @@ def matmul_peak() -> float:
   return 2 * n**3 / best
 
 
-def time_jax(a, cfg, ex, pad, mask):
+def jax_update(a, cfg, ex, pad, mask):
+  """(compile seconds, update(k) running one update, the compiled step's HLO text)."""
   optim = OptimConfig(lr=1e-5, warmup_steps=1, total_steps=100)
   step = jax.jit(make_train_step(cfg, LossConfig(block_size=a.block), optim, mask_id=mask,
                                  pad_id=pad), donate_argnums=0)
   params = init_params(cfg, jax.random.key(0))
   ref = jax.tree.map(jnp.copy, params)
-  state = TrainState.create(params, make_optimizer(optim))
   acc = a.batch // a.micro
   batch = {k: jnp.asarray(ex[k]).reshape((acc, a.micro) + ex[k].shape[1:])
            for k in ("ids", "positions", "labels", "p_mask", "step_map")}
   batch["weight"] = jnp.ones((acc, a.micro), jnp.float32)
+  box = [TrainState.create(params, make_optimizer(optim))]
   t = time.perf_counter()
-  state, m = step(state, ref, batch, jax.random.key(0))
-  jax.block_until_ready(m)
+  compiled = step.lower(box[0], ref, batch, jax.random.key(0)).compile()
   compile_s = time.perf_counter() - t
-  times = []
-  for k in range(a.updates):
-    t = time.perf_counter()
-    state, m = step(state, ref, batch, jax.random.key(k))
+
+  def update(k):
+    box[0], m = compiled(box[0], ref, batch, jax.random.key(k))
     jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  return compile_s, float(np.median(times))
+  update(0)  # warm-up
+  return compile_s, update, compiled.as_text()
 
 
-def time_torch(a, cfg, ex, pad, mask):
-  """The released algorithm, per example (micro-batches of one), in PyTorch."""
+def torch_update(a, cfg, ex, pad, mask):
+  """update() running one update of the released algorithm, per example (micro-batches
+  of one), in PyTorch."""
   import torch
   import torch.nn.functional as F
   import transformers
@@ -206,12 +220,23 @@ def time_torch(a, cfg, ex, pad, mask):
     opt.step()
 
   update()  # warm-up
-  times = []
-  for _ in range(a.updates):
-    t = time.perf_counter()
-    update()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+  return update
+
+
+def timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def profile_jax(update, hlo: str, trace_dir: str, updates: int) -> dict[str, float]:
+  """Seconds per update by kind of op (bench.profile) and minor page faults per update."""
+  r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  with jax.profiler.trace(trace_dir):
+    for k in range(updates):
+      update(k)
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / updates
+  return dict(op_breakdown(trace_dir, hlo, calls=updates), page_faults=faults)
 
 
 def main(argv=None) -> int:
@@ -227,17 +252,35 @@ def main(argv=None) -> int:
       lambda: init_params(cfg, jax.random.key(0)))))
   peak = matmul_peak()
   flops = model_flops(cfg, a.l0, a.l1, a.block) * a.batch
-  compile_s, jax_s = time_jax(a, cfg, ex, pad, mask)
+  compile_s, jax_step, hlo = jax_update(a, cfg, ex, pad, mask)
+  torch_step = None if a.skip_torch else torch_update(a, cfg, ex, pad, mask)
+  jax_t, torch_t = [], []
+  for k in range(a.updates):  # interleaved, so a drifting machine load hits both sides
+    jax_t.append(timed(lambda: jax_step(k + 1)))
+    if torch_step is not None:
+      torch_t.append(timed(torch_step))
+  jax_s = float(np.median(jax_t))
   print(f"model {n_params / 1e6:.1f}M params; batch {a.batch} x (L0 {a.l0} + 2*L1 {a.l1}), "
         f"micro-batch {a.micro}, block {a.block}; {jax.devices()[0].platform}, "
-        f"matmul peak {peak / 1e9:.1f} GFLOP/s")
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s; median of {a.updates} updates")
   print(f"{'step':<34}{'s/update':>10}{'MFU':>8}")
   print(f"{'t3d_jax (jit, 1 tgt + 1 ref fwd)':<34}{jax_s:>10.2f}{flops / jax_s / peak:>8.1%}"
         f"   (compile {compile_s:.1f}s)")
-  if not a.skip_torch:
-    torch_s = time_torch(a, cfg, ex, pad, mask)
+  if torch_t:
+    torch_s = float(np.median(torch_t))
+    ratios = np.asarray(torch_t) / np.asarray(jax_t)
     print(f"{'released algorithm, PyTorch':<34}{torch_s:>10.2f}{flops / torch_s / peak:>8.1%}")
-    print(f"speed-up: {torch_s / jax_s:.2f}x")
+    print(f"speed-up: {torch_s / jax_s:.2f}x (per interleaved pair: min {ratios.min():.2f}x, "
+          f"max {ratios.max():.2f}x)")
+  if a.profile:
+    split = profile_jax(jax_step, hlo, a.profile, max(a.updates, 1))
+    faults = split.pop("page_faults")
+    total = sum(split.values())
+    print(f"t3d_jax op time per update by kind (trace in {a.profile}; events of concurrent "
+          f"ops overlap, so run single-threaded for an exact split): {total:.2f}s")
+    for kind, sec in split.items():
+      print(f"  {kind:<16}{sec:>8.2f}s {sec / max(total, 1e-12):>7.1%}")
+    print(f"  minor page faults per update: {faults:,.0f} (fresh temporary buffers)")
   return 0
 
 
