@@ -3,7 +3,7 @@
 The original's hyperparameters (t3d-method.md §3): AdamW lr 1e-5, betas 0.9/0.999,
 eps 1e-8, weight decay 0.01, 20 warmup updates then cosine, clip 1.0, global batch 32
 (one example per device per forward, accumulated), block 8, mask ratios 1/.75/.5/.25,
-alpha 0.5, beta 0.1, lambda_path 0.2, k 4, bf16 compute over fp32 master params, remat.
+alpha 0.5, beta 0.1, lambda_path 0.2, k 4, bf16 compute over fp32 master params, full remat.
 
   python -m t3d_jax.bench memory --config configs/sdar_1p7b_math.py   # fits? (laptop)
   python -m t3d_jax.main --config configs/sdar_1p7b_math.py \
@@ -25,7 +25,7 @@ def t3d_defaults(c, *, arch: dict, tpu: str, devices: int, multi_host: bool):
   """The original's T3D settings on a ``devices``-device FSDP slice."""
   c.mode = "distill"
   c.arch = ml_collections.ConfigDict(arch)
-  c.model.dtype, c.model.param_dtype, c.model.remat = "bfloat16", "float32", True
+  c.model.dtype, c.model.param_dtype, c.model.remat = "bfloat16", "float32", "full"
   c.distill.global_batch = 32
   c.distill.micro_batch = devices      # one example per device per forward (released: 1)
   c.distill.multi_round = True

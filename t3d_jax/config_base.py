@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       dtype="float32",        # compute dtype: float32 | bfloat16
       param_dtype="float32",  # master params (fp32 master + bf16 compute is the TPU default)
-      remat=False))           # rematerialise every layer in the backward pass
+      remat="dots"))          # backward recomputes: none | dots (non-matmul ops) | full
 
   # pretrain: question/answer pairs -> model dir (masked-diffusion objective; SFT with init)
   c.pretrain = ml_collections.ConfigDict(dict(

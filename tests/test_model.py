@@ -87,10 +87,14 @@ def test_bf16_and_remat_run(tiny):
 
   def loss(p, c):
     return forward(p, c, ids, mask, pos).sum()
-  g1 = jax.grad(loss)(params, cfg)
-  g2 = jax.grad(loss)(params, cfg.replace(remat=True))
-  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+  g1 = jax.grad(loss)(params, cfg.replace(remat="none"))
+  for remat in ("dots", "full", True):
+    g2 = jax.grad(loss)(params, cfg.replace(remat=remat))
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+  assert cfg.replace(remat=True).remat == "full" and cfg.replace(remat=False).remat == "none"
+  with pytest.raises(ValueError, match="unknown remat 'some'"):
+    cfg.replace(remat="some")
 
 
 def test_logical_axes_named(tiny):

@@ -81,7 +81,7 @@ def model_config(config):
   numerics = {}
   if "model" in config:
     numerics = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                    remat=bool(config.model.remat))
+                    remat=config.model.remat)
   if "arch" in config:
     return SDARConfig(**dict(config.arch), **numerics)
   arch = pretrain_arch(config)
@@ -119,7 +119,10 @@ def activation_bytes(cfg, *, b: int, seq: int, rows: int, tensor: int) -> tuple[
     layer(T)  = b*T*[ c*((nh + 2 nkv) hd / t + nh hd / t + 3 I / t + 2 H) + 4*2*nh*T / t ] + b*T*T
                 (q, k, v, attention output, MLP gate/up/hidden, residual; fp32 scores and
                  probs; the bool mask)
-    saved     = remat: L * b*T*H*c (each layer's input)   else: L * layer(T)
+    saved     = L * (remat full: b*T*H*c, each layer's input;
+                     remat dots: b*T*[c*((nh + 2 nkv) hd / t + nh hd / t + 2 I / t + 2 H
+                                 + nh*T / t)], the matmul outputs;
+                     remat none: layer(T))
     backward  = 2 * layer(T)  (one layer recomputed plus its gradients)
     logits    = 2 * b*T*V/t*c (target, reference) + 3 * b*R*V/t*4 (fp32 log-softmax of
                 target and reference rows, and the target's gradient)
@@ -130,10 +133,12 @@ def activation_bytes(cfg, *, b: int, seq: int, rows: int, tensor: int) -> tuple[
   nh, nkv, hd, inter = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
   layer = b * T * (c * ((nh + 2 * nkv) * hd / t + nh * hd / t + 3 * inter / t + 2 * H)
                    + 4 * 2 * nh * T / t) + b * T * T
-  saved = cfg.num_layers * (b * T * H * c if cfg.remat else layer)
+  dots = b * T * c * ((nh + 2 * nkv) * hd / t + nh * hd / t + 2 * inter / t + 2 * H + nh * T / t)
+  saved = cfg.num_layers * {"full": b * T * H * c, "dots": dots, "none": layer}[cfg.remat]
   logits = 2 * b * T * V / t * c + 3 * b * rows * V / t * 4
   total = saved + 2 * layer + logits
-  formula = ("saved (remat: L*b*T*H*c; else L*layer) + 2*layer + logits; layer = b*T*[c*((nh+2nkv)"
+  formula = ("saved (remat full: L*b*T*H*c; dots: L*b*T*c*((nh+2nkv)hd/t + nh hd/t + 2I/t + 2H"
+             " + nh T/t); none: L*layer) + 2*layer + logits; layer = b*T*[c*((nh+2nkv)"
              "hd/t + nh hd/t + 3I/t + 2H) + 8 nh T/t] + b*T*T; logits = 2 b T V/t c + 3 b R V/t 4")
   return int(total), formula
 

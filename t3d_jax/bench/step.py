@@ -66,6 +66,8 @@ def parse(argv):
   p.add_argument("--l1", type=int, default=128)
   p.add_argument("--block", type=int, default=8)
   p.add_argument("--updates", type=int, default=3)
+  p.add_argument("--remat", default="dots", choices=("none", "dots", "full"),
+                 help="what each layer's backward recomputes (config model.remat)")
   p.add_argument("--skip-torch", action="store_true")
   p.add_argument("--profile", metavar="DIR", default="",
                  help="also trace --updates jax updates into DIR and print their op time "
@@ -245,7 +247,7 @@ def main(argv=None) -> int:
     raise SystemExit("--batch must be a multiple of --micro and --l1 of --block")
   cfg = SDARConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
                    num_layers=a.layers, num_heads=a.heads, num_kv_heads=a.kv_heads,
-                   head_dim=a.head_dim)
+                   head_dim=a.head_dim, remat=a.remat)
   pad, mask = 0, a.vocab - 1
   ex = make_data(a, cfg, pad, mask)
   n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
@@ -261,7 +263,7 @@ def main(argv=None) -> int:
       torch_t.append(timed(torch_step))
   jax_s = float(np.median(jax_t))
   print(f"model {n_params / 1e6:.1f}M params; batch {a.batch} x (L0 {a.l0} + 2*L1 {a.l1}), "
-        f"micro-batch {a.micro}, block {a.block}; {jax.devices()[0].platform}, "
+        f"micro-batch {a.micro}, block {a.block}, remat {a.remat}; {jax.devices()[0].platform}, "
         f"matmul peak {peak / 1e9:.1f} GFLOP/s; median of {a.updates} updates")
   print(f"{'step':<34}{'s/update':>10}{'MFU':>8}")
   print(f"{'t3d_jax (jit, 1 tgt + 1 ref fwd)':<34}{jax_s:>10.2f}{flops / jax_s / peak:>8.1%}"

@@ -24,6 +24,14 @@ Array = jax.Array
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
+# What each layer keeps for its backward pass (``SDARConfig.remat``):
+#   none: every intermediate (no recomputation);
+#   dots: the matmul outputs only; norms, RoPE, softmax and SwiGLU are recomputed, which
+#         here is faster than none (less saved per layer to write and read back:
+#         README, Benchmarks) and needs less memory;
+#   full: the layer's input only; the whole layer is recomputed (least memory).
+REMAT = {"none": None, "dots": "dots_saveable", "full": "nothing_saveable"}
+
 
 def as_dtype(name: str):
   if name not in _DTYPES:
@@ -47,13 +55,17 @@ class SDARConfig:
   attention_bias: bool = False
   dtype: str = "float32"        # compute dtype
   param_dtype: str = "float32"  # storage dtype of the params
-  remat: bool = False           # rematerialise each layer in the backward pass
+  remat: Any = "none"           # what a layer's backward recomputes (REMAT; bools accepted)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
     as_dtype(self.dtype), as_dtype(self.param_dtype)
+    remat = {False: "none", True: "full"}.get(self.remat, self.remat)
+    if remat not in REMAT:
+      raise ValueError(f"unknown remat {self.remat!r}; expected one of {sorted(REMAT)}")
+    object.__setattr__(self, "remat", remat)
 
   def replace(self, **kw) -> "SDARConfig":
     return dataclasses.replace(self, **kw)
@@ -274,7 +286,9 @@ class SDAR(nn.Module):
     table = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
                    nn.initializers.normal(0.02), cfg)
     x = jnp.take(table, ids, axis=0).astype(dtype)
-    block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
+    policy = REMAT[cfg.remat]
+    block = (Block if policy is None else
+             nn.remat(Block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, policy)))
     layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                      in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})

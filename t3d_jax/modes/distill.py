@@ -98,7 +98,7 @@ def run(config) -> None:
   student = Path(expand(d.student_dir, config) if d.student_dir else work / "student")
   final = parallel.gather_to_host(state.params)  # collective: every process takes part
   if jax.process_index() == 0:  # only process 0 writes the student
-    checkpoint.save_model_dir(student, final, mcfg.replace(remat=False),
+    checkpoint.save_model_dir(student, final, mcfg.replace(remat="none"),
                               meta_dir=checkpoint.meta_dir_of(src), overwrite=True,
                               this_process_only=True)  # the others do not write it
   parallel.barrier("distill: student written")

@@ -147,7 +147,7 @@ def run(config) -> None:
   if jax.process_index() == 0:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
       meta = meta_src or _write_meta(Path(tmp), tok_dir, mcfg)
-      checkpoint.save_model_dir(out, final, mcfg.replace(remat=False, dtype="float32"),
+      checkpoint.save_model_dir(out, final, mcfg.replace(remat="none", dtype="float32"),
                                 meta_dir=meta, overwrite=True, this_process_only=True)
   parallel.barrier("pretrain: model dir written")
   if jax.process_index() != 0:
