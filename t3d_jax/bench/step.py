@@ -47,7 +47,7 @@ from t3d_jax.bench.profile import op_breakdown
 from t3d_jax.distill.examples import ExampleConfig, build_examples
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.distill.step import OptimConfig, TrainState, make_optimizer, make_train_step
-from t3d_jax.models.sdar import SDARConfig, init_params
+from t3d_jax.models.sdar import REMAT, SDARConfig, init_params
 
 
 def parse(argv):
@@ -66,7 +66,7 @@ def parse(argv):
   p.add_argument("--l1", type=int, default=128)
   p.add_argument("--block", type=int, default=8)
   p.add_argument("--updates", type=int, default=3)
-  p.add_argument("--remat", default="dots", choices=("none", "dots", "full"),
+  p.add_argument("--remat", default="dots", choices=sorted(REMAT),
                  help="what each layer's backward recomputes (config model.remat)")
   p.add_argument("--skip-torch", action="store_true")
   p.add_argument("--profile", metavar="DIR", default="",
