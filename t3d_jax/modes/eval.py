@@ -110,7 +110,10 @@ def _curve(model: str, setting: Setting, multi: bool) -> str:
   return f"{model}/{SHORT.get(setting.strategy, setting.strategy)}" if multi else model
 
 
-def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng, bar) -> tuple:
+def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng, bar,
+              main: bool = True) -> tuple:
+  """Decodes (every process takes part) and, on the main process only, grades: (rows,
+  summary), or (None, None) on the other processes."""
   d = config.decode
   base = bar.n
 
@@ -120,6 +123,8 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
   results, stats = dec.timed_decode(model.params, model.cfg, prompt_ids, dcfg, rng,
                                     batch_size=d.batch_size, width_multiple=d.width_multiple,
                                     mesh=dec.data_mesh(d), progress=progress)
+  if not main:
+    return None, None
   t0 = time.perf_counter()
   rows = []
   for q, prompt, res in zip(questions, prompts, results):
@@ -205,12 +210,12 @@ def run(config) -> None:
           continue
         bar.set_postfix_str(f"{name} {s.name}")
         rows, summary = _evaluate(model, s, dcfg, prompts, prompt_ids, questions, config, rng,
-                                  bar)
-        summary["fingerprint"] = fp
+                                  bar, main)
         if main:
+          summary["fingerprint"] = fp
           write_jsonl_atomic(samples_path, rows)
           write_json_atomic(summary_path, summary)
-        results.append(summary)
+          results.append(summary)
       del model
   finally:
     bar.close()
