@@ -27,8 +27,8 @@ def get_config():
   c.examples.block_size = 4
   p = c.pretrain
   p.data = "{workdir}/task/train.jsonl"
-  p.arch.update(vocab_size=words.VOCAB_SIZE, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
-                num_kv_heads=2, head_dim=32)
+  c.arch.update(vocab_size=words.VOCAB_SIZE, hidden_size=128, intermediate_size=384,
+                num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32)
   p.global_batch = p.micro_batch = 64
   p.max_steps = 600
   p.length_bucket = 4

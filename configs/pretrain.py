@@ -6,7 +6,7 @@ python -m t3d_jax.main --config configs/pretrain.py --config.workdir=/tmp/sft \
 Prompts: the tokenizer's chat template on question + math instruction (as rollout/eval);
 responses: the answer + EOS. Writes <workdir>/model (a model dir) and <workdir>/pretrain/
 (metrics, TensorBoard, checkpoints); rerunning resumes. Leave pretrain.init empty to train
-the pretrain.arch shape from scratch (then --config.tokenizer_dir is required).
+the `arch` shape from scratch (then --config.tokenizer_dir is required).
 """
 from t3d_jax.config_base import base_config
 

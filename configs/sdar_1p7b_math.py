@@ -1,6 +1,6 @@
 """T3D distillation of SDAR-1.7B on MATH trajectories, one TPU v4-8 host (4 chips, 32 GiB).
 
-The original's hyperparameters (t3d-method.md §3): AdamW lr 1e-5, betas 0.9/0.999,
+The original's hyperparameters (docs/method.md §3): AdamW lr 1e-5, betas 0.9/0.999,
 eps 1e-8, weight decay 0.01, 20 warmup updates then cosine, clip 1.0, global batch 32
 (one example per device per forward, accumulated), block 8, mask ratios 1/.75/.5/.25,
 alpha 0.5, beta 0.1, lambda_path 0.2, k 4, bf16 compute over fp32 master params, full remat.
@@ -10,8 +10,6 @@ alpha 0.5, beta 0.1, lambda_path 0.2, k 4, bf16 compute over fp32 master params,
       --config.workdir=/path/run --config.model_dir=/path/sdar_1p7b_model \
       --config.distill.data=/path/trajectories.jsonl
 """
-import ml_collections
-
 from t3d_jax.config_base import base_config
 
 # SDAR-1.7B-Chat = the Qwen3-1.7B network. Used for planning (bench memory, AOT); training
@@ -24,7 +22,7 @@ ARCH_1P7B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, nu
 def t3d_defaults(c, *, arch: dict, tpu: str, devices: int, multi_host: bool):
   """The original's T3D settings on a ``devices``-device FSDP slice."""
   c.mode = "distill"
-  c.arch = ml_collections.ConfigDict(arch)
+  c.arch.update(arch)
   c.model.dtype, c.model.param_dtype, c.model.remat = "bfloat16", "float32", "full"
   c.distill.global_batch = 32
   c.distill.micro_batch = devices      # one example per device per forward (released: 1)

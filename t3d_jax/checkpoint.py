@@ -13,16 +13,45 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from t3d_jax.errors import InputError
+from t3d_jax.fileio import atomic_dir
 from t3d_jax.models.sdar import SDARConfig
 
 PARAMS, CONFIG, HF_META = "params", "sdar_config.json", "hf_meta"
+INDEX_FILE = "model.safetensors.index.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
+
+
+class ConversionError(InputError):
+  """A problem with a checkpoint directory; the message names the file and key."""
+
+
+def _is_weight_file(name: str) -> bool:
+  return name.endswith(_WEIGHT_SUFFIXES) or name in (INDEX_FILE, "pytorch_model.bin.index.json")
+
+
+def copy_meta_files(src_dir, dst_dir) -> list[str]:
+  """Copy config.json, tokenizer and remote-code files (everything but weights)."""
+  copied = []
+  for p in sorted(Path(src_dir).iterdir()):
+    if p.is_file() and not _is_weight_file(p.name):
+      shutil.copy2(p, Path(dst_dir) / p.name)
+      copied.append(p.name)
+  return copied
+
+
+def check_target(out_dir, overwrite: bool) -> None:
+  """Refuse to replace a non-empty ``out_dir`` unless ``overwrite``."""
+  out_dir = Path(out_dir)
+  if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+    raise ConversionError(f"{out_dir}: exists and is not empty; pass overwrite=True "
+                          "(--config.overwrite=True) to replace it")
 
 
 def save_params(directory, params, *, this_process_only: bool = False) -> None:
@@ -63,22 +92,14 @@ def is_model_dir(path) -> bool:
 
 def save_model_dir(model_dir, params, cfg: SDARConfig, meta_dir=None, overwrite=False, *,
                    this_process_only: bool = False) -> Path:
-  from t3d_jax.convert.hf import ConversionError, _commit_dir, copy_meta_files
   model_dir = Path(model_dir).absolute()
-  if model_dir.exists() and any(model_dir.iterdir()) and not overwrite:
-    raise ConversionError(f"{model_dir}: exists and is not empty; set overwrite=True to replace")
-  model_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.tmp-", dir=model_dir.parent))
-  try:
+  check_target(model_dir, overwrite)
+  with atomic_dir(model_dir) as tmp:
     save_params(tmp / PARAMS, params, this_process_only=this_process_only)
     (tmp / CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     (tmp / HF_META).mkdir()
     if meta_dir is not None:
       copy_meta_files(meta_dir, tmp / HF_META)
-    _commit_dir(tmp, model_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return model_dir
 
 

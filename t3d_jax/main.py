@@ -23,7 +23,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.p
 def run(config) -> None:
   if config.mode not in MODES:
     raise InputError(f"config.mode={config.mode!r} is not one of {', '.join(MODES)}")
-  from t3d_jax.parallel import initialize_from_config
+  from t3d_jax.distributed import initialize_from_config
   initialize_from_config(config)  # only when jax_distributed or a multi-process env
   from t3d_jax.modes.pipeline import guard
   guard(config)  # configs with pipeline stages: same-config workdir, inputs present

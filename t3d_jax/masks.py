@@ -2,7 +2,7 @@
 
 Convention everywhere: bool arrays, True = the row (query) may attend to the column (key).
 
-Training layout (t3d-method.md §2): the model input is [prompt (L0) | clean x0 (L1) |
+Training layout (docs/method.md §2): the model input is [prompt (L0) | clean x0 (L1) |
 noisy xt (L1)], N = L0 + 2*L1.
   * noisy block i sees the prompt, clean blocks < i, and all of noisy block i;
   * clean block i sees the prompt and clean blocks 0..i (block-causal);
@@ -10,9 +10,17 @@ noisy xt (L1)], N = L0 + 2*L1.
   * prompt pad keys are hidden from every row; a prompt row left with no visible key
     attends to itself only.
 Response blocks are counted from the response start; the last one may be partial.
+
+:class:`TrainingLayout` is that layout as one object: from its three numbers it builds
+the dense mask, the position ids and the model's attention fast-path hints
+(:class:`LayoutMask`), so a mask and its hints cannot disagree.
 """
 from __future__ import annotations
 
+import dataclasses
+
+import flax.struct
+import jax
 import jax.numpy as jnp
 
 
@@ -96,3 +104,59 @@ def decode_mask(cache_valid: jnp.ndarray, query_len: int,
     query_valid = jnp.ones((b, query_len), bool)
   keys = jnp.concatenate([cache_valid, query_valid], axis=1)
   return jnp.broadcast_to(keys[:, None, :], (b, query_len, keys.shape[1]))
+
+
+class LayoutMask(flax.struct.PyTreeNode):
+  """A dense training mask [B, N, N] with the layout facts the model may exploit (static):
+  rows before ``context_len`` see only keys before it; a later row sees those and the
+  keys of its own ``noisy_block``-row block. Built only by :meth:`TrainingLayout.attention`."""
+  dense: jax.Array
+  context_len: int = flax.struct.field(pytree_node=False)
+  noisy_block: int = flax.struct.field(pytree_node=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingLayout:
+  """[prompt (L0) | clean x0 (L1) | noisy xt (L1)], response blocks of ``block_size``."""
+  prompt_len: int
+  response_len: int
+  block_size: int
+
+  def __post_init__(self):
+    _training_blocks(self.prompt_len, self.response_len, self.block_size)  # validates
+
+  @classmethod
+  def of_batch(cls, ids_len: int, labels_len: int, block_size: int) -> "TrainingLayout":
+    """From a batch's widths: ids N = L0 + 2 L1, labels L0 + L1 ([prompt | x0])."""
+    l1 = ids_len - labels_len
+    return cls(labels_len - l1, l1, block_size)
+
+  @property
+  def length(self) -> int:
+    return self.prompt_len + 2 * self.response_len
+
+  @property
+  def noisy_start(self) -> int:
+    """First noisy row (= L0 + L1): the rows whose logits the losses read."""
+    return self.prompt_len + self.response_len
+
+  def mask(self) -> jnp.ndarray:
+    return training_mask(self.prompt_len, self.response_len, self.block_size)
+
+  def batch_mask(self, ids: jnp.ndarray, pad_id: int) -> jnp.ndarray:
+    self._check(ids)
+    return training_batch_mask(ids, self.prompt_len, self.block_size, pad_id)
+
+  def positions(self, ids: jnp.ndarray, pad_id: int) -> jnp.ndarray:
+    self._check(ids)
+    return training_positions(ids, self.prompt_len, pad_id)
+
+  def attention(self, ids: jnp.ndarray, pad_id: int) -> LayoutMask:
+    """The pad-aware mask of ``ids`` with its fast-path hints, from the same numbers."""
+    return LayoutMask(self.batch_mask(ids, pad_id), context_len=self.noisy_start,
+                      noisy_block=self.block_size)
+
+  def _check(self, ids) -> None:
+    if ids.shape[-1] != self.length:
+      raise ValueError(f"ids width {ids.shape[-1]} != layout length {self.length} "
+                       f"(L0={self.prompt_len}, L1={self.response_len})")

@@ -10,9 +10,10 @@ import jax
 import ml_collections
 import pytest
 
-from t3d_jax import parallel
+from t3d_jax import sharding
+from t3d_jax.train import sharded
 from t3d_jax.bench import memory
-from t3d_jax.distill.step import OptimConfig, make_optimizer
+from t3d_jax.train.trainer import OptimConfig, make_optimizer
 from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import abstract_params
 
@@ -39,19 +40,19 @@ def test_config_loads_and_builds_abstract_state(path):
   c = load(path)
   assert c.mode
   n = memory.tpu_slice(c.mesh.tpu).devices if c.mesh.tpu else jax.device_count()
-  mesh = parallel.make_abstract_mesh(dict(c.mesh.shape), n)
+  mesh = sharding.make_abstract_mesh(dict(c.mesh.shape), n)
   try:
     cfg = memory.model_config(c)
   except InputError:  # convert/export: the architecture comes from the HF / model dir
-    assert "arch" not in c and memory.pretrain_arch(c) is None
+    assert not c.arch.vocab_size
     return
   boxed = abstract_params(cfg)
-  rules = parallel.make_rules(c.mesh.rules, mesh, parallel.logical_names(boxed))
-  specs = parallel.param_specs(boxed, rules, mesh)
+  rules = sharding.make_rules(c.mesh.rules, mesh, sharding.logical_names(boxed))
+  specs = sharding.param_specs(boxed, rules, mesh)
   assert jax.tree.structure(specs) == jax.tree.structure(
       boxed, is_leaf=lambda x: hasattr(x, "names"))
   if "optim" in c:
-    state = parallel.abstract_train_state(cfg, make_optimizer(OptimConfig.from_config(c.optim)))
+    state = sharded.abstract_train_state(cfg, make_optimizer(OptimConfig.from_config(c.optim)))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     adam = state.opt_state[1][0]
     assert sum(x.size for x in jax.tree.leaves(adam.mu)) == n_params

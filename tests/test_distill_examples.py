@@ -1,4 +1,4 @@
-"""T3D training examples (t3d-method.md §2) against straightforward per-block references."""
+"""T3D training examples (docs/method.md §2) against straightforward per-block references."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -292,7 +292,8 @@ def test_layout_labels_positions_and_mask():
     np.testing.assert_array_equal(out["positions"][i], expect_prompt + expect_resp * 2)
   np.testing.assert_array_equal(out["positions"],
                                 np.asarray(masks.training_positions(jnp.asarray(ids), l0, PAD)))
-  np.testing.assert_array_equal(np.asarray(ex.attention_mask(ids, l0, 8, PAD)),
+  layout = masks.TrainingLayout(l0, l1, 8)
+  np.testing.assert_array_equal(np.asarray(layout.batch_mask(jnp.asarray(ids), PAD)),
                                 np.asarray(masks.training_batch_mask(jnp.asarray(ids), l0, 8, PAD)))
   np.testing.assert_array_equal(out["step_map"], np.where(np.arange(l1) < rlen[:, None], step, -1))
 
@@ -346,30 +347,3 @@ def test_bad_inputs():
     build(prompt, resp, step, rlen, np.full(4, 7))
   cfg = ex.ExampleConfig.from_config({"block_size": 4, "mask_ratios": [0.5], "other": 1})
   assert cfg.block_size == 4 and cfg.mask_ratios == (0.5,)
-
-
-# ----------------------------------------------------------------------------- pretrain
-
-def test_pretrain_examples():
-  prompt, resp, step, rlen = make_batch(b=64, l1=40, seed=14)
-  b, l1 = resp.shape
-  l0 = prompt.shape[1]
-  cfg = ex.ExampleConfig(post_num=2, pretrain_eps=0.05)
-  out = ex.build_pretrain_examples(prompt, resp, ex.example_seeds(0, 0, np.arange(b)), cfg,
-                                   pad_id=PAD, mask_id=MASK, response_len=rlen)
-  t = out["t"]
-  assert ((t > 0.05) & (t <= 1.0)).all() and t.std() > 0.1
-  xt, pm = resp_part(out, l0, l1)
-  offs = np.arange(l1)[None] - rlen[:, None]
-  elig = offs < 2
-  np.testing.assert_array_equal(out["num_eligible"], elig.sum(1))
-  assert (pm <= elig).all()
-  np.testing.assert_array_equal(xt == MASK, pm | ~elig)
-  np.testing.assert_array_equal(xt[~pm & elig], resp[~pm & elig])
-  # masked fraction follows t
-  frac = pm.sum(1) / elig.sum(1)
-  big = elig.sum(1) >= 20
-  assert np.abs(frac[big] - t[big]).mean() < 0.12
-  assert np.corrcoef(frac[big], t[big])[0, 1] > 0.8
-  np.testing.assert_array_equal(out["positions"],
-                                np.asarray(masks.training_positions(jnp.asarray(out["ids"]), l0, PAD)))

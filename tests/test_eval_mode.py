@@ -86,34 +86,36 @@ def test_eval_two_models_writes_everything_and_reuses_finished(setup, tmp_path):
   assert again["results"] == summary["results"]
 
 
-def test_timed_decode_equals_rollout_library(setup):
+def test_timed_decode_equals_one_part_decode(setup):
+  from t3d_jax.convert import load_model
   from t3d_jax.data import tokenizer as tok_lib
-  from t3d_jax.evaluation import decode as dec
-  from t3d_jax.sampling.rollout import rollout
+  from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
   root, _, _ = setup
-  model = dec.load_model(root / "model")
+  model = load_model(root / "model")
   c = load_config("eval")
   c.decode.max_new_tokens, c.decode.max_length = 6, 192
-  dcfg = dec.decode_config(c.decode, model.ids, denoising_steps=2)
+  dcfg = DecodeConfig.from_config(c.decode, model.ids, denoising_steps=2)
   prompts = tok_lib.encode(model.tokenizer, [tok_lib.math_prompt(model.tokenizer, q)
                                              for q, _ in QUESTIONS[:5]])
   key = jax.random.key(3)
-  ours, stats = dec.timed_decode(model.params, model.cfg, prompts, dcfg, key, batch_size=2,
-                                 width_multiple=192)
-  ref = rollout(model.params, model.cfg, prompts, dcfg, key, batch_size=2, width_multiple=192)
+  stats = DecodeStats()
+  ours = batched.decode(model.params, model.cfg, prompts, dcfg, key, batch_size=2,
+                        width_multiple=192, stats=stats)
+  ref = batched.decode_part(model.params, model.cfg, prompts, dcfg, key, batch_size=2,
+                            width_multiple=192)
   assert ours == ref
   assert stats.batches == 3 and stats.decode_s > 0
   # decode.data_parallel: each batch split over the 8 (fake) local devices, same results
   c.decode.data_parallel, c.decode.batch_size = True, 8
-  mesh = dec.data_mesh(c.decode)
+  mesh = batched.decode_mesh(c.decode)
   assert mesh.shape == {"data": jax.local_device_count()} == {"data": 8}
-  sharded, _ = dec.timed_decode(model.params, model.cfg, prompts, dcfg, key, batch_size=8,
-                                width_multiple=192, mesh=mesh)
-  assert sharded == rollout(model.params, model.cfg, prompts, dcfg, key, batch_size=8,
-                            width_multiple=192)
+  sharded = batched.decode(model.params, model.cfg, prompts, dcfg, key, batch_size=8,
+                           width_multiple=192, mesh=mesh)
+  assert sharded == batched.decode_part(model.params, model.cfg, prompts, dcfg, key,
+                                        batch_size=8, width_multiple=192)
   c.decode.batch_size = 4
   with pytest.raises(InputError, match="batch_size=4 is not a multiple of the 8 local"):
-    dec.data_mesh(c.decode)
+    batched.decode_mesh(c.decode)
 
 
 def _config(tmp_path, **eval_kw):

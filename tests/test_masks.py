@@ -6,7 +6,7 @@ from t3d_jax import masks
 
 
 def naive_training_mask(L0, L1, b, prompt_pad=None):
-  """Written from the spec (t3d-method.md §2), row by row."""
+  """Written from the spec (docs/method.md §2), row by row."""
   N = L0 + 2 * L1
   M = np.zeros((N, N), bool)
   nb = -(-L1 // b)

@@ -48,10 +48,14 @@ def test_t3d_training_mask_matches_transformers(tiny):
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
   noisy = np.asarray(forward(params, cfg, ids, mask, pos, logits_start=L0 + L1))
   np.testing.assert_allclose(noisy, ours[:, L0 + L1:], atol=1e-5, rtol=0)
-  # the [context | noisy] layout hint (L1 = 6: a partial last block of the 4-row blocks)
-  for nb in (b, 0):
-    laid = np.asarray(forward(params, cfg, ids, mask, pos, context_len=L0 + L1, noisy_block=nb))
-    np.testing.assert_allclose(laid, ours, atol=1e-5, rtol=0)
+  # the layout's mask with its fast-path hints (L1 = 6: a partial last block of 4-row blocks)
+  layout = masks.TrainingLayout(L0, L1, b)
+  attn = layout.attention(jnp.asarray(ids), pad)
+  np.testing.assert_array_equal(np.asarray(attn.dense), mask)
+  laid = np.asarray(forward(params, cfg, ids, attn, pos))
+  np.testing.assert_allclose(laid, ours, atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match="LayoutMask needs no cache and 13 rows"):
+    forward(params, cfg, ids[:, :L0 + L1], attn, pos[:, :L0 + L1])
 
 
 def test_cache_decode_equals_full_forward(tiny):

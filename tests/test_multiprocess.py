@@ -42,31 +42,37 @@ def train(workdir: Path, batches: Path):
   import optax
   from jax.experimental import multihost_utils
 
-  from t3d_jax import parallel
-  from t3d_jax.checkpoint import save_params
-  from t3d_jax.distill.step import copy_tree, make_train_step
+  import flax.linen as nn
+
+  from t3d_jax import sharding
+  from t3d_jax.checkpoint import restore_params, save_params
+  from t3d_jax.models.sdar import abstract_params
+  from t3d_jax.train import sharded
+  from t3d_jax.distill.step import make_train_step
+  from t3d_jax.train.trainer import copy_tree
   from test_distill_step import MASK, MODEL, PAD
   from test_parallel import LOSS, OPTIM
 
   workdir.mkdir(parents=True, exist_ok=True)
-  mesh = parallel.make_mesh(SHAPE)
+  mesh = sharding.make_mesh(SHAPE)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.5))
-  sh = parallel.train_shardings(MODEL, tx, mesh, parallel.DEFAULT_RULES)
-  run = parallel.jit_train_step(make_train_step(MODEL, LOSS, OPTIM, mask_id=MASK, pad_id=PAD), sh)
-  state = parallel.init_train_state(MODEL, tx, sh, jax.random.key(0))
+  sh = sharded.train_shardings(MODEL, tx, mesh, sharding.DEFAULT_RULES)
+  run = sharded.jit_train_step(make_train_step(MODEL, LOSS, OPTIM, mask_id=MASK, pad_id=PAD), sh)
+  state = sharded.init_train_state(MODEL, tx, sh, jax.random.key(0))
   ref = copy_tree(state.params)
   data = np.load(batches)
-  rows = parallel.local_rows(8, sh.batch)  # this process reads only its rows
+  rows = sharding.local_rows(8, sh.batch)  # this process reads only its rows
   n = jax.process_count()
   assert rows == slice(8 // n * jax.process_index(), 8 // n * (jax.process_index() + 1))
   for k in range(STEPS):
     local = {f.split("/")[1]: data[f][:, rows] for f in data.files if f.startswith(f"{k}/")}
-    batch = parallel.make_global_batch(local, sh.batch, global_rows=8)
+    batch = sharding.make_global_batch(local, sh.batch, global_rows=8)
     state, metrics = run(state, ref, batch, jax.random.key(7))
     if k + 1 == SAVE_AT:
       save_params(workdir / "ckpt", state.params)       # every process writes its shards
-      params = parallel.restore_params(workdir / "ckpt", MODEL, sh.params)
-      state = parallel.create_train_state(params, tx, sh).replace(step=state.step)
+      target = sharding.abstract_sharded(nn.unbox(abstract_params(MODEL)), sh.params)
+      params = restore_params(workdir / "ckpt", target)  # each process reads its slices
+      state = sharded.create_train_state(params, tx, sh).replace(step=state.step)
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(state.params, tiled=True)), \
       float(metrics["loss"])
 
@@ -75,15 +81,15 @@ def worker(args):
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, str(HERE))
-  from t3d_jax import parallel
-  assert parallel.initialize_distributed(True, coordinator_address=args.coordinator,
-                                         num_processes=args.num, process_id=args.worker)
+  from t3d_jax import distributed
+  assert distributed.initialize_distributed(True, coordinator_address=args.coordinator,
+                                            num_processes=args.num, process_id=args.worker)
   import jax
   assert jax.process_count() == args.num and jax.device_count() == args.num * args.devices
   assert jax.local_device_count() == args.devices
   t0 = time.time()
   params, loss = train(Path(args.workdir), Path(args.workdir) / "batches.npz")
-  if parallel.is_main_process():
+  if distributed.is_main_process():
     flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
     np.savez(Path(args.workdir) / "result.npz", loss=loss, seconds=time.time() - t0, **flat)
   jax.distributed.shutdown()

@@ -8,10 +8,12 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from t3d_jax import parallel
+from t3d_jax import distributed, sharding
 from t3d_jax.config_base import base_config
 from t3d_jax.distill.losses import LossConfig
-from t3d_jax.distill.step import OptimConfig, TrainState, copy_tree, make_optimizer, make_train_step
+from t3d_jax.distill.step import make_train_step
+from t3d_jax.train import sharded
+from t3d_jax.train.trainer import OptimConfig, TrainState, copy_tree, make_optimizer
 from t3d_jax.errors import InputError
 from t3d_jax.models import init_params
 from t3d_jax.models.sdar import abstract_params
@@ -20,11 +22,11 @@ from test_distill_step import MASK, MODEL, PAD, make_batch
 
 LOSS = LossConfig(block_size=4, path_k_steps=2)
 OPTIM = OptimConfig(lr=1e-3, warmup_steps=2, total_steps=10)
-RULES = parallel.DEFAULT_RULES
+RULES = sharding.DEFAULT_RULES
 
 
 def mesh_of(shape):
-  return parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
+  return sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)))
 
 
 def global_batch(n=8, seed=0):
@@ -81,14 +83,14 @@ def test_sharded_step_equals_single_device(single, shape, name):
   lr*sign(g) of float noise). One optimiser per mesh keeps the compile time down."""
   params, ref = single
   mesh = mesh_of(shape)
-  assert dict(mesh.shape) == dict(zip(parallel.MESH_AXES, shape))
+  assert dict(mesh.shape) == dict(zip(sharding.MESH_AXES, shape))
   tx = sgd_like() if name == "sgd" else make_optimizer(OPTIM)
-  sh = parallel.train_shardings(MODEL, tx, mesh, RULES)
-  batch = parallel.make_global_batch(global_batch(), sh.batch)
-  p = parallel.shard_tree(jax.device_get(params), sh.params)
-  state = parallel.create_train_state(p, tx, sh)
+  sh = sharded.train_shardings(MODEL, tx, mesh, RULES)
+  batch = sharding.make_global_batch(global_batch(), sh.batch)
+  p = sharding.shard_tree(jax.device_get(params), sh.params)
+  state = sharded.create_train_state(p, tx, sh)
   ref_params = copy_tree(p)
-  run = parallel.jit_train_step(make_train_step(MODEL, LOSS, OPTIM, mask_id=MASK, pad_id=PAD), sh)
+  run = sharded.jit_train_step(make_train_step(MODEL, LOSS, OPTIM, mask_id=MASK, pad_id=PAD), sh)
   new, metrics = run(state, ref_params, batch, jax.random.key(1))
   want_state, want_metrics = ref[name]
   for k in ("loss", "loss_path", "grad_norm", "logp_target_real", "examples"):
@@ -122,7 +124,7 @@ def test_sharded_step_equals_single_device(single, shape, name):
 
 def test_param_and_optimizer_shardings_follow_rules():
   mesh = mesh_of((2, 2, 2))
-  sh = parallel.train_shardings(MODEL, make_optimizer(OPTIM), mesh, RULES)
+  sh = sharded.train_shardings(MODEL, make_optimizer(OPTIM), mesh, RULES)
   specs = jax.tree.map(lambda s: s.spec, sh.params)
   assert specs["embedding"] == P("tensor", "fsdp")
   assert specs["layers"]["attn"]["q_kernel"] == P(None, "fsdp", "tensor")
@@ -138,7 +140,7 @@ def test_param_and_optimizer_shardings_follow_rules():
   assert sh.state.step.spec == P()
   assert sh.batch.spec == P(None, ("data", "fsdp"))
   # created straight into those shardings; shards are the expected size
-  state = parallel.init_train_state(MODEL, make_optimizer(OPTIM), sh, jax.random.key(0))
+  state = sharded.init_train_state(MODEL, make_optimizer(OPTIM), sh, jax.random.key(0))
   emb = state.params["embedding"]
   assert emb.sharding == sh.params["embedding"]
   assert {s.data.shape for s in emb.addressable_shards} == {(MODEL.vocab_size // 2,
@@ -152,12 +154,14 @@ def test_param_and_optimizer_shardings_follow_rules():
 
 
 def test_restore_into_shardings(tmp_path):
-  from t3d_jax.checkpoint import save_params
+  from t3d_jax.checkpoint import save_model_dir
+  from t3d_jax.convert import load_params_sharded
   params = init_params(MODEL, jax.random.key(3))
-  save_params(tmp_path / "p", jax.device_get(params))
+  save_model_dir(tmp_path / "m", jax.device_get(params), MODEL)
   mesh = mesh_of((2, 2, 2))
-  psh = parallel.param_shardings(MODEL, mesh, RULES)
-  got = parallel.restore_params(tmp_path / "p", MODEL, psh)
+  psh = sharding.param_shardings(MODEL, mesh, RULES)
+  got, cfg = load_params_sharded(tmp_path / "m", mesh, RULES)
+  assert cfg == MODEL
   for a, b, s in zip(jax.tree.leaves(got), jax.tree.leaves(params), jax.tree.leaves(psh)):
     assert a.sharding == s
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -169,9 +173,10 @@ def test_hf_params_load_into_shardings(tmp_path):
   make_qwen3(tmp_path / "hf", tied=True)
   want, cfg, _ = load_hf_params(tmp_path / "hf")
   mesh = mesh_of((2, 2, 2))
-  got, cfg2 = parallel.load_hf_params_sharded(tmp_path / "hf", mesh=mesh, rules=RULES)
+  from t3d_jax.convert import load_params_sharded
+  got, cfg2 = load_params_sharded(tmp_path / "hf", mesh, RULES)
   assert cfg2 == cfg
-  psh = parallel.param_shardings(cfg, mesh, RULES)
+  psh = sharding.param_shardings(cfg, mesh, RULES)
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for a, b, s in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(psh)):
     assert a.sharding == s
@@ -180,10 +185,10 @@ def test_hf_params_load_into_shardings(tmp_path):
 
 def test_global_batch_and_local_rows():
   mesh = mesh_of((2, 2, 2))
-  sh = parallel.train_shardings(MODEL, sgd_like(), mesh, RULES)
-  assert parallel.local_rows(8, sh.batch) == slice(0, 8)  # one process owns every row
+  sh = sharded.train_shardings(MODEL, sgd_like(), mesh, RULES)
+  assert sharding.local_rows(8, sh.batch) == slice(0, 8)  # one process owns every row
   b = global_batch()
-  g = parallel.make_global_batch(b, sh.batch)
+  g = sharding.make_global_batch(b, sh.batch)
   assert g["ids"].shape == b["ids"].shape and g["ids"].sharding == sh.batch
   np.testing.assert_array_equal(np.asarray(g["ids"]), b["ids"])
   # M=8 over data x fsdp = 4: each device holds 2 rows
@@ -192,8 +197,8 @@ def test_global_batch_and_local_rows():
 
 def test_config_rules_are_the_default_rules():
   c = base_config()
-  assert tuple(c.mesh.rules) == parallel.DEFAULT_RULES
-  mesh = parallel.mesh_from_config(c)
+  assert tuple(c.mesh.rules) == sharding.DEFAULT_RULES
+  mesh = sharding.mesh_from_config(c)
   assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
   assert mesh.axis_types == (jax.sharding.AxisType.Auto,) * 3
 
@@ -210,7 +215,7 @@ def test_config_rules_are_the_default_rules():
 ])
 def test_bad_mesh(shape, match):
   with pytest.raises(InputError, match=match):
-    parallel.make_mesh(shape)
+    sharding.make_mesh(shape)
 
 
 def test_bad_rules():
@@ -218,43 +223,43 @@ def test_bad_rules():
   tx = sgd_like()
   with pytest.raises(InputError, match=r"'embed' -> mesh axis 'model', but the mesh has axes "
                                        r"data, fsdp, tensor"):
-    parallel.train_shardings(MODEL, tx, mesh, (("embed", "model"),))
+    sharded.train_shardings(MODEL, tx, mesh, (("embed", "model"),))
   with pytest.raises(InputError, match=r"unknown logical axis 'embd'"):
-    parallel.train_shardings(MODEL, tx, mesh, (("embd", "fsdp"),))
+    sharded.train_shardings(MODEL, tx, mesh, (("embd", "fsdp"),))
   with pytest.raises(InputError, match=r"'heads' has two rules"):
-    parallel.train_shardings(MODEL, tx, mesh, (("heads", "tensor"), ("heads", None)))
+    sharded.train_shardings(MODEL, tx, mesh, (("heads", "tensor"), ("heads", None)))
   # kv_heads=2 cannot be split 8 ways
   with pytest.raises(InputError, match=r"param layers/attn/k_kernel \(2, 32, 2, 8\): dim 2 "
                                        r"\('kv_heads'\) has size 2, not divisible by mesh "
                                        r"axes tensor = 8"):
-    parallel.train_shardings(MODEL, tx, mesh_of((1, 1, 8)), RULES)
+    sharded.train_shardings(MODEL, tx, mesh_of((1, 1, 8)), RULES)
 
 
 def test_bad_batch():
   mesh = mesh_of((8, 1, 1))
   tx = sgd_like()
-  sh = parallel.train_shardings(MODEL, tx, mesh, RULES)
-  run = parallel.jit_train_step(
+  sh = sharded.train_shardings(MODEL, tx, mesh, RULES)
+  run = sharded.jit_train_step(
       make_train_step(MODEL, LOSS, OPTIM, mask_id=MASK, pad_id=PAD), sh)
   batch = jax.tree.map(lambda x: np.asarray(x)[None], make_batch(6))
   with pytest.raises(InputError, match=r"micro-batch size M=6 is not divisible by the "
                                        r"data-parallel size 8 \(data=8 x fsdp=1\)"):
     run(None, None, batch, jax.random.key(0))
   with pytest.raises(InputError, match=r"expected leading \[accumulation A, micro-batch M\]"):
-    parallel.check_batch({"weight": np.ones(8)}, sh)
+    sharding.check_batch({"weight": np.ones(8)}, sh.batch)
 
 
 def test_distributed_init_is_a_no_op_on_one_host(monkeypatch):
   for k in ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
             "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"):
     monkeypatch.delenv(k, raising=False)
-  assert parallel.multiprocess_env() is None
-  assert parallel.initialize_from_config(base_config()) is False
+  assert distributed.multiprocess_env() is None
+  assert distributed.initialize_from_config(base_config()) is False
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w0,w1")
-  assert parallel.multiprocess_env() == "TPU_WORKER_HOSTNAMES"
+  assert distributed.multiprocess_env() == "TPU_WORKER_HOSTNAMES"
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w0")
-  assert parallel.multiprocess_env() is None
-  assert parallel.is_main_process()
+  assert distributed.multiprocess_env() is None
+  assert distributed.is_main_process()
 
 
 def test_sampler_with_rule_sharded_params_equals_single_device():
@@ -272,9 +277,9 @@ def test_sampler_with_rule_sharded_params_equals_single_device():
                       strategy="low_confidence_dynamic")
   single = make_generate(MODEL, dcfg)(params, ids, lens, jax.random.key(0))
   mesh = mesh_of((2, 2, 2))
-  psh = parallel.param_shardings(MODEL, mesh, RULES)
+  psh = sharding.param_shardings(MODEL, mesh, RULES)
   run = make_generate(MODEL, dcfg, mesh, data_axis="data", param_sharding=psh)
-  out = run(parallel.shard_tree(jax.device_get(params), psh), ids, lens, jax.random.key(0))
+  out = run(sharding.shard_tree(jax.device_get(params), psh), ids, lens, jax.random.key(0))
   assert out["ids"].sharding.spec[0] == "data"
   for k in single:
     np.testing.assert_array_equal(np.asarray(out[k]), np.asarray(single[k]), err_msg=k)

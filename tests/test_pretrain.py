@@ -12,8 +12,7 @@ import pytest
 
 from t3d_jax.convert import load_params
 from t3d_jax.data import tokenizer as tok_lib
-from t3d_jax.distill.examples import ExampleConfig
-from t3d_jax.distill.step import OptimConfig, TrainState, make_optimizer, make_train_step
+from t3d_jax.train.trainer import OptimConfig, TrainState, make_optimizer, make_train_step
 from t3d_jax.models.sdar import SDARConfig, init_params
 from t3d_jax.tasks import words
 from t3d_jax.train import pretrain as pt
@@ -39,7 +38,7 @@ def test_batch_layout_and_loss_falls_on_the_words_task(tmp_path):
   answers = tok_lib.encode(tok, [r["answer"] for r in rows])
   pairs = pt.make_pairs(prompts, answers, ids.eos_id, max_gen_length=64)
   assert pairs[0].response_ids[-1] == ids.eos_id and len(pairs[0].response_ids) == 17
-  ex = ExampleConfig(block_size=4)
+  ex = pt.PretrainExamples(block_size=4)
   b = pt.make_batch(pairs, np.arange(32), ex, micro_batch=16, length_bucket=4,
                     pad_id=ids.pad_id, mask_id=ids.mask_id, seed=0, step=0)
   assert b["ids"].shape == (2, 16, 16 + 2 * 20) and b["labels"].shape == (2, 16, 36)
@@ -55,9 +54,8 @@ def test_batch_layout_and_loss_falls_on_the_words_task(tmp_path):
                    num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)
   o = OptimConfig(lr=3e-3, warmup_steps=2, total_steps=40, weight_decay=0.0)
   tx = make_optimizer(o)
-  step = jax.jit(make_train_step(cfg, None, o, mask_id=ids.mask_id, pad_id=ids.pad_id,
-                                 loss_fn=lambda p, r, mb, k: pt.micro_loss(
-                                     p, r, mb, k, model=cfg, block_size=4, pad_id=ids.pad_id)))
+  step = jax.jit(make_train_step(lambda p, r, mb, k: pt.micro_loss(
+      p, r, mb, k, model=cfg, block_size=4, pad_id=ids.pad_id), o))
   state = TrainState.create(init_params(cfg, jax.random.key(0)), tx)
   losses = []
   for s in range(40):
@@ -121,3 +119,53 @@ def test_bad_input_is_one_clear_error(tiny, tmp_path, args, msg):
 def test_scratch_without_tokenizer_names_the_task_mode(tmp_path):
   r = cli("--config", "configs/pretrain.py", f"--config.workdir={tmp_path}")
   assert r.returncode == 2 and "run --config.mode=task first" in r.stderr
+
+
+def test_pretrain_examples():
+  """Masking follows t ~ U(eps, 1] per example over the response + post_num pads."""
+  import jax.numpy as jnp
+  from t3d_jax import masks
+  from t3d_jax.train.examples import example_seeds
+  from test_distill_examples import MASK, PAD, make_batch, resp_part
+  prompt, resp, step, rlen = make_batch(b=64, l1=40, seed=14)
+  b, l1 = resp.shape
+  l0 = prompt.shape[1]
+  cfg = pt.PretrainExamples(post_num=2, mask_eps=0.05)
+  out = pt.build_pretrain_examples(prompt, resp, example_seeds(0, 0, np.arange(b)), cfg,
+                                   pad_id=PAD, mask_id=MASK, response_len=rlen)
+  t = out["t"]
+  assert ((t > 0.05) & (t <= 1.0)).all() and t.std() > 0.1
+  xt, pm = resp_part(out, l0, l1)
+  offs = np.arange(l1)[None] - rlen[:, None]
+  elig = offs < 2
+  np.testing.assert_array_equal(out["num_eligible"], elig.sum(1))
+  assert (pm <= elig).all()
+  np.testing.assert_array_equal(xt == MASK, pm | ~elig)
+  np.testing.assert_array_equal(xt[~pm & elig], resp[~pm & elig])
+  # masked fraction follows t
+  frac = pm.sum(1) / elig.sum(1)
+  big = elig.sum(1) >= 20
+  assert np.abs(frac[big] - t[big]).mean() < 0.12
+  assert np.corrcoef(frac[big], t[big])[0, 1] > 0.8
+  np.testing.assert_array_equal(out["positions"],
+                                np.asarray(masks.training_positions(jnp.asarray(out["ids"]), l0, PAD)))
+
+
+def test_diffusion_ce_matches_numpy():
+  import jax.numpy as jnp
+  from test_distill_losses import L0, L1, fixed_case, np_log_softmax, np_mean_logp
+  logits, x0, _, p_mask = fixed_case()
+  t = np.array([0.3, 1.0, 0.05, 0.7, 0.5], np.float32)
+  n_elig = np.array([11, 11, 8, 11, 4])
+  got = pt.diffusion_ce(jnp.asarray(logits), jnp.asarray(x0), jnp.asarray(p_mask),
+                        jnp.asarray(t), jnp.asarray(n_elig))
+  ref = []
+  for b in range(5):
+    lp = np_log_softmax(logits[b])
+    ref.append(sum(-lp[i, x0[b, i]] for i in range(L0 + L1) if p_mask[b, i]) / t[b] / n_elig[b])
+  np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
+  loss, m = pt.pretrain_loss(jnp.asarray(logits), jnp.asarray(x0), jnp.asarray(p_mask),
+                             jnp.asarray(t), jnp.asarray(n_elig))
+  np.testing.assert_allclose(float(loss), np.mean(ref), rtol=1e-5)
+  np.testing.assert_allclose(float(m["masked_nll"]),
+                             -np_mean_logp(logits, x0, p_mask).mean(), atol=1e-5)

@@ -173,18 +173,21 @@ def test_cli_bad_input_exits_2_with_one_line(setup, tmp_path):
 
 
 def test_rows_through_tfds_equal_jsonl_and_prompt_template(setup, tmp_path):
-  from t3d_jax.evaluation import decode as dec
+  from t3d_jax.convert import load_model
+  from t3d_jax.data.datasets import load_rows
+  from t3d_jax.sampling import DecodeConfig
   root, data = setup
   c = _config(tmp_path, root / "model", data)
-  direct = dec.load_rows(c.rollout, c.workdir)
+  direct = load_rows(c.rollout, c.workdir)
   c.rollout.use_tfds = True
-  assert dec.load_rows(c.rollout, c.workdir) == direct
+  assert load_rows(c.rollout, c.workdir) == direct
   assert (tmp_path / "tfds" / "t3d_math_qa").is_dir()
   assert [r["question"] for r in direct] == [q for q, _ in QUESTIONS[:N]]
-  model = dec.load_model(root / "model")
-  dcfg = dec.decode_config(c.decode, model.ids)
-  texts, ids = dec.build_prompts(model.tokenizer, direct[:2], "Q: {question}\nA:", dcfg, "q")
+  model = load_model(root / "model")
+  dcfg = DecodeConfig.from_config(c.decode, model.ids)
+  texts, ids = tok_lib.build_prompts(model.tokenizer, direct[:2], "Q: {question}\nA:", "q",
+                                     dcfg)
   assert texts == [f"Q: {QUESTIONS[0][0]}\nA:", f"Q: {QUESTIONS[1][0]}\nA:"]
   assert ids == tok_lib.encode(model.tokenizer, texts)
   with pytest.raises(InputError, match="no {question} placeholder"):
-    dec.build_prompts(model.tokenizer, direct[:1], "Q:", dcfg, "q")
+    tok_lib.build_prompts(model.tokenizer, direct[:1], "Q:", "q", dcfg)

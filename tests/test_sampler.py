@@ -427,6 +427,7 @@ def test_batch_not_divisible_by_mesh(tiny):
 
 def test_naive_recompute_baseline_matches_cached(tiny):
   """The benchmark's no-cache baseline decodes exactly as the cached sampler."""
+  from t3d_jax.bench.naive_decode import make_naive_generate
   _, params, cfg = tiny
   prompts = make_prompts(PROMPT_LENS, seed=9)
   ids, lens = pad_batch(prompts)
@@ -434,13 +435,13 @@ def test_naive_recompute_baseline_matches_cached(tiny):
     dcfg = DecodeConfig(mask_id=MASK, block_size=4, denoising_steps=2, max_new_tokens=N_NEW,
                         strategy="entropy_bounded", entropy_bound=BOUND, prompt_mode=mode)
     ref = generate(params, cfg, ids, lens, jax.random.key(0), dcfg)
-    out = make_generate(cfg, dcfg, recompute=True)(params, ids, lens, jax.random.key(0))
+    out = make_naive_generate(cfg, dcfg)(params, ids, lens, jax.random.key(0))
     for k in ref:
       np.testing.assert_array_equal(np.asarray(out[k]), np.asarray(ref[k]), err_msg=k)
 
 
-def test_rollout_groups_pads_and_restores_order(tiny):
-  from t3d_jax.sampling.rollout import rollout
+def test_batched_decode_groups_pads_and_restores_order(tiny):
+  from t3d_jax.sampling.batched import decode_part as rollout
   _, params, cfg = tiny
   lens = [7, 2, 12, 5, 9]
   prompts = make_prompts(lens, seed=10)
@@ -461,10 +462,10 @@ def test_rollout_groups_pads_and_restores_order(tiny):
             jax.random.key(0))
 
 
-def test_rollout_parts_together_equal_the_whole(tiny):
+def test_batched_decode_parts_together_equal_the_whole(tiny):
   """part=(i, 2) decodes every other batch with the whole run's rngs (what each of two
   processes does); packed into int32 rows and merged, the parts equal the whole."""
-  from t3d_jax.sampling.rollout import pack_results, rollout, unpack_results
+  from t3d_jax.sampling.batched import decode_part as rollout, pack_results, unpack_results
   _, params, cfg = tiny
   prompts = make_prompts([7, 2, 12, 5, 9], seed=10)
   dcfg = DecodeConfig(mask_id=MASK, block_size=4, denoising_steps=2, max_new_tokens=N_NEW,
@@ -483,3 +484,13 @@ def test_rollout_parts_together_equal_the_whole(tiny):
   assert unpack_results(pack_results(parts[1], N_NEW)) == parts[1]
   with pytest.raises(DecodeError, match=r"part \(2, 2\)"):
     rollout(params, cfg, prompts, dcfg, jax.random.key(3), part=(2, 2), **kw)
+
+
+def test_unknown_strategy_names_the_known_ones():
+  from t3d_jax.sampling import STRATEGIES, strategies
+  masked = jnp.ones((1, 4), bool)
+  with pytest.raises(ValueError, match="unknown strategy 'greedy'; known: " + ", ".join(STRATEGIES)):
+    strategies.select("greedy", masked, masked.astype(jnp.float32), None, jnp.array([1]),
+                      threshold=0.9, bound=0.3)
+  with pytest.raises(DecodeError, match="strategy 'greedy' is not one of"):
+    DecodeConfig(mask_id=MASK, strategy="greedy").validate()

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "step": "t3d_jax.bench.step",
     "convert": "t3d_jax.bench.convert",
     "memory": "t3d_jax.bench.memory",
+    "load": "t3d_jax.bench.load",
 }
 
 

@@ -6,7 +6,7 @@
 Nothing is allocated: the train state's shapes come from ``jax.eval_shape``, the mesh is a
 ``jax.sharding.AbstractMesh`` sized from the named TPU slice (or ``--devices``), and each
 leaf's per-device bytes are those of its shard under the config's logical-axis rules
-(``t3d_jax.parallel``). Activations are an estimate (formula in ``activation_bytes``).
+(``t3d_jax.sharding``, ``t3d_jax.train.sharded``). Activations are an estimate (formula in ``activation_bytes``).
 
 ``--aot`` compiles the real sharded step for the TPU topology on this CPU machine when the
 ``libtpu`` package (the version ``jax[tpu]`` pins) is importable, and prints XLA's memory
@@ -24,7 +24,8 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from t3d_jax import parallel
+from t3d_jax import sharding
+from t3d_jax.train import sharded
 from t3d_jax.errors import InputError
 
 GiB = 1024 ** 3
@@ -62,45 +63,31 @@ def tpu_slice(name: str) -> Slice:
   return Slice(name, devices, hbm * GiB, -(-devices // per_host))
 
 
-def pretrain_arch(config):
-  """``pretrain.arch`` as SDARConfig fields when the config pretrains from scratch (mode
-  or pipeline stage ``pretrain``, no ``pretrain.init``) and names its vocab_size."""
-  p = config.get("pretrain")
-  stages = tuple(config.get("pipeline", {}).get("stages", ()))
-  if p is None or p.init or not p.arch.vocab_size or not (
-      config.mode == "pretrain" or "pretrain" in stages):
-    return None
-  return dict(p.arch)
-
-
 def model_config(config):
-  """SDARConfig of a config: ``config.arch`` (planning configs), else ``pretrain.arch``
-  when the config trains from scratch (with its vocab_size set), else the model dir's
-  sdar_config.json; numerics from ``config.model``."""
+  """SDARConfig of a config: ``config.arch`` when it names its vocab_size (planning
+  configs, training from scratch), else the model dir's sdar_config.json; numerics from
+  ``config.model``."""
   from t3d_jax.models.sdar import SDARConfig
   numerics = {}
   if "model" in config:
     numerics = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
                     remat=config.model.remat)
-  if "arch" in config:
+  if "arch" in config and config.arch.vocab_size:
     return SDARConfig(**dict(config.arch), **numerics)
-  arch = pretrain_arch(config)
-  if arch is not None:
-    return SDARConfig(**arch, **numerics)
   from pathlib import Path
   from t3d_jax.checkpoint import load_model_config
-  from t3d_jax.config_base import model_dir
+  from t3d_jax.settings import model_dir
   d = model_dir(config) if (config.get("model_dir") or config.get("workdir")) else ""
   if d and (Path(d) / "sdar_config.json").is_file():
     return load_model_config(d).replace(**numerics)
-  raise InputError("the config has no architecture: add config.arch (see configs/sdar_*.py) "
+  raise InputError("the config has no architecture: set config.arch (see configs/sdar_*.py) "
                    "or point model_dir/workdir at a converted model dir")
 
 
 def _shard_bytes(shape, dtype, spec, sizes) -> int:
   n = 1
   for dim, size in enumerate(shape):
-    axes = parallel._axes(spec[dim]) if dim < len(spec) else ()
+    axes = sharding.mesh_axes(spec[dim]) if dim < len(spec) else ()
     n *= -(-size // math.prod(sizes[a] for a in axes))
   return n * np.dtype(dtype).itemsize
 
@@ -146,20 +133,20 @@ def activation_bytes(cfg, *, b: int, seq: int, rows: int, tensor: int) -> tuple[
 def plan(config, *, devices: Optional[int] = None, hbm_bytes: Optional[int] = None,
          seq_len: Optional[int] = None) -> dict[str, Any]:
   """The memory plan as a dict (bytes per device)."""
-  from t3d_jax.distill.step import OptimConfig, make_optimizer
+  from t3d_jax.train.trainer import OptimConfig, make_optimizer
   from t3d_jax.models.sdar import abstract_params
   sl = tpu_slice(config.mesh.tpu) if config.mesh.get("tpu") else None
   n = devices or (sl.devices if sl else jax.device_count())
   hbm = hbm_bytes or (sl.hbm_bytes if sl else None)
   cfg = model_config(config)
-  mesh = parallel.make_abstract_mesh(dict(config.mesh.shape), n)
-  sizes = parallel.axis_sizes(mesh)
+  mesh = sharding.make_abstract_mesh(dict(config.mesh.shape), n)
+  sizes = sharding.axis_sizes(mesh)
   boxed = abstract_params(cfg)
-  rules = parallel.make_rules(config.mesh.rules, mesh, parallel.logical_names(boxed))
-  pspecs = parallel.param_specs(boxed, rules, mesh)
+  rules = sharding.make_rules(config.mesh.rules, mesh, sharding.logical_names(boxed))
+  pspecs = sharding.param_specs(boxed, rules, mesh)
   optim = OptimConfig.from_config(config.optim)
-  state = parallel.abstract_train_state(cfg, make_optimizer(optim))
-  ospecs = parallel.mirror_params(state.opt_state, state.params, pspecs,
+  state = sharded.abstract_train_state(cfg, make_optimizer(optim))
+  ospecs = sharding.mirror_params(state.opt_state, state.params, pspecs,
                                   jax.sharding.PartitionSpec())
   params = tree_bytes(state.params, pspecs, sizes)
   opt = tree_bytes(state.opt_state, ospecs, sizes)
@@ -229,7 +216,8 @@ def aot_compile(config, topology: str = "") -> str:
   from jax.sharding import PartitionSpec as P
 
   from t3d_jax.distill.losses import LossConfig
-  from t3d_jax.distill.step import OptimConfig, make_optimizer, make_train_step
+  from t3d_jax.distill.step import make_train_step
+  from t3d_jax.train.trainer import OptimConfig, make_optimizer
   name = topology or topology_name(tpu_slice(config.mesh.tpu))
   try:
     topo = topologies.get_topology_desc(name, "tpu")
@@ -237,16 +225,16 @@ def aot_compile(config, topology: str = "") -> str:
     return f"AOT compile for {name!r} unavailable here: {type(e).__name__}: {e}"
   cfg = model_config(config)
   try:
-    mesh = parallel.make_mesh(dict(config.mesh.shape), topo.devices)
+    mesh = sharding.make_mesh(dict(config.mesh.shape), topo.devices)
   except AssertionError:  # v4 topologies list both cores of a chip (no megacore)
     devs = np.asarray(topo.devices).reshape(
-        parallel.mesh_shape(dict(config.mesh.shape), len(topo.devices)))
-    mesh = jax.sharding.Mesh(devs, parallel.MESH_AXES,
+        sharding.mesh_shape(dict(config.mesh.shape), len(topo.devices)))
+    mesh = jax.sharding.Mesh(devs, sharding.MESH_AXES,
                              axis_types=(jax.sharding.AxisType.Auto,) * 3)
   tx = make_optimizer(OptimConfig.from_config(config.optim))
-  sh = parallel.train_shardings(cfg, tx, mesh, config.mesh.rules)
-  state = parallel.abstract_sharded(parallel.abstract_train_state(cfg, tx), sh.state)
-  ref = parallel.abstract_sharded(state.params, sh.reference)
+  sh = sharded.train_shardings(cfg, tx, mesh, config.mesh.rules)
+  state = sharding.abstract_sharded(sharded.abstract_train_state(cfg, tx), sh.state)
+  ref = sharding.abstract_sharded(state.params, sh.reference)
   d = config.distill
   a, m = int(d.global_batch) // int(d.micro_batch), int(d.micro_batch)
   l0, l1 = int(d.max_prompt_len), int(d.max_gen_length)
@@ -259,7 +247,7 @@ def aot_compile(config, topology: str = "") -> str:
   loss = LossConfig.from_config(config.loss, block_size=config.examples.block_size)
   step = make_train_step(cfg, loss, OptimConfig.from_config(config.optim),
                          mask_id=cfg.vocab_size - 1, pad_id=0)
-  jitted = parallel.jit_train_step(step, sh).jitted(tx)
+  jitted = sharded.jit_train_step(step, sh).jitted(tx)
   try:
     mem = jitted.lower(state, ref, batch, rng).compile().memory_analysis()
   except jax.errors.JaxRuntimeError as e:  # e.g. RESOURCE_EXHAUSTED: does not fit

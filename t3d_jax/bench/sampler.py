@@ -6,8 +6,9 @@ A random SDAR model (~50M params by default), ``--batch`` prompts of random leng
 greedy decoding of ``--max-new`` tokens with block ``--block``. For each s in --steps and
 each commit mode: compile time, wall time of one decode, tokens/s (generated tokens over
 wall time) and forwards per sequence (NFE, TPF = tokens / NFE). The naive baseline
-(jitted full-sequence recompute, no KV cache) runs on the same prompts for each s in
---naive-steps; its outputs are compared token for token with the cached decoder's.
+(t3d_jax.bench.naive_decode: jitted full-sequence recompute, no KV cache) runs on the
+same prompts for each s in --naive-steps; its outputs are compared token for token with
+the cached decoder's.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 import jax
 import numpy as np
 
+from t3d_jax.bench.naive_decode import make_naive_generate
 from t3d_jax.models.sdar import SDARConfig, init_params
 from t3d_jax.sampling import DecodeConfig, make_generate
 
@@ -57,9 +59,10 @@ def _timed(fn, *args):
   return {k: np.asarray(v) for k, v in out.items()}, time.perf_counter() - t0
 
 
-def run_one(cfg, dcfg, params, ids, lens, recompute=False):
-  """(outputs, compile seconds, run seconds): AOT compile, then one timed run."""
-  fn = make_generate(cfg, dcfg, recompute=recompute)
+def run_one(cfg, dcfg, params, ids, lens, make=make_generate):
+  """(outputs, compile seconds, run seconds) of the decoder ``make(cfg, dcfg)``: AOT
+  compile, then one timed run."""
+  fn = make(cfg, dcfg)
   rng = jax.random.key(0)
   t0 = time.perf_counter()
   compiled = fn.lower(params, ids, lens, rng).compile()
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
       print("  done", rows[-1][:5], flush=True)
   for s in a.naive_steps:
     dcfg = base.replace(denoising_steps=s)
-    out, c, r = run_one(cfg, dcfg, params, ids, lens, recompute=True)
+    out, c, r = run_one(cfg, dcfg, params, ids, lens, make=make_naive_generate)
     tps = out["lengths"].sum() / r
     for row in rows:
       if row[1] == s:

@@ -15,7 +15,7 @@ split run single-threaded:
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
       taskset -c 0 python -m t3d_jax.bench step --skip-torch --profile /tmp/trace
 
-The PyTorch side follows the released trainer (t3d-method.md §2-§3, §5): per example
+The PyTorch side follows the released trainer (docs/method.md §2-§3, §5): per example
 it builds the block mask with Python loops over blocks, runs the frozen reference twice
 and the target twice (real and fake log-likelihoods), rebuilds the path-loss states
 level by level with Python loops, backpropagates, then clips and steps AdamW.
@@ -46,7 +46,8 @@ import numpy as np
 from t3d_jax.bench.profile import op_breakdown
 from t3d_jax.distill.examples import ExampleConfig, build_examples
 from t3d_jax.distill.losses import LossConfig
-from t3d_jax.distill.step import OptimConfig, TrainState, make_optimizer, make_train_step
+from t3d_jax.distill.step import make_train_step
+from t3d_jax.train.trainer import OptimConfig, TrainState, make_optimizer
 from t3d_jax.models.sdar import REMAT, SDARConfig, init_params
 
 

@@ -8,9 +8,6 @@ from shapes, writes them into a temp dir next to the target and renames it into 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +16,23 @@ from absl import logging
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from t3d_jax.errors import InputError
+from t3d_jax import dtypes
+from t3d_jax.dtypes import as_dtype
+from t3d_jax.checkpoint import INDEX_FILE, ConversionError, check_target, copy_meta_files
+from t3d_jax.fileio import atomic_dir
 from t3d_jax.convert.mapping import entries, hf_order_entries
 from t3d_jax.models.sdar import SDARConfig
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "sdar")
-INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
-_DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
-
-
-class ConversionError(InputError):
-  """A problem with a checkpoint directory; the message names the file and key."""
+_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 def dtype_name(dtype) -> str:
-  dtype = np.dtype(dtype)
-  if dtype.name == "bfloat16":
-    return "bfloat16"
-  if dtype not in _DTYPE_NAMES:
-    raise ConversionError(f"unsupported param dtype {dtype}")
-  return _DTYPE_NAMES[dtype]
+  try:
+    return dtypes.dtype_name(dtype)
+  except ValueError as e:
+    raise ConversionError(str(e)) from None
 
 
 def read_hf_config(hf_dir) -> dict[str, Any]:
@@ -86,6 +78,14 @@ class TensorSource:
     with safe_open(self.file_of(name), "np") as f:
       return tuple(f.get_slice(name).get_shape())
 
+  def dtype_name(self, name: str) -> str:
+    with safe_open(self.file_of(name), "np") as f:
+      stored = f.get_slice(name).get_dtype()
+    if stored not in _SAFETENSORS_DTYPES:
+      raise ConversionError(f"{self.file_of(name)}: tensor {name!r} has unsupported dtype "
+                            f"{stored}")
+    return _SAFETENSORS_DTYPES[stored]
+
   def get(self, name: str) -> np.ndarray:
     with safe_open(self.file_of(name), "np") as f:
       return f.get_tensor(name)
@@ -94,7 +94,7 @@ class TensorSource:
     return self.dir / self.weight_map[name]
 
 
-def _set_path(tree: dict, path: tuple[str, ...], value) -> None:
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
   for p in path[:-1]:
     tree = tree.setdefault(p, {})
   tree[path[-1]] = value
@@ -106,48 +106,26 @@ def get_path(tree, path: tuple[str, ...]):
   return tree
 
 
-def load_hf_params(hf_dir, param_dtype: str | None = None) -> tuple[dict, SDARConfig, dict]:
-  """Read an HF dir into (params of numpy arrays, SDARConfig, config.json dict).
-
-  Tensors keep their stored dtype unless ``param_dtype`` is given explicitly."""
-  hf = read_hf_config(hf_dir)
-  cfg = SDARConfig.from_hf(hf)
-  src = TensorSource(hf_dir)
-  cast = None if not param_dtype else np.dtype(_np_dtype(param_dtype))
-  params: dict = {}
-  used = set()
-  for name, row, layer in entries(cfg):
-    if name not in src:
-      hint = (" (config.json says tie_word_embeddings=false; set it true if the head is tied)"
-              if name == "lm_head.weight" else "")
-      raise ConversionError(f"{hf_dir}: tensor {name!r} is missing from the checkpoint{hint}")
-    want = row.hf_shape(cfg)
-    if src.shape(name) != want:
-      raise ConversionError(f"{src.file_of(name)}: tensor {name!r} has shape {src.shape(name)}, "
-                            f"config.json implies {want}")
-    arr = row.to_param(src.get(name), cfg)
-    if cast is not None and arr.dtype != cast:
-      arr = arr.astype(cast)
-    used.add(name)
-    if layer is None:
-      _set_path(params, row.path, arr)
-    else:
-      if layer == 0:
-        _set_path(params, row.path, np.empty((cfg.num_layers,) + arr.shape, arr.dtype))
-      get_path(params, row.path)[layer] = arr
-  extra = sorted(set(src.weight_map) - used)
-  if cfg.tie_word_embeddings and "lm_head.weight" in extra:
-    extra.remove("lm_head.weight")  # a tied head saved anyway: the embedding is the head
-  if extra:
-    logging.warning("%s: ignoring %d tensors not in the SDAR mapping: %s", hf_dir, len(extra),
-                    extra[:5])
-  cfg = cfg.replace(param_dtype=dtype_name(params["embedding"].dtype))
-  return params, cfg, hf
-
-
-def _np_dtype(name: str):
-  import ml_dtypes
-  return {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[name]
+def config_from_hf(hf: dict[str, Any], **overrides) -> SDARConfig:
+  """SDARConfig of a transformers config.json dict (Qwen3 or SDAR); the inverse of
+  :func:`hf_config_from`."""
+  rope = hf.get("rope_parameters") or {}
+  scaling = hf.get("rope_scaling") or {}
+  rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+  if rope_type not in (None, "default"):
+    raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only default RoPE)")
+  theta = hf.get("rope_theta", rope.get("rope_theta", 10_000.0))
+  nh = hf["num_attention_heads"]
+  kw = dict(
+      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+      num_heads=nh, num_kv_heads=hf.get("num_key_value_heads") or nh,
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // nh,
+      rope_theta=float(theta), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      attention_bias=bool(hf.get("attention_bias", False)))
+  kw.update(overrides)
+  return SDARConfig(**kw)
 
 
 def hf_config_from(cfg: SDARConfig) -> dict[str, Any]:
@@ -163,37 +141,66 @@ def hf_config_from(cfg: SDARConfig) -> dict[str, Any]:
   }
 
 
-def _is_weight_file(name: str) -> bool:
-  return name.endswith(_WEIGHT_SUFFIXES) or name in (INDEX_FILE, "pytorch_model.bin.index.json")
+def read_hf_model_config(hf_dir, param_dtype: str | None = None) -> SDARConfig:
+  """The SDARConfig of an HF dir: its config.json, and the stored (or the requested)
+  param dtype, without reading any tensor."""
+  cfg = config_from_hf(read_hf_config(hf_dir))
+  if param_dtype:
+    return cfg.replace(param_dtype=param_dtype)
+  src = TensorSource(hf_dir)
+  return cfg.replace(param_dtype=src.dtype_name(entries(cfg).__next__()[0]))
 
 
-def copy_meta_files(src_dir, dst_dir) -> list[str]:
-  """Copy config.json, tokenizer and remote-code files (everything but weights)."""
-  copied = []
-  for p in sorted(Path(src_dir).iterdir()):
-    if p.is_file() and not _is_weight_file(p.name):
-      shutil.copy2(p, Path(dst_dir) / p.name)
-      copied.append(p.name)
-  return copied
+def iter_hf_params(hf_dir, cfg: SDARConfig, cast: str | None = None):
+  """Yields (param path, numpy array) one param at a time (the per-layer tensors of a
+  param stacked into one array), checking every tensor's presence and shape; ``cast``
+  converts to that dtype, else tensors keep their stored dtype. Peak host memory is one
+  stacked param; the caller decides where each goes (host tree or device shards)."""
+  src = TensorSource(hf_dir)
+  cast = None if not cast else as_dtype(cast)
+  used, stack, current = set(), None, None
+  for name, row, layer in entries(cfg):
+    if name not in src:
+      hint = (" (config.json says tie_word_embeddings=false; set it true if the head is tied)"
+              if name == "lm_head.weight" else "")
+      raise ConversionError(f"{hf_dir}: tensor {name!r} is missing from the checkpoint{hint}")
+    want = row.hf_shape(cfg)
+    if src.shape(name) != want:
+      raise ConversionError(f"{src.file_of(name)}: tensor {name!r} has shape {src.shape(name)}, "
+                            f"config.json implies {want}")
+    arr = row.to_param(src.get(name), cfg)
+    if cast is not None and arr.dtype != cast:
+      arr = arr.astype(cast)
+    used.add(name)
+    if layer is None:
+      yield row.path, arr
+      continue
+    if layer == 0:
+      stack, current = np.empty((cfg.num_layers,) + arr.shape, arr.dtype), row.path
+    stack[layer] = arr
+    del arr
+    if layer == cfg.num_layers - 1:
+      yield current, stack
+      stack = None
+  extra = sorted(set(src.weight_map) - used)
+  if cfg.tie_word_embeddings and "lm_head.weight" in extra:
+    extra.remove("lm_head.weight")  # a tied head saved anyway: the embedding is the head
+  if extra:
+    logging.warning("%s: ignoring %d tensors not in the SDAR mapping: %s", hf_dir, len(extra),
+                    extra[:5])
 
 
-def _prepare_target(out_dir: Path, overwrite: bool) -> Path:
-  if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-    raise ConversionError(f"{out_dir}: exists and is not empty; pass overwrite=True "
-                          "(--config.overwrite=True) to replace it")
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+def load_hf_params(hf_dir, param_dtype: str | None = None) -> tuple[dict, SDARConfig, dict]:
+  """Read an HF dir into (params of numpy arrays, SDARConfig, config.json dict).
 
-
-def _commit_dir(tmp: Path, out_dir: Path) -> None:
-  """Atomically replace out_dir with tmp (old content removed only after the swap)."""
-  old = None
-  if out_dir.exists():
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    os.replace(out_dir, old)
-  os.replace(tmp, out_dir)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
+  Tensors keep their stored dtype unless ``param_dtype`` is given explicitly."""
+  hf = read_hf_config(hf_dir)
+  cfg = config_from_hf(hf)
+  params: dict = {}
+  for path, arr in iter_hf_params(hf_dir, cfg, param_dtype):
+    set_path(params, path, arr)
+  cfg = cfg.replace(param_dtype=dtype_name(params["embedding"].dtype))
+  return params, cfg, hf
 
 
 def save_hf_params(params, cfg: SDARConfig, out_dir, meta_dir=None, *,
@@ -206,7 +213,7 @@ def save_hf_params(params, cfg: SDARConfig, out_dir, meta_dir=None, *,
   remote-code files; without it a Qwen3 config.json is generated. ``dtype`` casts on
   the way out (default: keep the param dtype)."""
   out_dir = Path(out_dir)
-  cast = np.dtype(_np_dtype(dtype)) if dtype else None
+  cast = as_dtype(dtype) if dtype else None
   plan: list[list[tuple[str, Any, Any]]] = [[]]
   size = 0
   for name, row, layer in hf_order_entries(cfg):
@@ -218,8 +225,8 @@ def save_hf_params(params, cfg: SDARConfig, out_dir, meta_dir=None, *,
       size = 0
     plan[-1].append((name, row, layer))
     size += nbytes
-  tmp = _prepare_target(out_dir, overwrite)
-  try:
+  check_target(out_dir, overwrite)
+  with atomic_dir(out_dir) as tmp:
     weight_map, total = {}, 0
     n = len(plan)
     for k, shard in enumerate(plan):
@@ -242,8 +249,4 @@ def save_hf_params(params, cfg: SDARConfig, out_dir, meta_dir=None, *,
       copy_meta_files(meta_dir, tmp)
     else:
       (tmp / "config.json").write_text(json.dumps(hf_config_from(cfg), indent=2) + "\n")
-    _commit_dir(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out_dir

@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 from t3d_jax.errors import InputError
+from t3d_jax.fileio import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
 
@@ -73,7 +73,7 @@ def read_jsonl(path: PathLike) -> list[dict]:
   return [obj for _, obj in iter_jsonl(path)]
 
 
-def _text_field(obj: Mapping[str, Any], field: str, path: PathLike, row: int) -> str:
+def text_field(obj: Mapping[str, Any], field: str, path: PathLike, row: int) -> str:
   if field not in obj:
     raise JsonlError(f"{_where(path, row)}: row has no {field!r} field "
                      f"(fields present: {sorted(obj)})")
@@ -101,27 +101,10 @@ def read_qa_jsonl(path: PathLike, question_field: str = "question",
   for row, obj in iter_jsonl(path):
     if limit is not None and len(rows) >= limit:
       break
-    rows.append({"question": _text_field(obj, question_field, path, row),
-                 "answer": _text_field(obj, answer_field, path, row),
+    rows.append({"question": text_field(obj, question_field, path, row),
+                 "answer": text_field(obj, answer_field, path, row),
                  "index": len(rows)})
   return rows
-
-
-def _atomic_write_bytes(path: PathLike, data: bytes) -> pathlib.Path:
-  p = pathlib.Path(path)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, p)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return p
 
 
 def dumps_row(row: Mapping[str, Any]) -> str:
@@ -142,13 +125,13 @@ def _json_default(x: Any) -> Any:
 def write_jsonl_atomic(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> pathlib.Path:
   """Writes all rows to ``path`` through a temp file + rename (no partial file ever)."""
   text = "".join(dumps_row(r) + "\n" for r in rows)
-  return _atomic_write_bytes(path, text.encode("utf-8"))
+  return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: PathLike, obj: Any, indent: int = 2) -> pathlib.Path:
   """Writes one JSON document (a summary, a config) atomically."""
   text = json.dumps(obj, ensure_ascii=False, indent=indent, default=_json_default) + "\n"
-  return _atomic_write_bytes(path, text.encode("utf-8"))
+  return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _complete_length(path: pathlib.Path) -> int:

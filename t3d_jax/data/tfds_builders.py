@@ -134,7 +134,7 @@ def trajectory_rows(path: PathLike):
   for n, (row, obj) in enumerate(jsonl.iter_jsonl(path)):
     out = {}
     for field in ("question", "answer", "prompt"):
-      out[field] = jsonl._text_field(obj, field, path, row)
+      out[field] = jsonl.text_field(obj, field, path, row)
     out["response"] = str(obj.get("response", "") or "")
     out["response_ids"] = np.asarray(_int_list(obj, "response_ids", path, row), np.int32)
     out["step_map"] = np.asarray(_int_list(obj, "step_map", path, row), np.int32)

@@ -1,6 +1,6 @@
 """Tokenizer helpers: load any HF tokenizer dir, build the math prompt, resolve token ids.
 
-One prompt for rollout, distillation and evaluation alike (t3d-method.md §6): the
+One prompt for rollout, distillation and evaluation alike (docs/method.md §6): the
 tokenizer's own chat template applied to a single user message
 
     "{question}\\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -76,6 +76,27 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
   """Token ids of each text, no BOS/EOS added (prompts already carry their specials)."""
   out = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
   return [list(map(int, ids)) for ids in out]
+
+
+def build_prompts(tokenizer, rows: Sequence[dict], prompt_template: str, data_name: str,
+                  dcfg=None) -> tuple[list[str], list[list[int]]]:
+  """Prompt strings (chat template + math instruction, or ``prompt_template``) and their
+  ids; with a DecodeConfig ``dcfg``, a prompt that does not fit ``dcfg.max_length``
+  with ``max_new_tokens`` is an InputError naming the row."""
+  texts = [math_prompt(tokenizer, r["question"], prompt_template or None) for r in rows]
+  prompt_ids = encode(tokenizer, texts)
+  if dcfg is not None and dcfg.max_length is not None:
+    budget = dcfg.max_length - dcfg.max_new_tokens
+    for r, p in zip(rows, prompt_ids):
+      if len(p) > budget:
+        raise InputError(
+            f"{data_name}, row {r['index'] + 1}: prompt too long: {len(p)} tokens > budget "
+            f"{budget} (decode.max_length={dcfg.max_length} - decode.max_new_tokens="
+            f"{dcfg.max_new_tokens}); raise decode.max_length or drop the row")
+  for r, p in zip(rows, prompt_ids):
+    if not p:
+      raise InputError(f"{data_name}, row {r['index'] + 1}: prompt has no tokens")
+  return texts, prompt_ids
 
 
 @dataclasses.dataclass(frozen=True)

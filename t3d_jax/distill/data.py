@@ -4,7 +4,7 @@ Rows follow the dLLM-RL layout the rollout mode writes: ``question``, ``answer``
 ``prompt`` (the exact string decoded from) and per-sample lists ``step_map``,
 ``response_ids`` (t3d_jax), ``full_output``, ``response_length``, ``extracted_output``.
 By default training uses the stored prompt and ``response_ids``, so the step_map aligns
-by construction (t3d-method.md §6); ``original_prompts`` / ``retokenize`` reproduce the
+by construction (docs/method.md §6); ``original_prompts`` / ``retokenize`` reproduce the
 released code (chat template on the bare question; re-tokenised ``full_output``).
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from t3d_jax.data import jsonl
 from t3d_jax.data.tokenizer import encode
 from t3d_jax.distill.examples import ExampleConfig, build_examples, example_seeds, pad_batch
 from t3d_jax.errors import InputError
+from t3d_jax.train.examples import check_batching, split_micro_batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +102,8 @@ def make_batch(samples: Sequence[Sample], indices: np.ndarray, ex_cfg: ExampleCo
   Noise comes from per-example seeds (seed, noise_step, dataset index), so it does not
   depend on the batch neighbours; ``noise_step`` is the update step (fresh noise each
   time an example is drawn) or 0 (the released fixed noise)."""
-  if len(indices) % micro_batch:
-    raise InputError(f"global batch {len(indices)} is not a multiple of micro_batch {micro_batch}")
-  if length_bucket % ex_cfg.block_size:
-    raise InputError(f"distill.length_bucket={length_bucket} must be a multiple of "
-                     f"examples.block_size={ex_cfg.block_size}")
+  check_batching(len(indices), micro_batch, length_bucket, ex_cfg.block_size,
+                 "distill.length_bucket")
   sel = [samples[i] for i in indices]
   padded = pad_batch([s.prompt_ids for s in sel], [s.response_ids for s in sel],
                      [s.step_map for s in sel], pad_id=pad_id, multiple_of=length_bucket)
@@ -116,5 +114,4 @@ def make_batch(samples: Sequence[Sample], indices: np.ndarray, ex_cfg: ExampleCo
   batch = {k: ex[k] for k in ("ids", "positions", "labels", "p_mask", "step_map")}
   batch["step_map"] = batch["step_map"].astype(np.int32)
   batch["weight"] = ex["keep"].astype(np.float32)
-  a = len(indices) // micro_batch
-  return {k: v.reshape((a, micro_batch) + v.shape[1:]) for k, v in batch.items()}
+  return split_micro_batches(batch, micro_batch)

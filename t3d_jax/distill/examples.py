@@ -1,12 +1,12 @@
-"""Training examples for T3D distillation and masked-diffusion pretraining (t3d-method.md §2).
+"""Training examples for T3D distillation (docs/method.md §2).
 
 Host-side numpy, vectorised over the whole batch (no per-token Python loops). From
 left-padded prompt ids [B, L0], right-padded response ids [B, L1] and the teacher's
 step_maps [B, L1] it builds the model input [prompt | x0 | xt] (N = L0 + 2*L1), the
 labels [prompt | x0], p_mask over [prompt | response], position ids and a keep flag.
 The attention mask is not materialised here ([B, N, N] is large): the update step builds
-it on device with ``t3d_jax.masks.training_batch_mask(ids, L0, block_size, pad_id)``
-(see :func:`attention_mask`).
+it on device from the batch's ``t3d_jax.masks.TrainingLayout``. Seeds, collation and
+assembly are shared with pretraining (:mod:`t3d_jax.train.examples`).
 
 Step maps: ``step_map[b, i]`` is the 1-based global denoising step at which response
 token i was first revealed. ``-1`` means "already revealed" (e.g. a prompt tail); it is
@@ -52,23 +52,20 @@ and reports how many.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from t3d_jax import masks
-from t3d_jax.config_base import dataclass_from_config
-
-_U64 = np.uint64
-_GOLDEN = _U64(0x9E3779B97F4A7C15)
+from t3d_jax.settings import dataclass_from_config
+# re-exported: the examples API that T3D and pretraining share
+from t3d_jax.train.examples import (as_seeds, assemble, check_inputs, drop_empty,  # noqa: F401
+                                    example_seeds, infer_response_len, pad_batch,
+                                    pad_positions, response_lengths, uniform)
 _MASK_STRATEGIES = ("trace", "random")
 _MASK_ORDERS = ("trajectory", "original")
 
 # Independent random streams of one example.
 _STREAM_RATIO, _STREAM_MASK, _STREAM_RANDOM_PICK, _STREAM_RANDOM_TOKEN = 1, 2, 3, 4
-_STREAM_PRETRAIN_T, _STREAM_PRETRAIN_MASK = 5, 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +79,6 @@ class ExampleConfig:
   random_ratio: float = 0.1
   post_num: Optional[int] = 2           # None: every pad position stays in p_mask
   original_pads: bool = False           # True: the released code's pad handling
-  pretrain_eps: float = 1e-3            # pretrain: t ~ U(eps, 1]
 
   def __post_init__(self):
     if self.block_size <= 0:
@@ -101,8 +97,6 @@ class ExampleConfig:
       raise ValueError(f"random_ratio must be in [0, 1], got {self.random_ratio}")
     if self.post_num is not None and self.post_num < 0:
       raise ValueError(f"post_num must be >= 0 or None, got {self.post_num}")
-    if not 0.0 <= self.pretrain_eps < 1.0:
-      raise ValueError(f"pretrain_eps must be in [0, 1), got {self.pretrain_eps}")
 
   @classmethod
   def from_config(cls, cfg: Any, **overrides) -> "ExampleConfig":
@@ -119,49 +113,9 @@ class ExampleConfig:
 
 # ----------------------------------------------------------------------------- randomness
 
-def _mix(x: np.ndarray) -> np.ndarray:
-  """splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
-  x = np.asarray(x, _U64)
-  x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-  x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
-  return x ^ (x >> _U64(31))
-
-
-def example_seeds(seed: int, step: int, index) -> np.ndarray:
-  """Per-example seeds [len(index)] (uint64) from a base seed, a draw counter (e.g. the
-  epoch or update step) and the examples' dataset indices."""
-  index = np.atleast_1d(np.asarray(index)).astype(_U64)
-  head = _mix(np.array([(int(seed) * 0x9E3779B97F4A7C15 + 1) % 2**64], _U64))
-  head = _mix(head + _U64((int(step) * 0x9E3779B97F4A7C15) % 2**64))
-  return _mix(head + index * _GOLDEN + _U64(7))
-
-
-def _as_seeds(seeds, batch: int) -> np.ndarray:
-  """uint64 seeds [B] from an int array [B], a single int, or a numpy Generator."""
-  if isinstance(seeds, np.random.Generator):
-    return seeds.integers(0, 2**63, size=batch, dtype=np.int64).astype(_U64)
-  arr = np.asarray(seeds)
-  if arr.ndim == 0:
-    return example_seeds(int(arr), 0, np.arange(batch))
-  if arr.shape != (batch,):
-    raise ValueError(f"seeds must have shape ({batch},), got {arr.shape}")
-  if not np.issubdtype(arr.dtype, np.integer):
-    raise ValueError(f"seeds must be integers, got dtype {arr.dtype}")
-  return arr.astype(_U64)
-
-
-def uniform(seeds: np.ndarray, stream: int, n: int) -> np.ndarray:
-  """Uniform float64 in [0, 1), shape [B, n]; entry (b, i) depends only on
-  (seeds[b], stream, i)."""
-  offset = _U64((stream * 0xD1B54A32D192ED03) % 2**64)
-  base = _mix(np.asarray(seeds, _U64) + offset)
-  h = _mix(base[:, None] + (np.arange(n, dtype=_U64) + _U64(1)) * _GOLDEN)
-  return (h >> _U64(11)).astype(np.float64) * 2.0**-53
-
-
 def sample_ratio_idx(seeds: np.ndarray, cfg: ExampleConfig) -> np.ndarray:
   """Index into cfg.mask_ratios per example [B], P(i) ∝ mask_ratios[i] ** exponent."""
-  u = uniform(np.asarray(seeds, _U64), _STREAM_RATIO, 1)[:, 0]
+  u = uniform(np.asarray(seeds, np.uint64), _STREAM_RATIO, 1)[:, 0]
   cdf = np.cumsum(cfg.ratio_probs())
   return np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)
 
@@ -243,63 +197,6 @@ def random_token_positions(u: np.ndarray, candidates: np.ndarray,
   return candidates & (_ranks(key) < k[:, None])
 
 
-def _check_inputs(prompt_ids, response_ids, step_map=None):
-  prompt_ids = np.asarray(prompt_ids)
-  response_ids = np.asarray(response_ids)
-  if prompt_ids.ndim != 2 or response_ids.ndim != 2:
-    raise ValueError(f"prompt_ids and response_ids must be [B, L]; got "
-                     f"{prompt_ids.shape} and {response_ids.shape}")
-  if prompt_ids.shape[0] != response_ids.shape[0]:
-    raise ValueError(f"batch mismatch: prompt_ids {prompt_ids.shape}, "
-                     f"response_ids {response_ids.shape}")
-  if step_map is not None:
-    step_map = np.asarray(step_map)
-    if step_map.shape != response_ids.shape:
-      raise ValueError(f"step_map shape {step_map.shape} != response_ids shape "
-                       f"{response_ids.shape}")
-    if not np.issubdtype(step_map.dtype, np.integer):
-      raise ValueError(f"step_map must hold integers, got dtype {step_map.dtype}")
-  return prompt_ids, response_ids, step_map
-
-
-def infer_response_len(response_ids: np.ndarray, pad_id: int) -> np.ndarray:
-  """Index after the last non-pad token of each row [B]. Ambiguous when a response
-  ends with tokens equal to pad_id: pass response_len explicitly then."""
-  nonpad = np.asarray(response_ids) != pad_id
-  last = np.where(nonpad.any(1), nonpad.shape[1] - np.argmax(nonpad[:, ::-1], axis=1), 0)
-  return last.astype(np.int64)
-
-
-def _response_len(response_len, response_ids, pad_id):
-  if response_len is None:
-    return infer_response_len(response_ids, pad_id)
-  rl = np.asarray(response_len, np.int64).reshape(-1)
-  if rl.shape != (response_ids.shape[0],) or (rl < 0).any() or (rl > response_ids.shape[1]).any():
-    raise ValueError(f"response_len must be [B] in [0, {response_ids.shape[1]}], got {rl}")
-  return rl
-
-
-def _pad_positions(response_len: np.ndarray, n: int, post_num: Optional[int]):
-  """(inside [B, L1], past [B, L1], trained pads [B, L1]) for the t3d_jax pad rule."""
-  pos = np.arange(n)[None, :]
-  inside = pos < response_len[:, None]
-  past = ~inside
-  trained = past if post_num is None else past & (pos - response_len[:, None] < post_num)
-  return inside, past, trained
-
-
-def _assemble(prompt_ids, response_ids, xt, p_mask_resp, pad_id):
-  """ids [B, N], labels [B, L0+L1], p_mask [B, L0+L1], positions [B, N], keep [B]."""
-  b, l0 = prompt_ids.shape
-  ids = np.concatenate([prompt_ids, response_ids, xt], axis=1).astype(np.int32)
-  labels = ids[:, : l0 + response_ids.shape[1]].copy()
-  p_mask = np.concatenate([np.zeros((b, l0), bool), p_mask_resp], axis=1)
-  with jax.default_device(jax.local_devices(backend="cpu")[0]):
-    positions = np.asarray(masks.training_positions(jnp.asarray(ids), l0, pad_id), np.int32)
-  return dict(ids=ids, labels=labels, p_mask=p_mask, positions=positions,
-              keep=p_mask.any(1))
-
-
 # ----------------------------------------------------------------------------- builders
 
 def build_examples(prompt_ids, response_ids, step_map, seeds, cfg: ExampleConfig, *,
@@ -326,17 +223,17 @@ def build_examples(prompt_ids, response_ids, step_map, seeds, cfg: ExampleConfig
   [B] float32, ``ratio_idx`` [B], ``step_map`` [B, L1] (-1 at and past response_len),
   ``response_len`` [B], ``random_tokens`` [B, L1] bool (positions given a random token).
   """
-  prompt_ids, response_ids, step_map = _check_inputs(prompt_ids, response_ids, step_map)
+  prompt_ids, response_ids, step_map = check_inputs(prompt_ids, response_ids, step_map)
   b, n = response_ids.shape
-  seeds = _as_seeds(seeds, b)
-  rlen = _response_len(response_len, response_ids, pad_id)
+  seeds = as_seeds(seeds, b)
+  rlen = response_lengths(response_len, response_ids, pad_id)
   if ratio_idx is None:
     ratio_idx = sample_ratio_idx(seeds, cfg)
   ratio_idx = np.asarray(ratio_idx, np.int64).reshape(b)
   if (ratio_idx < 0).any() or (ratio_idx >= len(cfg.mask_ratios)).any():
     raise ValueError(f"ratio_idx out of range for mask_ratios {cfg.mask_ratios}")
   ratio = np.asarray(cfg.mask_ratios, np.float32)[ratio_idx]
-  inside, past, trained_pads = _pad_positions(rlen, n, cfg.post_num)
+  inside, past, trained_pads = pad_positions(rlen, n, cfg.post_num)
   if (step_map[inside] < -1).any():
     rows = np.unique(np.nonzero(inside & (step_map < -1))[0]).tolist()
     raise ValueError(f"step_map entries must be >= -1 inside the response (rows {rows})")
@@ -369,87 +266,10 @@ def build_examples(prompt_ids, response_ids, step_map, seeds, cfg: ExampleConfig
     tokens = np.floor(uniform(seeds, _STREAM_RANDOM_TOKEN, n) * vocab_size).astype(np.int64)
     xt = np.where(rand_pos, tokens, xt)
 
-  out = _assemble(prompt_ids, response_ids, xt.astype(response_ids.dtype), p_mask_resp,
+  out = assemble(prompt_ids, response_ids, xt.astype(response_ids.dtype), p_mask_resp,
                   pad_id)
   out.update(ratio=ratio, ratio_idx=ratio_idx, response_len=rlen, random_tokens=rand_pos,
              step_map=np.where(inside, step_map, -1).astype(np.int32))
   return out
 
 
-def build_pretrain_examples(prompt_ids, response_ids, seeds, cfg: ExampleConfig, *,
-                            pad_id: int, mask_id: int, response_len=None) -> dict:
-  """Masked-diffusion SFT / pretraining examples in the same [prompt | x0 | xt] layout.
-
-  Per example t ~ U(eps, 1] (eps = cfg.pretrain_eps). The eligible positions are the
-  response tokens plus the first ``post_num`` positions past the response end (None: all
-  of them); each eligible position is masked with probability t and masked ones form
-  p_mask. Positions past the end that are not eligible are masked in xt, never trained.
-  Returns the keys of :func:`build_examples` (no ratio / step_map / random_tokens) plus
-  ``t`` [B] float32 and ``num_eligible`` [B] (the normaliser of :func:`diffusion_ce`).
-  """
-  prompt_ids, response_ids, _ = _check_inputs(prompt_ids, response_ids)
-  b, n = response_ids.shape
-  seeds = _as_seeds(seeds, b)
-  rlen = _response_len(response_len, response_ids, pad_id)
-  inside, past, trained_pads = _pad_positions(rlen, n, cfg.post_num)
-  eligible = inside | trained_pads
-  u_t = uniform(seeds, _STREAM_PRETRAIN_T, 1)[:, 0]
-  t = 1.0 - (1.0 - cfg.pretrain_eps) * u_t                         # (eps, 1]
-  masked = eligible & (uniform(seeds, _STREAM_PRETRAIN_MASK, n) < t[:, None])
-  xt = np.where(masked | (past & ~eligible), mask_id, response_ids)
-  out = _assemble(prompt_ids, response_ids, xt.astype(response_ids.dtype), masked, pad_id)
-  out.update(t=t.astype(np.float32), num_eligible=eligible.sum(1).astype(np.int32),
-             response_len=rlen)
-  return out
-
-
-def drop_empty(batch: dict) -> tuple[dict, int]:
-  """Removes the examples with ``keep == False`` from every [B, ...] array; returns
-  (batch, number dropped)."""
-  keep = np.asarray(batch["keep"], bool)
-  out = {k: (v[keep] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == keep.size
-             else v) for k, v in batch.items()}
-  return out, int(keep.size - keep.sum())
-
-
-def attention_mask(ids, prompt_len: int, block_size: int, pad_id: int):
-  """The pad-aware [B, N, N] training mask of ``ids`` (masks.training_batch_mask)."""
-  return masks.training_batch_mask(jnp.asarray(ids), prompt_len, block_size, pad_id)
-
-
-def pad_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-              step_maps: Optional[Sequence[Sequence[int]]], *, pad_id: int,
-              max_gen_length: Optional[int] = None, multiple_of: int = 1) -> dict:
-  """Collates ragged rows: prompts left-padded to L0, responses (cut at max_gen_length)
-  right-padded to L1, step_maps right-padded with -1; both lengths rounded up to
-  ``multiple_of`` (e.g. the block size). Returns prompt_ids [B, L0], response_ids
-  [B, L1], step_map [B, L1] (if given), response_len [B]."""
-  if len(prompts) != len(responses) or (step_maps is not None and len(step_maps) != len(prompts)):
-    raise ValueError("prompts, responses and step_maps must have the same number of rows")
-  cap = max_gen_length if max_gen_length is not None else max((len(r) for r in responses),
-                                                                default=0)
-  resp = [list(r)[:cap] for r in responses]
-  if step_maps is not None:
-    for i, (r, s) in enumerate(zip(responses, step_maps)):
-      if len(s) != len(r):
-        raise ValueError(f"row {i}: step_map length {len(s)} != response length {len(r)}")
-      if len(s) and not np.issubdtype(np.asarray(s).dtype, np.integer):
-        raise ValueError(f"row {i}: step_map must hold integers, got {np.asarray(s).dtype}")
-  up = lambda x: -(-x // multiple_of) * multiple_of
-  l0 = up(max((len(p) for p in prompts), default=0))
-  l1 = up(max((len(r) for r in resp), default=0))
-  b = len(prompts)
-  prompt_ids = np.full((b, l0), pad_id, np.int32)
-  response_ids = np.full((b, l1), pad_id, np.int32)
-  step_map = np.full((b, l1), -1, np.int32)
-  for i in range(b):  # one slice copy per row
-    if len(prompts[i]):
-      prompt_ids[i, l0 - len(prompts[i]):] = prompts[i]
-    response_ids[i, : len(resp[i])] = resp[i]
-    if step_maps is not None:
-      step_map[i, : len(resp[i])] = list(step_maps[i])[: len(resp[i])]
-  out = dict(prompt_ids=prompt_ids, response_ids=response_ids,
-             response_len=np.array([len(r) for r in resp], np.int64))
-  if step_maps is not None:
-    out["step_map"] = step_map
-  return out

@@ -1,4 +1,4 @@
-"""T3D losses (t3d-method.md §3) and the masked-diffusion cross-entropy for pretraining.
+"""T3D losses (docs/method.md §3): DDO, the path loss, and their total from two forwards.
 
 Pure jnp, jit-compatible. Log-softmax is always taken in float32 (logits may be bf16):
 log p(y) = logits[y] - logsumexp(logits) with both terms in float32, so no full
@@ -22,7 +22,9 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from t3d_jax.config_base import dataclass_from_config
+from t3d_jax.settings import dataclass_from_config
+from t3d_jax.train.logprobs import (batch_mean, log_normalizer, masked_mean,  # noqa: F401
+                                    masked_mean_logp, token_logprobs)
 
 Array = jax.Array
 
@@ -60,41 +62,6 @@ def loss_rows(logits: Array, prompt_len: int) -> Array:
   if prompt_len + 2 * response_len != logits.shape[1]:
     raise ValueError(f"length {logits.shape[1]} is not prompt_len + 2*L1 (prompt_len={prompt_len})")
   return jnp.concatenate([logits[:, :prompt_len], logits[:, prompt_len + response_len:]], axis=1)
-
-
-def log_normalizer(logits: Array) -> Array:
-  """logsumexp over the vocabulary in float32: [B, T, V] -> [B, T]."""
-  return jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
-
-
-def token_logprobs(logits: Array, targets: Array, lse: Optional[Array] = None) -> Array:
-  """float32 log softmax(logits)[targets]: [B, T, V], [B, T] -> [B, T]."""
-  if lse is None:
-    lse = log_normalizer(logits)
-  picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return picked.astype(jnp.float32) - lse
-
-
-def masked_mean(values: Array, mask: Array) -> Array:
-  """Per-row mean of ``values`` over ``mask`` [B, T] -> [B]; 0 for an empty row."""
-  m = mask.astype(jnp.float32)
-  count = m.sum(-1)
-  return jnp.where(count > 0, (values * m).sum(-1) / jnp.maximum(count, 1.0), 0.0)
-
-
-def masked_mean_logp(logits: Array, targets: Array, p_mask: Array,
-                     lse: Optional[Array] = None) -> Array:
-  """Mean masked log-likelihood per example [B]: sum over p_mask of log p(target) / |p_mask|."""
-  return masked_mean(token_logprobs(logits, targets, lse), p_mask)
-
-
-def batch_mean(x: Array, weight: Optional[Array] = None) -> Array:
-  """Mean of per-example values [B], or their weighted mean."""
-  x = x.astype(jnp.float32)
-  if weight is None:
-    return x.mean()
-  w = weight.astype(jnp.float32)
-  return (x * w).sum() / jnp.maximum(w.sum(), 1e-12)
 
 
 def argmax_last(x: Array) -> Array:
@@ -251,26 +218,3 @@ def t3d_loss(target_logits: Array, ref_logits: Array, labels: Array, p_mask: Arr
   total = loss_ddo + cfg.lambda_path * loss_path
   metrics.update(loss_path=loss_path, loss_total=total)
   return total, metrics
-
-
-# ----------------------------------------------------------------------------- pretrain
-
-def diffusion_ce(logits: Array, labels: Array, p_mask: Array, t: Array,
-                 num_eligible: Array) -> Array:
-  """Masked-diffusion cross-entropy per example [B] (the ELBO weighting):
-  sum over p_mask of -log p(label) / t, divided by the number of eligible tokens."""
-  nll = -token_logprobs(logits, labels) * p_mask.astype(jnp.float32)
-  norm = jnp.maximum(num_eligible.astype(jnp.float32), 1.0)
-  return nll.sum(-1) / t.astype(jnp.float32) / norm
-
-
-def pretrain_loss(logits: Array, labels: Array, p_mask: Array, t: Array,
-                  num_eligible: Array, weight: Optional[Array] = None) -> tuple[Array, dict]:
-  """Batch mean of :func:`diffusion_ce`; metrics: loss, masked_nll (unweighted mean
-  negative log-likelihood of the masked tokens per example), mask_frac."""
-  per = diffusion_ce(logits, labels, p_mask, t, num_eligible)
-  loss = batch_mean(per, weight)
-  nll = -masked_mean_logp(logits, labels, p_mask)
-  frac = p_mask.astype(jnp.float32).sum(-1) / jnp.maximum(num_eligible.astype(jnp.float32), 1.0)
-  return loss, dict(loss=loss, masked_nll=batch_mean(nll, weight),
-                    mask_frac=batch_mean(frac, weight))

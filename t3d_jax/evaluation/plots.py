@@ -15,6 +15,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from t3d_jax.fileio import atomic_write_with
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -27,12 +29,7 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: PathLike) -> pathlib.Path:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  fig.savefig(tmp, format="png")
-  os.replace(tmp, path)
-  return path
+  return atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def plot_accuracy_vs_tpf(curves: Mapping[str, Sequence[tuple[float, float]]],

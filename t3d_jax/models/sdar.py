@@ -13,16 +13,16 @@ compile time does not grow with depth. Every param carries logical axis names
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from t3d_jax.dtypes import as_dtype
+from t3d_jax.masks import LayoutMask
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+Array = jax.Array
 
 # What each layer keeps for its backward pass (``SDARConfig.remat``):
 #   none: every intermediate (no recomputation);
@@ -31,12 +31,6 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 #         temporary memory in the T3D step (README, Benchmarks);
 #   full: the layer's input only; the whole layer is recomputed (least memory).
 REMAT = {"none": None, "dots": "dots_saveable", "full": "nothing_saveable"}
-
-
-def as_dtype(name: str):
-  if name not in _DTYPES:
-    raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
-  return _DTYPES[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,32 +63,6 @@ class SDARConfig:
 
   def replace(self, **kw) -> "SDARConfig":
     return dataclasses.replace(self, **kw)
-
-  @classmethod
-  def from_hf(cls, hf: dict[str, Any], **overrides) -> "SDARConfig":
-    """From a transformers config.json dict (Qwen3 or SDAR)."""
-    rope = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if rope_type not in (None, "default"):
-      raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only default RoPE)")
-    theta = hf.get("rope_theta", rope.get("rope_theta", 10_000.0))
-    nh = hf["num_attention_heads"]
-    kw = dict(
-        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
-        num_heads=nh, num_kv_heads=hf.get("num_key_value_heads") or nh,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // nh,
-        rope_theta=float(theta), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        attention_bias=bool(hf.get("attention_bias", False)))
-    kw.update(overrides)
-    return cls(**kw)
-
-  @classmethod
-  def from_json(cls, path, **overrides) -> "SDARConfig":
-    with open(path) as f:
-      return cls.from_hf(json.load(f), **overrides)
 
 
 class KVCache(NamedTuple):
@@ -181,11 +149,11 @@ def _attend_noisy(q: Array, k: Array, v: Array, mask: Array, block: int) -> Arra
 
 
 class Attention(nn.Module):
-  """``context_len`` > 0 (static, no cache): the mask is known to let rows before it see
-  only keys before it, and each later (noisy) row only the keys before it and those
-  of its own block of ``noisy_block`` rows (counted from context_len; 0: any later
-  key). The score blocks that the mask hides entirely are then not computed; the
-  result is the same. Every row must see at least one key."""
+  """``context_len`` > 0 (static, no cache; from a :class:`t3d_jax.masks.LayoutMask`):
+  the mask is known to let rows before it see only keys before it, and each later
+  (noisy) row only the keys before it and those of its own block of ``noisy_block``
+  rows (counted from context_len). The score blocks that the mask hides entirely are
+  then not computed; the result is the same. Every row must see at least one key."""
   cfg: SDARConfig
   context_len: int = 0
   noisy_block: int = 0
@@ -221,8 +189,7 @@ class Attention(nn.Module):
     q = q.reshape(b, t, cfg.num_kv_heads, g, d)
     c = self.context_len
     if c and cache_kv is None and c < t:
-      noisy = (_attend_noisy(q[:, c:], k, v, mask[:, c:], self.noisy_block)
-               if self.noisy_block else _attend(q[:, c:], k, v, mask[:, c:]))
+      noisy = _attend_noisy(q[:, c:], k, v, mask[:, c:], self.noisy_block)
       out = jnp.concatenate([_attend(q[:, :c], k[:, :c], v[:, :c], mask[:, :c, :c]), noisy], 1)
     else:
       out = _attend(q, k, v, mask)
@@ -271,15 +238,23 @@ class SDAR(nn.Module):
 
   @nn.compact
   def __call__(self, ids, mask, positions, cache: Optional[KVCache] = None,
-               logits_start: int = 0, context_len: int = 0, noisy_block: int = 0):
-    """ids [B, T] int; mask [B, T, S+T] (or [T, S+T]) bool; positions [B, T].
+               logits_start: int = 0):
+    """ids [B, T] int; mask [B, T, S+T] (or [T, S+T]) bool, or a
+    :class:`t3d_jax.masks.LayoutMask` (no cache); positions [B, T].
 
     Without a cache S = 0. Returns (logits [B, T - logits_start, V] of the rows from
     ``logits_start`` on, KVCache of the T new tokens). A static ``logits_start`` skips
-    the head for rows whose logits are not needed (prefill, a fused commit block).
-    ``context_len``/``noisy_block``: a mask layout hint (see :class:`Attention`).
+    the head for rows whose logits are not needed (prefill, a fused commit block). A
+    LayoutMask lets attention skip the score blocks its layout hides (see
+    :class:`Attention`).
     """
     cfg = self.cfg
+    context_len = noisy_block = 0
+    if isinstance(mask, LayoutMask):
+      if cache is not None or mask.dense.shape[-2] != ids.shape[1]:
+        raise ValueError(f"a LayoutMask needs no cache and {ids.shape[1]} rows, got "
+                         f"{mask.dense.shape} with cache={cache is not None}")
+      mask, context_len, noisy_block = mask.dense, mask.context_len, mask.noisy_block
     dtype = as_dtype(cfg.dtype)
     if mask.ndim == 2:
       mask = jnp.broadcast_to(mask, (ids.shape[0],) + mask.shape)
@@ -321,17 +296,15 @@ def logical_axes(cfg: SDARConfig):
   return nn.get_partition_spec(abstract_params(cfg))
 
 
-def forward(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
-            logits_start: int = 0, context_len: int = 0, noisy_block: int = 0) -> Array:
+def forward(params, cfg: SDARConfig, ids: Array, mask, positions: Array,
+            logits_start: int = 0) -> Array:
   """Logits [B, T - logits_start, V] for ids [B, T] under a bool mask [B, T, T] (True =
   may attend) and position ids [B, T]. Logit i scores the token at position i; a static
   ``logits_start`` skips the final norm and head for the rows before it.
 
-  ``context_len`` > 0 promises the [context | noisy] mask layout of T3D training (rows
-  before context_len see only keys before it; a later row sees those and the keys of
-  its own ``noisy_block``-row block), so attention skips the hidden score blocks."""
-  return SDAR(cfg).apply({"params": params}, ids, mask, positions, None, logits_start,
-                         context_len, noisy_block)[0]
+  ``mask`` may be the :class:`t3d_jax.masks.LayoutMask` of a T3D training layout
+  (``TrainingLayout.attention``): attention then skips the score blocks it hides."""
+  return SDAR(cfg).apply({"params": params}, ids, mask, positions, None, logits_start)[0]
 
 
 def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,

@@ -7,10 +7,10 @@ import jax
 
 from absl import logging
 
-from t3d_jax.config_base import model_dir
+from t3d_jax.settings import model_dir
 from t3d_jax.errors import InputError
 from t3d_jax.convert import convert_hf_to_model_dir
-from t3d_jax.parallel import barrier
+from t3d_jax.distributed import barrier
 
 
 def run(config) -> None:

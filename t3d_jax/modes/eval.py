@@ -27,7 +27,7 @@ tokens/s = generated tokens / seconds of the decoding calls (each batch shape co
 ahead of time, so compilation is excluded; it is reported as ``compile_s``).
 
 With several processes each one loads the whole model and decodes its share of the
-batches (t3d_jax.evaluation.decode.decode_shared); the results are all-gathered, and
+batches (t3d_jax.sampling.batched.decode); the results are all-gathered, and
 only process 0 writes, so the files equal a single process's (tokens/s then counts all
 processes' tokens over the slowest one's decoding time). Process 0 decides which
 finished (model, setting) pairs are reused and tells the others.
@@ -46,12 +46,15 @@ from tqdm import tqdm
 
 from t3d_jax.data.jsonl import count_rows, write_json_atomic, write_jsonl_atomic
 from t3d_jax.errors import InputError
-from t3d_jax.evaluation import decode as dec
+from t3d_jax.convert import load_model
+from t3d_jax.data import tokenizer as tok_lib
+from t3d_jax.data.datasets import load_rows
 from t3d_jax.evaluation.metrics import aup, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
-from t3d_jax.config_base import expand, fingerprint
+from t3d_jax.settings import expand, fingerprint
+from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
 from t3d_jax.tasks import grade_response
-from t3d_jax.parallel import broadcast_from_main
+from t3d_jax.distributed import broadcast_from_main
 
 SHORT = {"sequential": "seq", "low_confidence_static": "static",
          "low_confidence_dynamic": "dynamic", "entropy_bounded": "entropy"}
@@ -75,7 +78,7 @@ class Setting:
 
 def parse_models(config) -> list[tuple[str, str]]:
   """``eval.models`` entries 'name=path' (or a bare path, named by its basename)."""
-  from t3d_jax.config_base import model_dir
+  from t3d_jax.settings import model_dir
   entries = list(config.eval.models) or [f"model={model_dir(config)}"]
   out, seen = [], set()
   for e in entries:
@@ -120,9 +123,10 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
   def progress(k):
     bar.update(base + k - bar.n)
 
-  results, stats = dec.timed_decode(model.params, model.cfg, prompt_ids, dcfg, rng,
-                                    batch_size=d.batch_size, width_multiple=d.width_multiple,
-                                    mesh=dec.data_mesh(d), progress=progress)
+  stats = DecodeStats()  # compilation kept out of the timing
+  results = batched.decode(model.params, model.cfg, prompt_ids, dcfg, rng,
+                           batch_size=d.batch_size, width_multiple=d.width_multiple,
+                           mesh=batched.decode_mesh(d), progress=progress, stats=stats)
   if not main:
     return None, None
   t0 = time.perf_counter()
@@ -178,7 +182,7 @@ def run(config) -> None:
   out = Path(e.output_dir or Path(config.workdir) / "eval")
   models = parse_models(config)
   settings = parse_settings(config)
-  questions = dec.load_rows(e, config.workdir or str(out))
+  questions = load_rows(e, config.workdir or str(out))
   multi = len(set(s.strategy for s in settings)) > 1
   main = jax.process_index() == 0
   n = len(questions)
@@ -187,13 +191,14 @@ def run(config) -> None:
   bar = tqdm(total=n * len(models) * len(settings), desc="eval", unit="seq", disable=not main)
   try:
     for name, path in models:
-      model = dec.load_model(path, name, config.tokenizer_dir, config.model.param_dtype,
-                             config.model.dtype)
-      base_dcfg = dec.decode_config(d, model.ids)
-      prompts, prompt_ids = dec.build_prompts(model.tokenizer, questions,
-                                              config.prompt_template, base_dcfg, e.data)
+      model = load_model(path, name, config.tokenizer_dir, config.model.param_dtype,
+                         config.model.dtype)
+      base_dcfg = DecodeConfig.from_config(d, model.ids)
+      prompts, prompt_ids = tok_lib.build_prompts(model.tokenizer, questions,
+                                                  config.prompt_template, e.data, base_dcfg)
       for s in settings:
-        dcfg = dec.decode_config(d, model.ids, strategy=s.strategy, denoising_steps=s.steps)
+        dcfg = DecodeConfig.from_config(d, model.ids, strategy=s.strategy,
+                                        denoising_steps=s.steps)
         fp = fingerprint(dict(model=os.path.abspath(path), data=e.data, limit=e.limit,
                           fields=(e.question_field, e.answer_field), n=n,
                           decode=dataclasses.asdict(dcfg), batch_size=d.batch_size,

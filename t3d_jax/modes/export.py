@@ -7,9 +7,9 @@ import jax
 
 from absl import logging
 
-from t3d_jax.config_base import model_dir, parse_size
+from t3d_jax.settings import model_dir, parse_size
 from t3d_jax.convert import export_model_dir_to_hf, load_params
-from t3d_jax.parallel import barrier
+from t3d_jax.distributed import barrier
 
 
 def run(config) -> None:

@@ -19,7 +19,7 @@ is the last \\boxed{} content ('' when none).
 
 Batching and resume. Questions are processed in chunks of ``rollout.chunk_prompts``; in
 a chunk the (question, sample) sequences are sorted by prompt length into batches of
-``decode.batch_size`` (t3d_jax.sampling.rollout), and the chunk's rows are appended in
+``decode.batch_size`` (t3d_jax.sampling.batched), and the chunk's rows are appended in
 input order when it finishes. Chunk c is decoded with ``fold_in(key(seed), c)`` (batch
 b of the chunk with a further ``fold_in(., b)``), so the samples depend only on the data,
 the settings and the seed: rerunning the same command skips the rows already written
@@ -48,10 +48,13 @@ import jax
 from absl import logging
 from tqdm import tqdm
 
-from t3d_jax.config_base import expand, fingerprint as config_fingerprint, model_dir
+from t3d_jax.settings import expand, fingerprint as config_fingerprint, model_dir
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError
-from t3d_jax.evaluation import decode as dec
+from t3d_jax.convert import load_model
+from t3d_jax.data import tokenizer as tok_lib
+from t3d_jax.data.datasets import load_rows
+from t3d_jax.sampling import DecodeConfig, batched
 from t3d_jax.tasks import extract
 
 
@@ -91,7 +94,7 @@ def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
 def _open_output(out: Path, meta: Path, fp: dict, overwrite: bool, n: int, main: bool):
   """Process 0 checks / records the settings and opens the output; every process gets its
   row count (the rows to skip). Returns (writer or None, rows done)."""
-  from t3d_jax.parallel import broadcast_from_main
+  from t3d_jax.distributed import broadcast_from_main
   writer, done = None, -1
   try:
     if main:
@@ -130,7 +133,7 @@ def plot_trajectories(out: Path, png: Path, prompt_ids, dcfg, k: int) -> None:
     if len(maps) >= k:
       break
     i = int(obj["index"])
-    tail = dec.prompt_tail(len(prompt_ids[i]), dcfg)
+    tail = dcfg.prompt_tail(len(prompt_ids[i]))
     maps.append([0] * tail + list(obj["step_map"][0]))
     titles.append(f"row {i} ({obj['response_length'][0]} tok)")
   if maps:
@@ -138,8 +141,6 @@ def plot_trajectories(out: Path, png: Path, prompt_ids, dcfg, k: int) -> None:
 
 
 def run(config) -> None:
-  from t3d_jax.sampling.config import DecodeError
-
   r, d = config.rollout, config.decode
   if not config.workdir:
     raise InputError("rollout mode needs --config.workdir")
@@ -150,13 +151,13 @@ def run(config) -> None:
     if value < 1:
       raise InputError(f"config {key} must be >= 1, got {value}")
   src = model_dir(config)
-  model = dec.load_model(src, "teacher", config.tokenizer_dir, config.model.param_dtype,
-                         config.model.dtype)
-  dcfg = dec.decode_config(d, model.ids)
-  mesh = dec.data_mesh(d)
-  questions = dec.load_rows(r, config.workdir)
-  prompts, prompt_ids = dec.build_prompts(model.tokenizer, questions, config.prompt_template,
-                                          dcfg, r.data)
+  model = load_model(src, "teacher", config.tokenizer_dir, config.model.param_dtype,
+                     config.model.dtype)
+  dcfg = DecodeConfig.from_config(d, model.ids)
+  mesh = batched.decode_mesh(d)
+  questions = load_rows(r, config.workdir)
+  prompts, prompt_ids = tok_lib.build_prompts(model.tokenizer, questions,
+                                              config.prompt_template, r.data, dcfg)
   out, meta, png = _paths(config)
   main = jax.process_index() == 0
   n, ns = len(questions), r.num_samples
@@ -180,12 +181,10 @@ def run(config) -> None:
       def progress(k, base=base, first=max(0, done - start) * ns):
         bar.update(max(0, base + max(0, k - first) - bar.n))
 
-      try:  # collective: every process decodes its batches, every one gets all results
-        res = dec.decode_shared(model.params, model.cfg, seqs, dcfg, jax.random.fold_in(key, c),
-                                batch_size=d.batch_size, width_multiple=d.width_multiple,
-                                mesh=mesh, progress=progress)
-      except DecodeError as e:
-        raise InputError(f"rollout: {e}") from None
+      # collective: every process decodes its batches, every one gets all results
+      res = batched.decode(model.params, model.cfg, seqs, dcfg, jax.random.fold_in(key, c),
+                           batch_size=d.batch_size, width_multiple=d.width_multiple,
+                           mesh=mesh, progress=progress)
       for j, i in enumerate(range(start, stop)):
         if i < done:
           continue

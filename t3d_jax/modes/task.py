@@ -9,13 +9,13 @@ a rerun with files present keeps them (the pipeline's config check guards the se
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from absl import logging
 
 from t3d_jax.data.jsonl import write_jsonl_atomic
 from t3d_jax.errors import InputError
+from t3d_jax.fileio import atomic_dir
 
 
 def paths(workdir) -> dict:
@@ -32,7 +32,7 @@ def run(config) -> None:
   if not config.workdir:
     raise InputError("task mode needs --config.workdir")
   import jax
-  from t3d_jax.parallel import barrier
+  from t3d_jax.distributed import barrier
   p = paths(config.workdir)
   if jax.process_index() == 0:  # one writer; the others wait for the files
     if (p["train"].is_file() and p["test"].is_file()
@@ -53,11 +53,8 @@ def _write(config, p: dict) -> None:
     raise InputError(f"config task: {e}") from None
   write_jsonl_atomic(p["train"], train)
   write_jsonl_atomic(p["test"], test)
-  tmp = p["tokenizer"].with_name(p["tokenizer"].name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  words.build_tokenizer(tmp)
-  shutil.rmtree(p["tokenizer"], ignore_errors=True)
-  tmp.rename(p["tokenizer"])
+  with atomic_dir(p["tokenizer"]) as tmp:
+    words.build_tokenizer(tmp)
   print(f"[task] words: {len(train)} train / {len(test)} test rows in {p['train'].parent}, "
         f"tokenizer in {p['tokenizer']}", flush=True)
   logging.info("task data written under %s", config.workdir)

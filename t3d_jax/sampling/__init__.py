@@ -1,9 +1,11 @@
 """Block-diffusion sampling: decoding config, logits processing, transfer strategies,
-the jitted block loop (``generate`` / ``make_generate``) and rollout batching."""
+the jitted block loop (``generate`` / ``make_generate``) and batched, multi-process
+decoding of many prompts (``decode``)."""
+from t3d_jax.sampling.batched import DecodeStats, decode, decode_part
 from t3d_jax.sampling.config import (COMMIT_MODES, PROMPT_MODES, STRATEGIES, DecodeConfig,
                                      DecodeError, transfer_schedule)
-from t3d_jax.sampling.rollout import rollout
 from t3d_jax.sampling.sampler import generate, make_generate
 
 __all__ = ["COMMIT_MODES", "PROMPT_MODES", "STRATEGIES", "DecodeConfig", "DecodeError",
-           "generate", "make_generate", "rollout", "transfer_schedule"]
+           "DecodeStats", "decode", "decode_part", "generate", "make_generate",
+           "transfer_schedule"]

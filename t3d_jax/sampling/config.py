@@ -1,7 +1,7 @@
 """DecodeConfig: every knob of block-diffusion decoding, plus input validation.
 
 A frozen (hashable) dataclass, so it is a static argument of the jitted sampler. The
-semantics follow t3d-method.md §1 with the t3d_jax defaults of §6.
+semantics follow docs/method.md §1 with the t3d_jax defaults of §6.
 """
 from __future__ import annotations
 
@@ -10,13 +10,29 @@ from typing import Optional
 
 import numpy as np
 
-STRATEGIES = ("sequential", "low_confidence_static", "low_confidence_dynamic",
-              "entropy_bounded")
+from t3d_jax.errors import InputError
+from t3d_jax.sampling import strategies
+
+STRATEGIES = tuple(strategies.STRATEGIES)  # the names; the functions: strategies.py
 PROMPT_MODES = ("engine", "aligned")
 COMMIT_MODES = ("separate", "fused")
 
 
-class DecodeError(ValueError):
+# ``config.decode`` (t3d_jax/config_base.py) is generated from DecodeConfig's fields but
+# these, which come from the tokenizer (DecodeConfig.from_config) ...
+TOKENIZER_FIELDS = ("mask_id", "stop_ids", "pad_id")
+# ... with these defaults of the rollout and eval modes where they differ from the
+# library's (greedy, 128 tokens): the released teacher setting (docs/method.md §1, §6)
+# at a CPU-sized length (the release decodes 2000 tokens); max_length 0 = none ...
+CONFIG_OVERRIDES = dict(temperature=0.1, max_new_tokens=256, max_length=0)
+# ... plus the keys that batch the decoding (t3d_jax/sampling/batched.py).
+BATCHING_DEFAULTS = dict(batch_size=8,          # sequences per decoding call
+                         data_parallel=False,   # shard each batch over this host's devices
+                         width_multiple=64,     # prompt widths rounded up to this
+                         extra_stop_ids=())     # added to EOS/<|im_end|>/<|endoftext|>
+
+
+class DecodeError(InputError):
   """Bad decoding configuration or input; the message names the offending field."""
 
 
@@ -73,6 +89,27 @@ class DecodeConfig:
 
   def replace(self, **kw) -> "DecodeConfig":
     return dataclasses.replace(self, **kw)
+
+  @classmethod
+  def from_config(cls, dc, ids, **overrides) -> "DecodeConfig":
+    """From the ``config.decode`` section and a tokenizer's special ids (stop ids: EOS
+    plus <|im_end|>/<|endoftext|> where present, plus ``dc.extra_stop_ids``); ``0`` for
+    ``max_length`` means none. Validated: a bad value is a DecodeError naming the key."""
+    stops = tuple(ids.stop_ids) + tuple(int(t) for t in dc.extra_stop_ids
+                                        if int(t) not in ids.stop_ids)
+    kw = {f.name: dc[f.name] for f in dataclasses.fields(cls)
+          if f.name not in TOKENIZER_FIELDS}
+    kw.update(mask_id=ids.mask_id, stop_ids=stops, pad_id=ids.pad_id,
+              max_length=dc.max_length or None)
+    kw.update(overrides)
+    try:
+      return cls(**kw).validate(ids.vocab_size)
+    except DecodeError as e:
+      raise DecodeError(f"config.decode: {e}") from None
+
+  def prompt_tail(self, prompt_len: int) -> int:
+    """Prompt tokens that sit in the first generated block (engine prompt mode)."""
+    return prompt_len % self.block_size if self.prompt_mode == "engine" else 0
 
   @property
   def pad(self) -> int:

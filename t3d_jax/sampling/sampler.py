@@ -11,10 +11,15 @@ shapes stay static; a finished row keeps riding along without changing its outpu
   prompt_mode 'aligned': the whole prompt is prefilled, staircase blocks aligned to its
     end; block 0 is all masks.
 
-Per block: an on-device ``while_loop`` of at most s denoising steps (each one forward of
-the block against the cache), then the cut (stop ids, max_new_tokens) and the commit:
-'separate' runs one more forward of the final block to write its KV; 'fused' defers
-that write to the next block's first step, whose query is [finished block | new block].
+Per block (:func:`_block_body`): :func:`denoise_block`, an on-device ``while_loop`` of
+at most s :func:`_denoise_step` (one forward of the block against the cache, then the
+strategy's reveal), then :func:`finish_block`: the cut (stop ids, max_new_tokens) and
+the :func:`_commit`: 'separate' runs one more forward of the final block to write its KV;
+'fused' defers that write to the next block's first step, whose query is [finished block
+| new block]. The loop carries are typed pytrees (:class:`BlockState`, :class:`StepState`)
+and the per-call constants a :class:`Context`, all passed explicitly. The forward is a
+callable argument of the steps, so the no-cache baseline (t3d_jax.bench.naive_decode)
+reuses them.
 
 Outputs: ids [B, max_new] (pad_id past each length), step_map [B, max_new] (1-based
 global denoising step of each token's first reveal, 0 past the length), lengths [B],
@@ -24,20 +29,60 @@ prefill is not counted, and no commit is run after a row's final block).
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t3d_jax import masks
-from t3d_jax.models.sdar import KVCache, SDARConfig, forward, forward_with_cache, write_cache
+from t3d_jax.models.sdar import KVCache, SDARConfig, forward_with_cache, write_cache
 from t3d_jax.sampling import logits as logits_lib
 from t3d_jax.sampling import strategies
 from t3d_jax.sampling.config import (DecodeConfig, DecodeError, cache_length, check_inputs,
                                      transfer_schedule)
 
 Array = jax.Array
+
+
+class Context(struct.PyTreeNode):
+  """Per-call constants of one decode, passed explicitly to the step functions."""
+  rng: Array
+  first: Array       # [B] start of block 0 (prefilled length)
+  plen: Array        # [B] prompt lengths
+  offset: Array      # [B] staircase alignment of the prompt
+  sched: Array       # [s] tokens to reveal per step
+  stop_ids: Array    # [n_stop]
+  j: Array           # [1, b] positions within a block
+  fused: bool = struct.field(pytree_node=False)
+
+
+class BlockState(struct.PyTreeNode):
+  """Carry of the block loop. Fields in sorted order: the while_loop carry (and so the
+  compiled program) is the same as that of the dict this replaced."""
+  block: Array       # [B, b] block k (masks and revealed tokens)
+  cache: Any         # KVCache (the naive baseline: the token buffer [B, S])
+  done: Array        # [B] row finished (stop id or max_new_tokens)
+  k: Array           # block index
+  length: Array      # [B] tokens kept so far
+  masked: Array      # [B, b] still a mask in block k
+  nfe: Array         # [B] forwards run
+  out_ids: Array     # [B, max_new + 2b]: column b + g holds generated token g
+  out_steps: Array   # [B, max_new + 2b]
+  prev: Array        # [B, b] block k - 1 (its KV is written by the fused first step)
+  steps: Array       # [B] denoising steps run
+
+
+class StepState(struct.PyTreeNode):
+  """Carry of one block's denoising loop."""
+  t: Array           # step within the block
+  block: Array
+  masked: Array
+  bsteps: Array      # [B, b] global step of each position's reveal
+  steps: Array
+  nfe: Array
+  cache: Any
 
 
 def prompt_layout(dcfg: DecodeConfig, prompt_lens: Array):
@@ -86,21 +131,17 @@ def _fused_forward(params, cfg, prev, block, start, cache):
   return logits, write_cache(cache, kv, start - b, count=b)
 
 
-def _recompute_forward(params, cfg, dcfg, block, start, seq, offset):
-  """Naive baseline: write the block into the full sequence and recompute everything
-  (staircase mask, keys < start + b); return the block's logits."""
-  bsz, b = block.shape
-  size = seq.shape[1]
-  seq = _scatter_rows(seq, block, start, jnp.ones((bsz,), bool))
-  stair = jax.vmap(lambda o: masks.staircase_mask(size, b, o))(offset)
-  mask = stair & (jnp.arange(size)[None, :] < (start + b)[:, None])[:, None, :]
-  pos = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), (bsz, size))
-  logits = forward(params, cfg, seq, mask, pos)
-  idx = start[:, None] + jnp.arange(b, dtype=jnp.int32)[None, :]
-  return jnp.take_along_axis(logits, idx[:, :, None], axis=1)
+def _step_logits(params, cfg, ctx: Context, blk: BlockState, start, st: StepState):
+  """The block's logits at step st.t and the cache after it: with the fused commit, the
+  first step of blocks k > 0 also writes the previous block's KV."""
+  plain = lambda c: (_block_forward(params, cfg, st.block, start, c)[0], c)  # writes no KV
+  if not ctx.fused:
+    return plain(st.cache)
+  fused = functools.partial(_fused_forward, params, cfg, blk.prev, st.block, start)
+  return jax.lax.cond((st.t == 0) & (blk.k > 0), fused, plain, st.cache)
 
 
-def _scatter_rows(buf: Array, window: Array, offset: Array, write: Array) -> Array:
+def scatter_rows(buf: Array, window: Array, offset: Array, write: Array) -> Array:
   """buf[r, offset[r] + j] = window[r, j] for rows with write[r] (no index clamping)."""
   col = jnp.arange(buf.shape[1])[None, :] - offset[:, None]
   inside = (col >= 0) & (col < window.shape[1]) & write[:, None]
@@ -108,25 +149,11 @@ def _scatter_rows(buf: Array, window: Array, offset: Array, write: Array) -> Arr
   return jnp.where(inside, vals, buf)
 
 
-def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
-              cfg: SDARConfig, dcfg: DecodeConfig, recompute: bool = False) -> dict:
-  """Traceable core of :func:`generate` (see the module docstring).
-
-  ``recompute=True`` is the naive baseline: no KV cache; each step reruns the whole
-  sequence buffer [B, cache_length] (the "cache" slot of the loop state holds that
-  buffer), and committing costs no forward. Same results, for benchmarks."""
+def init_state(dcfg: DecodeConfig, prompt_ids, plen, first, offset, rng, cache, *,
+               fused: bool):
+  """(Context, BlockState before block 0); block 0 holds the engine-mode prompt tail."""
   bsz, width = prompt_ids.shape
-  b, s, n_new = dcfg.block_size, dcfg.denoising_steps, dcfg.max_new_tokens
-  prompt_ids = prompt_ids.astype(jnp.int32)
-  plen = prompt_lens.astype(jnp.int32)
-  first, offset = prompt_layout(dcfg, plen)
-  size = cache_length(dcfg, width)
-  if recompute:
-    cache = jnp.zeros((bsz, size), jnp.int32).at[:, :width].set(prompt_ids)
-  else:
-    cache = _prefill(params, cfg, dcfg, prompt_ids, first, offset,
-                     KVCache.zeros(cfg, bsz, size))
-
+  b = dcfg.block_size
   j = jnp.arange(b, dtype=jnp.int32)[None, :]
   from_prompt = (first[:, None] + j) < plen[:, None]                        # engine tail
   if width:
@@ -134,98 +161,135 @@ def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
   else:
     tail = jnp.zeros((bsz, b), jnp.int32)
   block0 = jnp.where(from_prompt, tail, dcfg.mask_id)
-  sched = jnp.asarray(transfer_schedule(b, s))
-  stop_ids = jnp.asarray(dcfg.stop_ids, jnp.int32)
-  n_blocks = -(-(n_new + b - 1) // b)                                      # static bound
-  fused = dcfg.commit_mode == "fused" and not recompute
+  ctx = Context(rng=rng, first=first, plen=plen, offset=offset, j=j, fused=fused,
+                sched=jnp.asarray(transfer_schedule(b, dcfg.denoising_steps)),
+                stop_ids=jnp.asarray(dcfg.stop_ids, jnp.int32))
   zeros = jnp.zeros((bsz,), jnp.int32)
-  buf_w = n_new + 2 * b                  # out buffer: column b + g holds generated token g
-
-  def denoise_block(k, start, block, masked, steps, nfe, done, prev, cache):
-    def cond(c):
-      t, _, masked, *_ = c
-      return (t < s) & jnp.any(~done[:, None] & masked)
-
-    def body(c):
-      t, block, masked, bsteps, steps, nfe, cache = c
-      active = ~done & jnp.any(masked, axis=-1)
-      if recompute:
-        logits = _recompute_forward(params, cfg, dcfg, block, start, cache, offset)
-      elif fused:
-        logits, cache = jax.lax.cond(
-            (t == 0) & (k > 0),
-            lambda c_: _fused_forward(params, cfg, prev, block, start, c_),
-            lambda c_: (_block_forward(params, cfg, block, start, c_)[0], c_), cache)
-      else:
-        logits = _block_forward(params, cfg, block, start, cache)[0]
-      key = jax.random.fold_in(jax.random.fold_in(rng, k), t)
-      x0, conf, ent = logits_lib.choose_tokens(
-          logits, key, dcfg.temperature, dcfg.top_k, dcfg.top_p,
-          with_entropy=dcfg.strategy == "entropy_bounded")
-      n = jnp.minimum(sched[t], jnp.sum(masked, axis=-1))
-      transfer = strategies.select(dcfg.strategy, masked, conf, ent, n,
-                                   threshold=dcfg.threshold, bound=dcfg.entropy_bound)
-      if dcfg.reveal_all_on_last_step:
-        transfer = jnp.where(t == s - 1, masked, transfer)
-      transfer &= active[:, None]
-      block = jnp.where(transfer, x0, block)
-      bsteps = jnp.where(transfer, steps[:, None] + 1, bsteps)
-      act = active.astype(jnp.int32)
-      return t + 1, block, masked & ~transfer, bsteps, steps + act, nfe + act, cache
-
-    init = (jnp.int32(0), block, masked, jnp.zeros((bsz, b), jnp.int32), steps, nfe, cache)
-    _, block, _, bsteps, steps, nfe, cache = jax.lax.while_loop(cond, body, init)
-    return block, bsteps, steps, nfe, cache
-
-  def block_body(st):
-    k = st["k"]
-    start = first + k * b
-    block, bsteps, steps, nfe, cache = denoise_block(
-        k, start, st["block"], st["masked"], st["steps"], st["nfe"], st["done"], st["prev"],
-        st["cache"])
-    done = st["done"]
-    gen = start[:, None] + j - plen[:, None]                               # generated index
-    in_range = (gen >= 0) & (gen < n_new)
-    is_stop = in_range & jnp.isin(block, stop_ids)
-    first_stop = jnp.where(jnp.any(is_stop, -1), jnp.argmax(is_stop, -1), b)
-    keep = in_range & (j <= first_stop[:, None]) & ~done[:, None]
-    woff = start - plen + b
-    out_ids = _scatter_rows(st["out_ids"], jnp.where(keep, block, dcfg.pad), woff, ~done)
-    out_steps = _scatter_rows(st["out_steps"], jnp.where(keep, bsteps, 0), woff, ~done)
-    length = st["length"] + jnp.sum(keep, axis=-1, dtype=jnp.int32)
-    new_done = done | jnp.any(keep & is_stop, axis=-1) | (length >= n_new)
-    if recompute:
-      cache = _scatter_rows(cache, block, start, ~done)
-    elif not fused:
-      commit = lambda c: write_cache(c, _block_forward(params, cfg, block, start, c)[1], start)
-      cache = jax.lax.cond(jnp.any(~new_done), commit, lambda c: c, cache)
-      nfe = nfe + (~new_done).astype(jnp.int32)
-    return dict(k=k + 1, cache=cache, block=jnp.full((bsz, b), dcfg.mask_id, jnp.int32),
-                masked=jnp.ones((bsz, b), bool), prev=block, out_ids=out_ids,
-                out_steps=out_steps, steps=steps, nfe=nfe, length=length, done=new_done)
-
-  state = dict(k=jnp.int32(0), cache=cache, block=block0, masked=~from_prompt,
-               prev=jnp.zeros((bsz, b), jnp.int32),
-               out_ids=jnp.full((bsz, buf_w), dcfg.pad, jnp.int32),
-               out_steps=jnp.zeros((bsz, buf_w), jnp.int32), steps=zeros, nfe=zeros,
-               length=zeros, done=jnp.zeros((bsz,), bool))
-  state = jax.lax.while_loop(lambda st: (st["k"] < n_blocks) & jnp.any(~st["done"]),
-                             block_body, state)
-  return dict(ids=state["out_ids"][:, b:b + n_new],
-              step_map=state["out_steps"][:, b:b + n_new],
-              lengths=state["length"], nfe=state["nfe"])
+  buf_w = dcfg.max_new_tokens + 2 * b
+  blk = BlockState(k=jnp.int32(0), cache=cache, block=block0, masked=~from_prompt,
+                   prev=jnp.zeros((bsz, b), jnp.int32),
+                   out_ids=jnp.full((bsz, buf_w), dcfg.pad, jnp.int32),
+                   out_steps=jnp.zeros((bsz, buf_w), jnp.int32), steps=zeros, nfe=zeros,
+                   length=zeros, done=jnp.zeros((bsz,), bool))
+  return ctx, blk
 
 
-def make_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh] = None,
-                  data_axis: str = "data", param_sharding=None, recompute: bool = False):
-  """Compile-once decoder ``fn(params, prompt_ids [B, P], prompt_lens [B], rng) -> dict``.
+def _denoise_step(dcfg: DecodeConfig, ctx: Context, blk: BlockState, logits_fn: Callable,
+                  st: StepState) -> StepState:
+  """One step: forward (``logits_fn(st) -> (logits, cache)``), draw x0 with key
+  fold_in(fold_in(rng, k), t), reveal the strategy's positions in the active rows."""
+  s = dcfg.denoising_steps
+  active = ~blk.done & jnp.any(st.masked, axis=-1)
+  logits, cache = logits_fn(st)
+  key = jax.random.fold_in(jax.random.fold_in(ctx.rng, blk.k), st.t)
+  x0, conf, ent = logits_lib.choose_tokens(
+      logits, key, dcfg.temperature, dcfg.top_k, dcfg.top_p,
+      with_entropy=dcfg.strategy == "entropy_bounded")
+  n = jnp.minimum(ctx.sched[st.t], jnp.sum(st.masked, axis=-1))
+  transfer = strategies.select(dcfg.strategy, st.masked, conf, ent, n,
+                               threshold=dcfg.threshold, bound=dcfg.entropy_bound)
+  if dcfg.reveal_all_on_last_step:
+    transfer = jnp.where(st.t == s - 1, st.masked, transfer)
+  transfer &= active[:, None]
+  block = jnp.where(transfer, x0, st.block)
+  bsteps = jnp.where(transfer, st.steps[:, None] + 1, st.bsteps)
+  act = active.astype(jnp.int32)
+  return st.replace(t=st.t + 1, block=block, masked=st.masked & ~transfer, bsteps=bsteps,
+                    steps=st.steps + act, nfe=st.nfe + act, cache=cache)
 
-  With ``mesh`` the batch is sharded over ``data_axis`` (B must be a multiple of its
-  size); params are replicated unless ``param_sharding`` (a sharding or a pytree of
-  them) says otherwise. Inputs are validated eagerly (DecodeError names the problem).
-  ``recompute=True`` builds the naive no-cache baseline instead (benchmarks only)."""
+
+def denoise_block(dcfg: DecodeConfig, ctx: Context, blk: BlockState,
+                  logits_fn: Callable) -> StepState:
+  """Block k's denoising steps, as an on-device while_loop: at most s, and none once
+  no unfinished row has a mask."""
+  more = lambda st: (st.t < dcfg.denoising_steps) & jnp.any(~blk.done[:, None] & st.masked)
+  init = StepState(t=jnp.int32(0), block=blk.block, masked=blk.masked,
+                   bsteps=jnp.zeros(blk.block.shape, jnp.int32), steps=blk.steps,
+                   nfe=blk.nfe, cache=blk.cache)
+  return jax.lax.while_loop(more, functools.partial(_denoise_step, dcfg, ctx, blk, logits_fn),
+                            init)
+
+
+def _commit(params, cfg, ctx: Context, start, st: StepState, done):
+  """(cache, nfe) after block k. 'separate': one forward writes its KV (skipped once
+  every row is done); 'fused' defers that to the next block's first step."""
+  if ctx.fused:
+    return st.cache, st.nfe
+  write = lambda c: write_cache(c, _block_forward(params, cfg, st.block, start, c)[1], start)
+  cache = jax.lax.cond(jnp.any(~done), write, lambda c: c, st.cache)
+  return cache, st.nfe + (~done).astype(jnp.int32)
+
+
+def finish_block(dcfg: DecodeConfig, ctx: Context, blk: BlockState, start, st: StepState,
+                 commit: Callable) -> BlockState:
+  """Keep the denoised block up to its first stop id and max_new_tokens, scatter it into
+  the outputs, ``commit(st, done) -> (cache, nfe)``, and set up block k + 1 (all masks;
+  the finished block becomes prev)."""
+  b, n_new, done = dcfg.block_size, dcfg.max_new_tokens, blk.done
+  block, j = st.block, ctx.j
+  gen = start[:, None] + j - ctx.plen[:, None]                          # generated index
+  in_range = (gen >= 0) & (gen < n_new)
+  is_stop = in_range & jnp.isin(block, ctx.stop_ids)
+  first_stop = jnp.where(jnp.any(is_stop, -1), jnp.argmax(is_stop, -1), b)
+  keep = in_range & (j <= first_stop[:, None]) & ~done[:, None]
+  woff = start - ctx.plen + b
+  out_ids = scatter_rows(blk.out_ids, jnp.where(keep, block, dcfg.pad), woff, ~done)
+  out_steps = scatter_rows(blk.out_steps, jnp.where(keep, st.bsteps, 0), woff, ~done)
+  length = blk.length + jnp.sum(keep, axis=-1, dtype=jnp.int32)
+  new_done = done | jnp.any(keep & is_stop, axis=-1) | (length >= n_new)
+  cache, nfe = commit(st, new_done)
+  return blk.replace(k=blk.k + 1, cache=cache,
+                     block=jnp.full(block.shape, dcfg.mask_id, jnp.int32),
+                     masked=jnp.ones(block.shape, bool), prev=block, out_ids=out_ids,
+                     out_steps=out_steps, steps=st.steps, nfe=nfe, length=length,
+                     done=new_done)
+
+
+def _block_body(params, cfg, dcfg: DecodeConfig, ctx: Context,
+                blk: BlockState) -> BlockState:
+  """Denoise, cut and commit block k."""
+  start = ctx.first + blk.k * dcfg.block_size
+  st = denoise_block(dcfg, ctx, blk,
+                     functools.partial(_step_logits, params, cfg, ctx, blk, start))
+  return finish_block(dcfg, ctx, blk, start, st,
+                      functools.partial(_commit, params, cfg, ctx, start))
+
+
+def blocks_left(dcfg: DecodeConfig, blk: BlockState):
+  """Another block while k < the static bound and a row is unfinished."""
+  n_blocks = -(-(dcfg.max_new_tokens + dcfg.block_size - 1) // dcfg.block_size)
+  return (blk.k < n_blocks) & jnp.any(~blk.done)
+
+
+def decode_outputs(dcfg: DecodeConfig, blk: BlockState) -> dict:
+  """The result dict (see the module docstring) of the final state."""
+  b, n_new = dcfg.block_size, dcfg.max_new_tokens
+  return dict(ids=blk.out_ids[:, b:b + n_new], step_map=blk.out_steps[:, b:b + n_new],
+              lengths=blk.length, nfe=blk.nfe)
+
+
+def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
+              cfg: SDARConfig, dcfg: DecodeConfig) -> dict:
+  """Traceable core of :func:`generate` (see the module docstring)."""
+  bsz, width = prompt_ids.shape
+  prompt_ids = prompt_ids.astype(jnp.int32)
+  plen = prompt_lens.astype(jnp.int32)
+  first, offset = prompt_layout(dcfg, plen)
+  cache = _prefill(params, cfg, dcfg, prompt_ids, first, offset,
+                   KVCache.zeros(cfg, bsz, cache_length(dcfg, width)))
+  ctx, blk = init_state(dcfg, prompt_ids, plen, first, offset, rng, cache,
+                        fused=dcfg.commit_mode == "fused")
+  blk = jax.lax.while_loop(functools.partial(blocks_left, dcfg),
+                           functools.partial(_block_body, params, cfg, dcfg, ctx), blk)
+  return decode_outputs(dcfg, blk)
+
+
+def compile_decoder(core: Callable, cfg: SDARConfig, dcfg: DecodeConfig,
+                    mesh: Optional[Mesh] = None, data_axis: str = "data",
+                    param_sharding=None):
+  """Jit ``core(params, prompt_ids, prompt_lens, rng) -> dict`` behind eager input
+  checks (see :func:`make_generate`); shared with the benchmark's naive decoder."""
   dcfg.validate(cfg.vocab_size)
-  core = functools.partial(_generate, cfg=cfg, dcfg=dcfg, recompute=recompute)
   if mesh is None:
     jitted = jax.jit(core)
     n_data = 1
@@ -249,8 +313,21 @@ def make_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh] = No
   return run
 
 
+def make_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh] = None,
+                  data_axis: str = "data", param_sharding=None):
+  """Compile-once decoder ``fn(params, prompt_ids [B, P], prompt_lens [B], rng) -> dict``.
+
+  With ``mesh`` the batch is sharded over ``data_axis`` (B must be a multiple of its
+  size); params are replicated unless ``param_sharding`` (a sharding or a pytree of
+  them) says otherwise. Inputs are validated eagerly (DecodeError names the problem)."""
+  return compile_decoder(functools.partial(_generate, cfg=cfg, dcfg=dcfg), cfg, dcfg, mesh,
+                         data_axis, param_sharding)
+
+
 @functools.lru_cache(maxsize=32)
-def _cached_generate(cfg, dcfg, mesh, data_axis):
+def cached_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh],
+                    data_axis: str):
+  """:func:`make_generate` memoised per (cfg, dcfg, mesh, data_axis): one jit each."""
   return make_generate(cfg, dcfg, mesh, data_axis)
 
 
@@ -262,4 +339,4 @@ def generate(params, cfg: SDARConfig, prompt_ids, prompt_lens, rng, dcfg: Decode
   row's result is that of decoding its prompt alone. Compiled once per (cfg, dcfg, mesh,
   shapes); use :func:`make_generate` to hold the compiled function yourself."""
   dcfg.validate(cfg.vocab_size)
-  return _cached_generate(cfg, dcfg, mesh, data_axis)(params, prompt_ids, prompt_lens, rng)
+  return cached_generate(cfg, dcfg, mesh, data_axis)(params, prompt_ids, prompt_lens, rng)

@@ -4,8 +4,14 @@ All functions act on one step of a batch of blocks: masked [B, b] bool (True = s
 mask), confidence / entropy [B, b] float, n [B] int (the scheduled count, already clamped
 to the masked count). Ties are broken by position (the lower index wins), so results are
 deterministic and easy to reproduce outside JAX.
+
+:data:`STRATEGIES` maps each strategy name (``DecodeConfig.strategy``) to one function of
+the uniform signature ``(masked, conf, ent, n, *, threshold, bound) -> transfer [B, b]``;
+:func:`select` looks the name up, so a new strategy is one function plus one entry.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,15 +65,28 @@ def entropy_bounded(masked: Array, ent: Array, bound: float) -> Array:
   return masked & (rank < k[:, None])
 
 
+# name -> (masked, conf, ent, n, *, threshold, bound) -> transfer; ent is None unless the
+# strategy is 'entropy_bounded' (the sampler computes entropies only then). The one list
+# of strategy names (t3d_jax.sampling.config.STRATEGIES is its keys).
+STRATEGIES: dict[str, Callable[..., Array]] = {
+    "sequential":
+        lambda masked, conf, ent, n, *, threshold, bound: sequential(masked, n),
+    "low_confidence_static":
+        lambda masked, conf, ent, n, *, threshold, bound: low_confidence_static(
+            masked, conf, n),
+    "low_confidence_dynamic":
+        lambda masked, conf, ent, n, *, threshold, bound: low_confidence_dynamic(
+            masked, conf, n, threshold),
+    "entropy_bounded":
+        lambda masked, conf, ent, n, *, threshold, bound: entropy_bounded(
+            masked, ent, bound),
+}
+
+
 def select(strategy: str, masked: Array, conf: Array, ent, n: Array, *,
            threshold: float, bound: float) -> Array:
-  """Dispatch on the (static) strategy name; returns the transfer mask [B, b]."""
-  if strategy == "sequential":
-    return sequential(masked, n)
-  if strategy == "low_confidence_static":
-    return low_confidence_static(masked, conf, n)
-  if strategy == "low_confidence_dynamic":
-    return low_confidence_dynamic(masked, conf, n, threshold)
-  if strategy == "entropy_bounded":
-    return entropy_bounded(masked, ent, bound)
-  raise ValueError(f"unknown strategy {strategy!r}")
+  """The transfer mask [B, b] of the (static) strategy name, from :data:`STRATEGIES`."""
+  fn = STRATEGIES.get(strategy)
+  if fn is None:
+    raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+  return fn(masked, conf, ent, n, threshold=threshold, bound=bound)

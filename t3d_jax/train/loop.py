@@ -22,7 +22,7 @@ from absl import logging
 from tqdm import tqdm
 
 from t3d_jax import checkpoint
-from t3d_jax.config_base import fingerprint
+from t3d_jax.settings import fingerprint
 from t3d_jax.data.jsonl import JsonlAppender
 from t3d_jax.errors import InputError
 

@@ -1,13 +1,14 @@
-"""Rollout batching: lists of prompt ids in, one trajectory dict per prompt out.
+"""Batched decoding of many prompts: lists of prompt ids in, one result per prompt out.
 
-Pure library code (no file I/O, no tokenizer): the rollout mode reads prompts, tokenizes
-them, calls :func:`rollout` and writes JSONL. Prompts are sorted by length and grouped
-into fixed-size batches (less padding); widths are rounded up to ``width_multiple`` and
-the last batch is filled with copies of a real prompt, so only a few shapes compile.
+Pure library code (no file I/O, no tokenizer): the rollout and eval modes tokenize,
+call :func:`decode` and write JSONL. Prompts are sorted by length and grouped into
+fixed-size batches (less padding); widths are rounded up to ``width_multiple`` and the
+last batch is filled with copies of a real prompt, so only a few shapes compile.
 
-Several processes share one rollout with ``part=(index, count)``: each decodes every
-``count``-th batch, and :func:`pack_results` / :func:`unpack_results` carry the results
-between them as one int32 array (t3d_jax.evaluation.decode.decode_shared gathers them).
+Several processes share one decode: :func:`decode_part` decodes every ``count``-th
+batch, :func:`pack_results` / :func:`unpack_results` carry the results between the
+processes as one int32 array, and :func:`decode` does the whole split (partition,
+all-gather, unpack) so that every process gets every result, equal to one process's.
 """
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
+from absl import logging
+from jax.sharding import Mesh
 
+from t3d_jax import distributed
+from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.sampling.config import DecodeConfig, DecodeError
-from t3d_jax.sampling.sampler import _cached_generate
+from t3d_jax.sampling.sampler import cached_generate
 
 
 @dataclasses.dataclass
@@ -49,7 +54,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], rows: int, width: int):
   return ids, lens
 
 
-def rollout(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig,
+def decode_part(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig,
             rng, *, batch_size: int = 16, width_multiple: int = 64, mesh=None,
             data_axis: str = "data",
             progress: Optional[Callable[[int], None]] = None,
@@ -82,7 +87,7 @@ def rollout(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg: Dec
       if len(p) + dcfg.max_new_tokens > dcfg.max_length:
         raise DecodeError(f"prompt too long: prompt {i} has {len(p)} tokens + max_new_tokens="
                           f"{dcfg.max_new_tokens} > max_length={dcfg.max_length}")
-  run = _cached_generate(cfg, dcfg, mesh, data_axis)  # one jit per setting: chunks reuse it
+  run = cached_generate(cfg, dcfg, mesh, data_axis)  # one jit per setting: chunks reuse it
   compiled: dict = {}  # (width) -> executable, when timing
   results: list[Optional[dict]] = [None] * len(prompts)
   done = 0
@@ -144,3 +149,54 @@ def unpack_results(packed: np.ndarray) -> list[Optional[dict]]:
         response_ids=row[3:3 + n].tolist(), step_map=row[3 + width:3 + width + n].tolist(),
         length=n, nfe=int(row[2])))
   return out
+
+
+def decode(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig, rng, *,
+           batch_size: int, width_multiple: int, mesh=None,
+           progress: Optional[Callable[[int], None]] = None,
+           stats: Optional[DecodeStats] = None) -> list[dict]:
+  """:func:`decode_part` with its batches split over the processes:
+  process p decodes the batches b with ``b % process_count == p`` and every process gets
+  every result (one all-gather), in input order, equal to a one-process rollout (batch b
+  uses ``fold_in(rng, b)`` whichever process decodes it). Every process must call it with
+  the same arguments. ``progress`` sees this process's count times the process count
+  (an estimate) and then the total. With ``stats``: compile_s and decode_s of the
+  slowest process (decode_s is then the wall time of the parallel decode), batches of all."""
+  count, index = jax.process_count(), jax.process_index()
+  kw = dict(batch_size=batch_size, width_multiple=width_multiple, mesh=mesh)
+  if count == 1 or not prompts:
+    return decode_part(params, cfg, prompts, dcfg, rng, progress=progress, stats=stats, **kw)
+  n = len(prompts)
+  mine = DecodeStats()
+  scaled = None if progress is None else (lambda k: progress(min(n, k * count)))
+  local = decode_part(params, cfg, prompts, dcfg, rng, stats=None if stats is None else mine,
+                  progress=scaled, part=(index, count), **kw)
+  everyone = distributed.allgather_host(pack_results(local, dcfg.max_new_tokens))  # [P, n, W]
+  owners = everyone[:, :, 0].sum(0)
+  if not (owners == 1).all():  # a bug, not bad input
+    raise RuntimeError(f"decode: prompts decoded by {sorted(set(owners.tolist()))} "
+                       "processes, expected exactly 1 each")
+  results = unpack_results(everyone[everyone[:, :, 0].argmax(0), np.arange(n)])
+  logging.info("process %d of %d decoded %d of %d sequences", index, count,
+               sum(r is not None for r in local), n)
+  if stats is not None:
+    t = distributed.allgather_host(np.array([mine.compile_s, mine.decode_s, mine.batches],
+                                         np.float32))
+    stats.compile_s += float(t[:, 0].max())
+    stats.decode_s += float(t[:, 1].max())
+    stats.batches += int(t[:, 2].sum())
+  if progress is not None:
+    progress(n)
+  return results
+
+
+def decode_mesh(dc):
+  """With ``decode.data_parallel``: a 1-axis ('data') mesh over this process's devices,
+  each batch split over it (params replicated); else None (one device)."""
+  if not dc.data_parallel:
+    return None
+  devices = jax.local_devices()
+  if dc.batch_size % len(devices):
+    raise InputError(f"config decode.batch_size={dc.batch_size} is not a multiple of the "
+                     f"{len(devices)} local devices (decode.data_parallel=True)")
+  return Mesh(np.array(devices), ("data",))

@@ -1,0 +1,75 @@
+"""Config helpers every layer may use: dataclass sections, {workdir} paths, digests.
+
+The defaults themselves live in the config dataclasses and :func:`t3d_jax.config_base.
+base_config`, which is built from them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+
+from t3d_jax.errors import InputError
+
+
+def dataclass_from_config(cls, cfg, **overrides):
+  """An instance of the dataclass ``cls`` from the same-named keys of a ConfigDict /
+  mapping / object; missing keys keep their defaults, other keys are ignored."""
+  kw = {}
+  for field in dataclasses.fields(cls):
+    if isinstance(cfg, Mapping) or hasattr(cfg, "keys"):
+      if field.name in cfg:
+        kw[field.name] = cfg[field.name]
+    elif hasattr(cfg, field.name):
+      kw[field.name] = getattr(cfg, field.name)
+  kw.update(overrides)
+  try:
+    return cls(**kw)
+  except (TypeError, ValueError) as e:  # a bad value: name the config section and key
+    raise InputError(f"config ({cls.__name__}): {e}") from None
+
+
+def expand_workdir(path: str, workdir: str) -> str:
+  """``path`` with "{workdir}" replaced by ``workdir`` (an error if that is empty)."""
+  path = str(path)
+  if "{workdir}" in path:
+    if not workdir:
+      raise InputError(f"{path!r} uses {{workdir}} but config.workdir is empty")
+    path = path.replace("{workdir}", str(workdir))
+  return path
+
+
+def expand(path: str, config) -> str:
+  """``path`` with "{workdir}" replaced by ``config.workdir``."""
+  return expand_workdir(path, config.workdir)
+
+
+def fingerprint(settings) -> str:
+  """A short digest of JSON-able settings: what a resumed run must share with the run
+  that wrote its checkpoints / rows / summaries."""
+  text = json.dumps(settings, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_dir(config) -> str:
+  if config.model_dir:
+    return expand(config.model_dir, config)
+  if not config.workdir:
+    raise InputError("set --config.workdir (or --config.model_dir)")
+  return f"{config.workdir}/model"
+
+
+def parse_size(text: str) -> int:
+  """'2GB' / '500MB' / '1024' -> bytes."""
+  t = str(text).strip().upper()
+  for unit, mult in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024), ("B", 1)):
+    if t.endswith(unit):
+      try:
+        return int(float(t[: -len(unit)]) * mult)
+      except ValueError:
+        break
+  try:
+    return int(t)
+  except ValueError:
+    raise InputError(f"config max_shard_size={text!r}: expected e.g. '2GB', '500MB' or bytes")
