@@ -120,3 +120,34 @@ def test_aot_without_tpu_compiler_says_why():
   assert memory.topology_name(memory.tpu_slice("v5litepod-8")) == "v5e:2x4"
   msg = memory.aot_compile(c)
   assert msg.startswith("AOT compile for 'v5p:2x2x2' unavailable here: RuntimeError")
+
+
+def test_base_config_defaults_are_the_dataclasses():
+  """The sections the code reads through its config dataclasses give exactly the
+  dataclasses' own defaults (but the deliberate mode overrides named beside them), so a
+  default cannot be written twice and drift."""
+  from t3d_jax.config_base import base_config
+  from t3d_jax.data.tokenizer import SpecialIds
+  from t3d_jax.distill.examples import ExampleConfig
+  from t3d_jax.distill.losses import LossConfig
+  from t3d_jax.sampling import config as sc
+  from t3d_jax.train.pretrain import PRETRAIN_OPTIM, PretrainExamples
+  c = base_config()
+  assert ExampleConfig.from_config(c.examples) == ExampleConfig()
+  assert LossConfig.from_config(c.loss) == LossConfig()
+  assert OptimConfig.from_config(c.optim) == OptimConfig()
+  assert OptimConfig.from_config(c.pretrain.optim) == OptimConfig(**PRETRAIN_OPTIM)
+  assert PretrainExamples.from_config(c.examples, mask_eps=c.pretrain.mask_eps) == \
+      PretrainExamples(block_size=c.examples.block_size)
+  assert tuple(c.mesh.rules) == sharding.DEFAULT_RULES
+  ids = SpecialIds(vocab_size=100, mask_id=99, pad_id=0, eos_id=1, stop_ids=(1, 2))
+  overrides = dict(sc.CONFIG_OVERRIDES, max_length=None)  # 0 in the config = none
+  assert sc.DecodeConfig.from_config(c.decode, ids) == sc.DecodeConfig(
+      mask_id=99, pad_id=0, stop_ids=(1, 2), **overrides)
+  decode_keys = {f for f in sc.DecodeConfig.__dataclass_fields__} - set(sc.TOKENIZER_FIELDS)
+  assert set(c.decode) == decode_keys | set(sc.BATCHING_DEFAULTS)
+  # arch: every architecture field of SDARConfig (numerics live in config.model)
+  import dataclasses
+  from t3d_jax.models.sdar import SDARConfig
+  assert set(c.arch) == ({f.name for f in dataclasses.fields(SDARConfig)}
+                         - {"dtype", "param_dtype", "remat"})

@@ -40,17 +40,17 @@ print(json.dumps(dict(import_s=t1 - t0, convert_s=t2 - t1, export_s=t3 - t2,
 def write_random_checkpoint(out: Path, hidden: int, layers: int, vocab: int, dtype: str,
                             shards: int = 3, intermediate: int = 0) -> int:
   """Random Qwen3 checkpoint, built without torch, split into ``shards`` files."""
-  import ml_dtypes
   from safetensors.numpy import save_file
 
   from t3d_jax.convert.hf import hf_config_from
+  from t3d_jax.dtypes import as_dtype
   from t3d_jax.convert.mapping import hf_order_entries
   from t3d_jax.models.sdar import SDARConfig
   cfg = SDARConfig(vocab_size=vocab, hidden_size=hidden,
                    intermediate_size=intermediate or hidden * 8 // 3,
                    num_layers=layers, num_heads=hidden // 64, num_kv_heads=max(1, hidden // 256),
                    head_dim=64, param_dtype=dtype)
-  np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
+  np_dtype = as_dtype(dtype)
   ents = hf_order_entries(cfg)
   rng = np.random.default_rng(0)
   out.mkdir(parents=True, exist_ok=True)

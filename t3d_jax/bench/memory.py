@@ -26,6 +26,7 @@ import numpy as np
 
 from t3d_jax import sharding
 from t3d_jax.train import sharded
+from t3d_jax.dtypes import as_dtype
 from t3d_jax.errors import InputError
 
 GiB = 1024 ** 3
@@ -115,7 +116,7 @@ def activation_bytes(cfg, *, b: int, seq: int, rows: int, tensor: int) -> tuple[
                 target and reference rows, and the target's gradient)
     total     = saved + backward + logits
   """
-  c = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg.dtype]
+  c = as_dtype(cfg.dtype).itemsize
   t, T, H, V = tensor, seq, cfg.hidden_size, cfg.vocab_size
   nh, nkv, hd, inter = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
   layer = b * T * (c * ((nh + 2 * nkv) * hd / t + nh * hd / t + 3 * inter / t + 2 * H)
