@@ -19,7 +19,8 @@ from typing import Mapping, Optional, Sequence, Union
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from t3d_jax.errors import InputError
 

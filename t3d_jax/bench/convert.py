@@ -43,8 +43,8 @@ def write_random_checkpoint(out: Path, hidden: int, layers: int, vocab: int, dty
   from safetensors.numpy import save_file
 
   from t3d_jax.convert.hf import hf_config_from
-  from t3d_jax.dtypes import as_dtype
   from t3d_jax.convert.mapping import hf_order_entries
+  from t3d_jax.dtypes import as_dtype
   from t3d_jax.models.sdar import SDARConfig
   cfg = SDARConfig(vocab_size=vocab, hidden_size=hidden,
                    intermediate_size=intermediate or hidden * 8 // 3,

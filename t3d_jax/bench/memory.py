@@ -25,9 +25,9 @@ import jax
 import numpy as np
 
 from t3d_jax import sharding
-from t3d_jax.train import sharded
 from t3d_jax.dtypes import as_dtype
 from t3d_jax.errors import InputError
+from t3d_jax.train import sharded
 
 GiB = 1024 ** 3
 
@@ -76,6 +76,7 @@ def model_config(config):
   if "arch" in config and config.arch.vocab_size:
     return SDARConfig(**dict(config.arch), **numerics)
   from pathlib import Path
+
   from t3d_jax.checkpoint import load_model_config
   from t3d_jax.settings import model_dir
   d = model_dir(config) if (config.get("model_dir") or config.get("workdir")) else ""
@@ -134,8 +135,8 @@ def activation_bytes(cfg, *, b: int, seq: int, rows: int, tensor: int) -> tuple[
 def plan(config, *, devices: Optional[int] = None, hbm_bytes: Optional[int] = None,
          seq_len: Optional[int] = None) -> dict[str, Any]:
   """The memory plan as a dict (bytes per device)."""
-  from t3d_jax.train.trainer import OptimConfig, make_optimizer
   from t3d_jax.models.sdar import abstract_params
+  from t3d_jax.train.trainer import OptimConfig, make_optimizer
   sl = tpu_slice(config.mesh.tpu) if config.mesh.get("tpu") else None
   n = devices or (sl.devices if sl else jax.device_count())
   hbm = hbm_bytes or (sl.hbm_bytes if sl else None)

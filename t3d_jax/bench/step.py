@@ -47,8 +47,8 @@ from t3d_jax.bench.profile import op_breakdown
 from t3d_jax.distill.examples import ExampleConfig, build_examples
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.distill.step import make_train_step
-from t3d_jax.train.trainer import OptimConfig, TrainState, make_optimizer
 from t3d_jax.models.sdar import REMAT, SDARConfig, init_params
+from t3d_jax.train.trainer import OptimConfig, TrainState, make_optimizer
 
 
 def parse(argv):

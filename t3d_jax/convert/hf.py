@@ -17,10 +17,10 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from t3d_jax import dtypes
-from t3d_jax.dtypes import as_dtype
 from t3d_jax.checkpoint import INDEX_FILE, ConversionError, check_target, copy_meta_files
-from t3d_jax.fileio import atomic_dir
 from t3d_jax.convert.mapping import entries, hf_order_entries
+from t3d_jax.dtypes import as_dtype
+from t3d_jax.fileio import atomic_dir
 from t3d_jax.models.sdar import SDARConfig
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "sdar")

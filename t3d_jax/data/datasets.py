@@ -19,9 +19,9 @@ import os
 import pathlib
 from typing import Optional, Union
 
-from t3d_jax.settings import expand_workdir
 from t3d_jax.data import jsonl
 from t3d_jax.errors import InputError
+from t3d_jax.settings import expand_workdir
 
 FILES_DIR = pathlib.Path(__file__).resolve().parent / "files"
 SHIPPED = {

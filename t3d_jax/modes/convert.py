@@ -4,13 +4,12 @@ With several processes (multi-host), process 0 converts and the others wait for 
 import time
 
 import jax
-
 from absl import logging
 
-from t3d_jax.settings import model_dir
-from t3d_jax.errors import InputError
 from t3d_jax.convert import convert_hf_to_model_dir
 from t3d_jax.distributed import barrier
+from t3d_jax.errors import InputError
+from t3d_jax.settings import model_dir
 
 
 def run(config) -> None:

@@ -23,7 +23,6 @@ import numpy as np
 from absl import logging
 
 from t3d_jax import checkpoint, distributed
-from t3d_jax.settings import expand, model_dir
 from t3d_jax.convert import model_config
 from t3d_jax.data.tokenizer import load_tokenizer, special_ids
 from t3d_jax.distill import step as t3d_step
@@ -31,6 +30,7 @@ from t3d_jax.distill.data import load_trajectory_samples, make_batch
 from t3d_jax.distill.examples import ExampleConfig
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.errors import InputError
+from t3d_jax.settings import expand, model_dir
 from t3d_jax.train import loop, recipe
 
 

@@ -44,17 +44,17 @@ import jax
 from absl import logging
 from tqdm import tqdm
 
-from t3d_jax.data.jsonl import count_rows, write_json_atomic, write_jsonl_atomic
-from t3d_jax.errors import InputError
 from t3d_jax.convert import load_model
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
+from t3d_jax.data.jsonl import count_rows, write_json_atomic, write_jsonl_atomic
+from t3d_jax.distributed import broadcast_from_main
+from t3d_jax.errors import InputError
 from t3d_jax.evaluation.metrics import aup, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
-from t3d_jax.settings import expand, fingerprint
 from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
+from t3d_jax.settings import expand, fingerprint
 from t3d_jax.tasks import grade_response
-from t3d_jax.distributed import broadcast_from_main
 
 SHORT = {"sequential": "seq", "low_confidence_static": "static",
          "low_confidence_dynamic": "dynamic", "entropy_bounded": "entropy"}

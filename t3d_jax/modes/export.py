@@ -4,12 +4,11 @@ With several processes (multi-host), all read the model dir, process 0 writes th
 import time
 
 import jax
-
 from absl import logging
 
-from t3d_jax.settings import model_dir, parse_size
 from t3d_jax.convert import export_model_dir_to_hf, load_params
 from t3d_jax.distributed import barrier
+from t3d_jax.settings import model_dir, parse_size
 
 
 def run(config) -> None:

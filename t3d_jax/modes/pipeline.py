@@ -23,10 +23,10 @@ from pathlib import Path
 
 import jax
 
-from t3d_jax.settings import expand, model_dir
 from t3d_jax.data.jsonl import write_json_atomic
-from t3d_jax.errors import InputError
 from t3d_jax.distributed import barrier
+from t3d_jax.errors import InputError
+from t3d_jax.settings import expand, model_dir
 
 STAGES = ("task", "pretrain", "rollout", "distill", "eval", "export")
 RUNTIME_KEYS = ("mode", "workdir", "overwrite", "force", "jax_distributed", "distributed")

@@ -23,12 +23,12 @@ from pathlib import Path
 from absl import logging
 
 from t3d_jax import checkpoint, distributed
-from t3d_jax.settings import expand, model_dir
 from t3d_jax.convert import count_params, hf_config_from, model_config
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig
+from t3d_jax.settings import expand, model_dir
 from t3d_jax.train import loop, recipe
 from t3d_jax.train import pretrain as pt
 

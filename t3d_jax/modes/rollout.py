@@ -48,13 +48,14 @@ import jax
 from absl import logging
 from tqdm import tqdm
 
-from t3d_jax.settings import expand, fingerprint as config_fingerprint, model_dir
-from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
-from t3d_jax.errors import InputError
 from t3d_jax.convert import load_model
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
+from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
+from t3d_jax.errors import InputError
 from t3d_jax.sampling import DecodeConfig, batched
+from t3d_jax.settings import expand, model_dir
+from t3d_jax.settings import fingerprint as config_fingerprint
 from t3d_jax.tasks import extract
 
 

@@ -32,6 +32,7 @@ def run(config) -> None:
   if not config.workdir:
     raise InputError("task mode needs --config.workdir")
   import jax
+
   from t3d_jax.distributed import barrier
   p = paths(config.workdir)
   if jax.process_index() == 0:  # one writer; the others wait for the files

@@ -22,9 +22,9 @@ from absl import logging
 from tqdm import tqdm
 
 from t3d_jax import checkpoint
-from t3d_jax.settings import fingerprint
 from t3d_jax.data.jsonl import JsonlAppender
 from t3d_jax.errors import InputError
+from t3d_jax.settings import fingerprint
 
 
 def schedule(n: int, section, name: str, data: str) -> tuple[int, int]:
