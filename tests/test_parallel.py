@@ -165,6 +165,11 @@ def test_restore_into_shardings(tmp_path):
   for a, b, s in zip(jax.tree.leaves(got), jax.tree.leaves(params), jax.tree.leaves(psh)):
     assert a.sharding == s
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  half, cfg16 = load_params_sharded(tmp_path / "m", mesh, RULES, param_dtype="bfloat16")
+  assert cfg16 == MODEL.replace(param_dtype="bfloat16")
+  for a, b, s in zip(jax.tree.leaves(half), jax.tree.leaves(params), jax.tree.leaves(psh)):
+    assert a.sharding == s and a.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b.astype(jnp.bfloat16)))
 
 
 def test_hf_params_load_into_shardings(tmp_path):

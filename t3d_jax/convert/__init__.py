@@ -5,16 +5,18 @@ import dataclasses
 import os
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import numpy as np
 
 from t3d_jax import checkpoint, sharding
 from t3d_jax.checkpoint import ConversionError
-from t3d_jax.convert.hf import (config_from_hf, hf_config_from, iter_hf_params, load_hf_params,
-                                read_hf_config, read_hf_model_config, save_hf_params, set_path)
+from t3d_jax.convert.hf import (config_from_hf, get_path, hf_config_from, iter_hf_params,
+                                load_hf_params, read_hf_config, read_hf_model_config,
+                                save_hf_params, set_path)
 from t3d_jax.dtypes import as_dtype
 from t3d_jax.errors import InputError
-from t3d_jax.models.sdar import SDARConfig
+from t3d_jax.models.sdar import SDARConfig, abstract_params
 
 
 def _model_dir_of(p: Path):
@@ -72,17 +74,13 @@ def load_params_sharded(path, mesh, rules, param_dtype: str | None = None):
   if (p / "config.json").is_file():
     params: dict = {}
     for leaf_path, host in iter_hf_params(p, cfg, cfg.param_dtype):
-      target = shardings
-      for k in leaf_path:
-        target = target[k]
-      set_path(params, leaf_path, sharding.shard_tree(host, target))
+      set_path(params, leaf_path, sharding.shard_tree(host, get_path(shardings, leaf_path)))
       del host
     return params, cfg
-  import flax.linen as nn
-  from t3d_jax.models.sdar import abstract_params
-  stored = checkpoint.load_model_config(_model_dir_of(p))
+  src = _model_dir_of(p)
+  stored = checkpoint.load_model_config(src)
   abstract = nn.unbox(abstract_params(stored))  # restore as stored, then cast on device
-  params = checkpoint.restore_params(_model_dir_of(p) / checkpoint.PARAMS,
+  params = checkpoint.restore_params(src / checkpoint.PARAMS,
                                      sharding.abstract_sharded(abstract, shardings))
   if cfg.param_dtype != stored.param_dtype:
     cast = jax.jit(lambda t: jax.tree.map(lambda x: x.astype(as_dtype(cfg.param_dtype)), t),

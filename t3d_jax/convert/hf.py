@@ -148,7 +148,7 @@ def read_hf_model_config(hf_dir, param_dtype: str | None = None) -> SDARConfig:
   if param_dtype:
     return cfg.replace(param_dtype=param_dtype)
   src = TensorSource(hf_dir)
-  return cfg.replace(param_dtype=src.dtype_name(entries(cfg).__next__()[0]))
+  return cfg.replace(param_dtype=src.dtype_name(next(entries(cfg))[0]))
 
 
 def iter_hf_params(hf_dir, cfg: SDARConfig, cast: str | None = None):

@@ -118,9 +118,8 @@ def assemble(prompt_ids, response_ids, xt, p_mask_resp, pad_id):
   ids = np.concatenate([prompt_ids, response_ids, xt], axis=1).astype(np.int32)
   labels = ids[:, : l0 + response_ids.shape[1]].copy()
   p_mask = np.concatenate([np.zeros((b, l0), bool), p_mask_resp], axis=1)
-  layout = masks.TrainingLayout(l0, response_ids.shape[1], 1)  # block size unused here
   with jax.default_device(jax.local_devices(backend="cpu")[0]):
-    positions = np.asarray(layout.positions(jnp.asarray(ids), pad_id), np.int32)
+    positions = np.asarray(masks.training_positions(jnp.asarray(ids), l0, pad_id), np.int32)
   return dict(ids=ids, labels=labels, p_mask=p_mask, positions=positions,
               keep=p_mask.any(1))
 
