@@ -90,9 +90,22 @@ def is_model_dir(path) -> bool:
   return (p / CONFIG).is_file() and (p / PARAMS).is_dir()
 
 
+def check_finite(params, where) -> None:
+  """ConversionError naming the first param with NaN/inf values (a diverged run's
+  weights must not become a model anyone decodes or exports)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    finite = np.isfinite(np.asarray(leaf).astype(np.float32, copy=False))  # bf16 too
+    if not finite.all():
+      name = "/".join(str(getattr(k, "key", k)) for k in path)
+      bad = int(finite.size - finite.sum())
+      raise ConversionError(f"{where}: param {name} has {bad} NaN/inf values of {finite.size}; "
+                            "refusing to use it (did the training run diverge?)")
+
+
 def save_model_dir(model_dir, params, cfg: SDARConfig, meta_dir=None, overwrite=False, *,
                    this_process_only: bool = False) -> Path:
   model_dir = Path(model_dir).absolute()
+  check_finite(params, model_dir)
   check_target(model_dir, overwrite)
   with atomic_dir(model_dir) as tmp:
     save_params(tmp / PARAMS, params, this_process_only=this_process_only)

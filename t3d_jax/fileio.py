@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from typing import Callable, Iterator, Union
 
+from t3d_jax.errors import InputError
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -71,3 +73,30 @@ def atomic_dir(out_dir: PathLike) -> Iterator[pathlib.Path]:
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: PathLike, what: str) -> Iterator[None]:
+  """Hold an exclusive ``fcntl`` lock on ``path`` (created if needed) for the block; the
+  OS releases it when the process dies, so a crash never leaves a stale lock. Raises
+  :class:`LockedError` at once, naming the holder's pid, if another process holds it."""
+  import fcntl
+  p = pathlib.Path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+      raise LockedError(f"{what} is in use by another run (pid {holder}, lock {p}); wait "
+                        "for it to finish or use another workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # closing the descriptor releases the lock
+
+
+class LockedError(InputError):
+  """Another process holds the lock."""

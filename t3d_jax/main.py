@@ -5,14 +5,16 @@ to ``t3d_jax.modes.<mode>.run(config)``.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from t3d_jax.errors import InputError
+from t3d_jax.errors import InputError, Interrupted
 
 MODES = ("convert", "export", "task", "pretrain", "rollout", "distill", "eval", "pipeline")
 
@@ -26,8 +28,32 @@ def run(config) -> None:
   from t3d_jax.distributed import initialize_from_config
   initialize_from_config(config)  # only when jax_distributed or a multi-process env
   from t3d_jax.modes.pipeline import guard
-  guard(config)  # configs with pipeline stages: same-config workdir, inputs present
-  importlib.import_module(f"t3d_jax.modes.{config.mode}").run(config)
+  with workdir_lock(config):  # one run per workdir at a time
+    guard(config)  # configs with pipeline stages: same-config workdir, inputs present
+    importlib.import_module(f"t3d_jax.modes.{config.mode}").run(config)
+
+
+@contextlib.contextmanager
+def workdir_lock(config):
+  """Process 0 holds ``<workdir>/.t3d_run.lock`` for the run; every process learns at
+  once whether it got it (remote workdirs such as gs:// are not locked)."""
+  if not config.workdir or "://" in str(config.workdir):
+    yield
+    return
+  from t3d_jax import distributed
+  from t3d_jax.fileio import LockedError, exclusive_lock
+  with contextlib.ExitStack() as stack:
+    refused = None
+    if distributed.is_main_process():
+      try:
+        stack.enter_context(exclusive_lock(Path(config.workdir) / ".t3d_run.lock",
+                                           f"workdir {config.workdir}"))
+      except LockedError as e:
+        refused = e
+    if not distributed.broadcast_from_main(refused is None):
+      raise refused or InputError(f"workdir {config.workdir} is in use by another run "
+                                  "(process 0 could not take its lock)")
+    yield
 
 
 def main(argv) -> None:
@@ -38,6 +64,9 @@ def main(argv) -> None:
   logging.info("config:\n%s", _CONFIG.value)
   try:
     run(_CONFIG.value)
+  except Interrupted as e:  # a signal: the state is saved, say where to resume
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
   except (InputError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
     if os.environ.get("T3D_TRACEBACK"):
       raise

@@ -159,6 +159,28 @@ def test_export_refuses_non_empty_dir_and_leaves_nothing(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m", "out"]
 
 
+def test_non_finite_params_are_never_written_exported_or_decoded(tmp_path):
+  """A diverged model (here: one NaN in one layer's MLP) is refused by every model-dir
+  write, by export and by the decoding loader, each naming the param."""
+  from t3d_jax.convert import load_model
+  d = tmp_path / "hf"
+  make_qwen3(d)
+  params, cfg, _ = load_hf_params(d)
+  params["layers"]["mlp"]["up_kernel"][1, 2, 3] = np.nan
+  with pytest.raises(ConversionError, match=r"m2: param layers/mlp/up_kernel has 1 NaN/inf"):
+    checkpoint.save_model_dir(tmp_path / "m2", params, cfg)
+  assert not (tmp_path / "m2").exists()
+  convert_hf_to_model_dir(d, tmp_path / "m")
+  import shutil
+  shutil.rmtree(tmp_path / "m" / checkpoint.PARAMS)
+  checkpoint.save_params(tmp_path / "m" / checkpoint.PARAMS, params)  # a corrupt model dir
+  with pytest.raises(ConversionError, match=r"out: param layers/mlp/up_kernel has 1 NaN"):
+    export_model_dir_to_hf(tmp_path / "m", tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+  with pytest.raises(ConversionError, match=r"m: param layers/mlp/up_kernel has 1 NaN"):
+    load_model(tmp_path / "m")
+
+
 def _cli(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   return subprocess.run([sys.executable, "-m", "t3d_jax.main", *args], cwd=REPO, env=env,

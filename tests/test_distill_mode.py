@@ -26,10 +26,8 @@ def setup(tmp_path_factory):
   return root, model
 
 
-def distill(work, model, data, *extra, devices=1):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  cmd = [sys.executable, "-m", "t3d_jax.main", "--config", "configs/distill.py",
+def distill_cmd(work, model, data, *extra):
+  return [sys.executable, "-m", "t3d_jax.main", "--config", "configs/distill.py",
          f"--config.workdir={work}", f"--config.model_dir={model}",
          f"--config.distill.data={data}", "--config.distill.global_batch=4",
          "--config.distill.micro_batch=2", "--config.distill.max_steps=4",
@@ -37,7 +35,13 @@ def distill(work, model, data, *extra, devices=1):
          "--config.distill.length_bucket=8", "--config.examples.block_size=4",
          "--config.optim.lr=1e-3", "--config.optim.warmup_steps=1",
          "--config.distill.async_checkpoint=False", *extra]
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def distill(work, model, data, *extra, devices=1):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run(distill_cmd(work, model, data, *extra), cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
 
 
 def test_distill_runs_checkpoints_and_resumes_exactly(setup, tmp_path):
@@ -82,8 +86,15 @@ def test_distill_runs_checkpoints_and_resumes_exactly(setup, tmp_path):
 def test_distill_bad_inputs(setup, tmp_path):
   root, model = setup
   bad = tmp_path / "bad.jsonl"
-  good = {"prompt": "x", "answer": "3", "step_map": [[1, 2]], "response_ids": [[5, 6]]}
+  good = {"prompt": "x", "answer": "3", "step_map": [[1, 2]], "response_ids": [[5, 6]],
+          "nfe": [2]}
   for row, msg in [
+      (dict(good, response_ids=[[5, 99999]]),
+       "bad.jsonl, row 2, sample 0: response id 99999 is outside the tokenizer's vocabulary"),
+      (dict(good, step_map=[[1, -7]]), "row 2, sample 0: step_map value -7: expected -1 or a "
+       "step 1..2 (its nfe)"),
+      (dict(good, step_map=[[0, 2]]), "row 2, sample 0: step_map value 0"),
+      (dict(good, step_map=[[1, 10**6]]), "row 2, sample 0: step_map value 1000000"),
       (dict(good, response_ids=[[5]]), "bad.jsonl, row 2, sample 0: response_ids (1) and step_map (2)"),
       (dict(good, step_map=[[1, 2.5]]), "bad.jsonl, row 2, sample 0"),
       (dict(good, answer=""), "bad.jsonl, row 2: empty or missing 'answer'"),
@@ -95,6 +106,9 @@ def test_distill_bad_inputs(setup, tmp_path):
   assert r.returncode != 0 and "no_such_key" in r.stderr
   r = distill(tmp_path / "w", model, root / "traj.jsonl", "--config.distill.global_batch=64")
   assert r.returncode == 2 and "fewer than distill.global_batch=64" in r.stderr
+  r = distill(tmp_path / "w", model, root / "traj.jsonl", "--config.distill.max_steps=-5")
+  assert r.returncode == 2 and "config distill.max_steps=-5: must be >= 0" in r.stderr
+  assert not (tmp_path / "w" / "student").exists()
 
 
 def test_distill_on_a_2x2x2_mesh_matches_one_device(setup, tmp_path):
@@ -117,3 +131,85 @@ def test_distill_on_a_2x2x2_mesh_matches_one_device(setup, tmp_path):
   s8, _ = load_params(tmp_path / "mesh" / "student")
   for x, y in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=4e-3)  # 2 steps x lr 1e-3
+
+
+def test_divergence_stops_with_one_line_and_writes_no_student(setup, tmp_path):
+  """A learning rate of 1e30 blows the params up in one update: the run stops at the
+  first non-finite metric (exit 2, one line naming the update and the metric), keeps the
+  checkpoints written before it and writes no student."""
+  root, model = setup
+  w = tmp_path / "w"
+  r = distill(w, model, root / "traj.jsonl", "--config.optim.lr=1e30",
+              "--config.distill.checkpoint_every=1", "--config.distill.max_steps=6")
+  assert r.returncode == 2, r.stderr[-3000:]
+  err = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+  assert len(err) == 1 and "distill: non-finite" in err[0], r.stderr[-3000:]
+  step = int(err[0].split(" at update ")[1].split(";")[0])
+  assert 1 < step <= 6
+  assert f"the last good checkpoint is update {step - 1} in" in err[0]
+  assert not (w / "student").exists()
+  kept = sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept and max(kept) == step - 1
+  rows = [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
+  assert [x["step"] for x in rows] == list(range(1, step))  # no non-finite row logged
+
+
+def test_sigterm_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(setup, tmp_path):
+  """SIGTERM mid-run (what a spot VM gets): the update in flight finishes, a checkpoint is
+  saved there, the process exits 143 with one line saying where to resume; rerunning the
+  command gives the uninterrupted run's student bit for bit."""
+  import signal
+  import time
+  root, model = setup
+  args = ("--config.distill.max_steps=40", "--config.distill.checkpoint_every=1000")
+  r = distill(tmp_path / "whole", model, root / "traj.jsonl", *args)
+  assert r.returncode == 0, r.stderr[-3000:]
+  w = tmp_path / "w"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  cmd = distill_cmd(w, model, root / "traj.jsonl", *args)
+  p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and p.poll() is None:
+    m = w / "metrics.jsonl"
+    if m.is_file() and len(m.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.05)
+  assert p.poll() is None, "the run ended before it could be signalled"
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=60)
+  assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+  lines = [x for x in err.splitlines() if x.startswith("stopped:")]
+  assert len(lines) == 1 and "stopped by SIGTERM after update" in lines[0], err[-2000:]
+  step = int(lines[0].split("after update ")[1].split(" ")[0])
+  assert 3 <= step < 40
+  assert (w / "checkpoints" / str(step)).is_dir() and not (w / "student").exists()
+  r = distill(w, model, root / "traj.jsonl", *args)
+  assert r.returncode == 0 and f"resuming from step {step}" in r.stderr, r.stderr[-3000:]
+  whole, _ = load_params(tmp_path / "whole" / "student")
+  resumed, _ = load_params(w / "student")
+  for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_one_run_per_workdir_and_a_killed_holder_leaves_no_stale_lock(setup, tmp_path):
+  """While another process holds the workdir's lock the CLI refuses at once, naming its
+  pid; once that process is killed (-9) the lock is gone and the run goes ahead (here
+  into a config error, which shows it got past the lock)."""
+  import signal
+  import time
+  root, model = setup
+  w = tmp_path / "w"
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from t3d_jax.fileio import exclusive_lock\n"
+       "with exclusive_lock(sys.argv[1], 'x'):\n  print('held', flush=True); time.sleep(120)",
+       str(w / ".t3d_run.lock")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "held"
+  t0 = time.time()
+  r = distill(w, model, root / "traj.jsonl")
+  assert r.returncode == 2 and time.time() - t0 < 60, r.stderr[-2000:]
+  assert f"error: workdir {w} is in use by another run (pid {holder.pid}, lock" in r.stderr
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  r = distill(w, model, root / "traj.jsonl", "--config.distill.max_steps=-5")
+  assert r.returncode == 2 and "max_steps=-5: must be >= 0" in r.stderr, r.stderr[-2000:]

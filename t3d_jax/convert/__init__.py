@@ -110,6 +110,7 @@ def load_model(path, name: str = "model", tokenizer_dir: str = "", param_dtype: 
     raise InputError(f"model {name!r}: {p} does not exist (a model dir from the convert or "
                      f"distill mode, or an HF dir)")
   params, cfg = load_params(p, param_dtype=param_dtype or None)
+  checkpoint.check_finite(params, p)
   if dtype:
     cfg = cfg.replace(dtype=dtype)
   tokenizer = tok_lib.load_tokenizer(tokenizer_dir or checkpoint.meta_dir_of(p))

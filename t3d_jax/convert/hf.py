@@ -17,7 +17,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from t3d_jax import dtypes
-from t3d_jax.checkpoint import INDEX_FILE, ConversionError, check_target, copy_meta_files
+from t3d_jax.checkpoint import (INDEX_FILE, ConversionError, check_finite, check_target,
+                                copy_meta_files)
 from t3d_jax.convert.mapping import entries, hf_order_entries
 from t3d_jax.dtypes import as_dtype
 from t3d_jax.fileio import atomic_dir
@@ -213,6 +214,7 @@ def save_hf_params(params, cfg: SDARConfig, out_dir, meta_dir=None, *,
   remote-code files; without it a Qwen3 config.json is generated. ``dtype`` casts on
   the way out (default: keep the param dtype)."""
   out_dir = Path(out_dir)
+  check_finite(params, out_dir)
   cast = as_dtype(dtype) if dtype else None
   plan: list[list[tuple[str, Any, Any]]] = [[]]
   size = 0

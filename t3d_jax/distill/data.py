@@ -36,6 +36,22 @@ def _per_sample(value, n=None):
   return [value] if n in (None, 1) else None
 
 
+def _check_ranges(where: str, k: int, resp, step_map, vocab: int, nfe) -> None:
+  """Token ids in [0, vocab); step_map entries -1 (revealed before decoding, e.g. a
+  prompt tail) or a 1-based step, at most the sample's forwards (``nfe``, when given)."""
+  bad = next((x for x in resp if not 0 <= x < vocab), None)
+  if bad is not None:
+    raise InputError(f"{where}, sample {k}: response id {bad} is outside the tokenizer's "
+                     f"vocabulary [0, {vocab})")
+  top = nfe[k] if nfe is not None and isinstance(nfe[k], int) else None
+  bad = next((x for x in step_map if x != -1 and (x < 1 or (top is not None and x > top))),
+             None)
+  if bad is not None:
+    limit = f"1..{top} (its nfe)" if top is not None else ">= 1"
+    raise InputError(f"{where}, sample {k}: step_map value {bad}: expected -1 or a step "
+                     f"{limit}")
+
+
 def load_trajectory_samples(path, tokenizer, *, original_prompts: bool = False,
                             retokenize: bool = False, max_prompt_len: int = 1 << 30,
                             max_gen_length: int | None = None):
@@ -45,6 +61,7 @@ def load_trajectory_samples(path, tokenizer, *, original_prompts: bool = False,
   responses and step_maps (the released code drops only the prompts, shifting every
   later step_map by one row)."""
   prompts_text, raw = [], []
+  vocab = len(tokenizer)
   for row, obj in jsonl.iter_jsonl(path):
     where = f"{path}, row {row}"
     if "step_map" not in obj:
@@ -65,10 +82,13 @@ def load_trajectory_samples(path, tokenizer, *, original_prompts: bool = False,
     if resps is None or len(resps) != len(maps):
       raise InputError(f"{where}: {len(maps)} step_maps but "
                        f"{'?' if resps is None else len(resps)} responses")
+    nfe = obj.get("nfe")
+    nfe = nfe if isinstance(nfe, list) and len(nfe) == len(maps) else None
     for k, (r, m) in enumerate(zip(resps, maps)):
       if len(r) != len(m) or not all(isinstance(x, int) for x in list(r) + list(m)):
         raise InputError(f"{where}, sample {k}: response_ids ({len(r)}) and step_map ({len(m)}) "
                          "must be integer lists of equal length")
+      _check_ranges(where, k, r, m, vocab, nfe)
     if not isinstance(obj.get("answer"), (str, int, float)) or str(obj["answer"]).strip() == "":
       raise InputError(f"{where}: empty or missing 'answer' (reference answer of the question)")
     if original_prompts:

@@ -7,29 +7,58 @@ checkpoints in ``<out>/checkpoints`` (state, optional reference, JSON meta with 
 fingerprint of the run's settings) and resumes from the newest one: a rerun of the same
 command continues where it stopped, bit-exactly (batches depend only on the update index).
 A checkpoint written with another fingerprint is refused unless ``overwrite``.
+
+Every update's metrics (loss, grad norm, ...) are checked for NaN/inf, one update late so
+the device never waits for the host (and at once before anything is logged or saved):
+the first non-finite value stops the run with :class:`DivergedError`, naming the update
+and the metric, and nothing after the last good checkpoint is written.
+
+SIGTERM / SIGINT (:mod:`t3d_jax.train.preemption`): the update in flight finishes, a
+checkpoint is saved at it (synchronously) and the run stops with
+:class:`t3d_jax.errors.Interrupted`; rerunning the command resumes from there, equal to
+an uninterrupted run.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 from tqdm import tqdm
 
 from t3d_jax import checkpoint
 from t3d_jax.data.jsonl import JsonlAppender
-from t3d_jax.errors import InputError
+from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.settings import fingerprint
+from t3d_jax.train.preemption import StopRequests
+
+
+class DivergedError(InputError):
+  """A non-finite loss or gradient: the run stopped before writing anything from it."""
+
+
+@jax.jit
+def _nonfinite(metrics: dict):
+  """Number of NaN/inf metric values (one device scalar; the step itself is untouched)."""
+  return sum(jnp.sum(~jnp.isfinite(jnp.asarray(v, jnp.float32))) for v in metrics.values())
 
 
 def schedule(n: int, section, name: str, data: str) -> tuple[int, int]:
   """(updates per epoch, total updates) for ``n`` examples and a config section with
   global_batch, micro_batch, max_steps and num_epochs (``name``: its key in the config)."""
+  for key in ("global_batch", "micro_batch", "num_epochs"):
+    if section[key] < 1:
+      raise InputError(f"config {name}.{key}={section[key]}: must be >= 1")
+  if section.max_steps < 0:
+    raise InputError(f"config {name}.max_steps={section.max_steps}: must be >= 0 "
+                     "(0 = num_epochs over the data)")
   if section.global_batch % section.micro_batch:
     raise InputError(f"config {name}.global_batch={section.global_batch} is not a multiple "
                      f"of {name}.micro_batch={section.micro_batch}")
@@ -82,26 +111,57 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
     writer = SummaryWriter(str(lc.out / "tb"))
   start, t0 = int(state.step), time.time()
   rounds = lambda done: done // lc.round_interval if lc.round_interval else 0  # noqa: E731
+
+  def check(done, bad, metrics):
+    if int(bad):
+      values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      which = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+      ckpt.manager.wait_until_finished()
+      last = ckpt.latest_step()
+      kept = (f"the last good checkpoint is update {last} in {lc.out / 'checkpoints'}"
+              if last is not None else "no checkpoint was written")
+      raise DivergedError(f"{lc.name}: non-finite {which} at update {done}; stopped, "
+                          f"{kept}, nothing else written (lower the learning rate?)")
+
+  def save(done):
+    meta = dict(step=done, round=rounds(done), fingerprint=fp)
+    meta.update(extra(done) if extra else {})
+    ckpt.save(done, state, reference, meta)
+
+  pending = None  # (update, flag, metrics) of the previous update, checked one late
   try:
-    with JsonlAppender(lc.out / "metrics.jsonl") if main else contextlib.nullcontext() as rows:
+    with (JsonlAppender(lc.out / "metrics.jsonl") if main else contextlib.nullcontext()
+          ) as rows, StopRequests() as stop:
       for step in tqdm(range(start, lc.total), initial=start, total=lc.total, desc=lc.name,
                        disable=not main):
         batch, info = batch_fn(step)
         state, metrics = step_fn(state, reference, batch, rng)
         done = step + 1
+        if pending is not None:
+          check(*pending)
+        pending = (done, _nonfinite(metrics), metrics)
+        log = done % lc.log_every == 0 or done == lc.total
+        due = done % lc.checkpoint_every == 0 or done == lc.total
+        stopping = stop.requested(done)
+        if log or due or stopping:  # values leave the device: this update must be finite
+          check(*pending)
+          pending = None
         if refresh is not None and lc.round_interval and done % lc.round_interval == 0:
           reference = refresh(state.params)
-        if done % lc.log_every == 0 or done == lc.total:
+        if log:
           m = {k: float(v) for k, v in jax.device_get(metrics).items()}
           m.update(info, step=done, round=rounds(done), elapsed_s=time.time() - t0)
           if writer is not None:
             for key, v in m.items():
               writer.add_scalar(f"{lc.name}/{key}", v, done)
             rows.write(m)
-        if done % lc.checkpoint_every == 0 or done == lc.total:
-          meta = dict(step=done, round=rounds(done), fingerprint=fp)
-          meta.update(extra(done) if extra else {})
-          ckpt.save(done, state, reference, meta)
+        if due or stopping:
+          save(done)
+        if stopping and done < lc.total:
+          ckpt.manager.wait_until_finished()  # on disk before the process goes
+          raise Interrupted(f"{lc.name}: stopped by {stop.name} after update {done} of "
+                            f"{lc.total}; checkpoint saved in {lc.out / 'checkpoints'}; "
+                            "rerun the same command to resume", 128 + stop.signum)
   finally:
     ckpt.close()
     if writer is not None:
