@@ -29,8 +29,22 @@ def run(config) -> None:
   initialize_from_config(config)  # only when jax_distributed or a multi-process env
   from t3d_jax.modes.pipeline import guard
   with workdir_lock(config):  # one run per workdir at a time
+    record_config(config)
     guard(config)  # configs with pipeline stages: same-config workdir, inputs present
     importlib.import_module(f"t3d_jax.modes.{config.mode}").run(config)
+
+
+def record_config(config) -> None:
+  """The resolved config of this run, in ``<workdir>/last_run_config.json`` (process 0;
+  the terminal shows only the path)."""
+  from t3d_jax import distributed
+  if not config.workdir or "://" in str(config.workdir) or not distributed.is_main_process():
+    return
+  import json
+  from t3d_jax.fileio import atomic_write_bytes
+  path = Path(config.workdir) / "last_run_config.json"
+  atomic_write_bytes(path, (json.dumps(config.to_dict(), indent=2, default=str) + "\n").encode())
+  print(f"[{config.mode}] config: {path}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -61,6 +75,8 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("--config=configs/<name>.py is required")
+  if not flags.FLAGS["verbosity"].present:  # quiet by default: INFO with --verbosity=0
+    logging.set_verbosity(logging.WARNING)
   logging.info("config:\n%s", _CONFIG.value)
   try:
     run(_CONFIG.value)
@@ -70,7 +86,6 @@ def main(argv) -> None:
   except (InputError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
     if os.environ.get("T3D_TRACEBACK"):
       raise
-    logging.error("%s: %s", type(e).__name__, e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -3,6 +3,7 @@ artefacts exist and hold numbers in range (not quality), a rerun resumes instead
 redoing, stages run alone by mode, a missing input names the earlier mode, and a workdir
 set up by another config is refused unless forced."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -120,3 +121,16 @@ def test_missing_input_names_the_earlier_mode(tmp_path, mode, earlier):
   r = main(tmp_path / "fresh", f"--config.mode={mode}")
   assert r.returncode == 2
   assert f"run --config.mode={earlier} first" in r.stderr, r.stderr[-2000:]
+
+
+def test_quiet_by_default(demo):
+  """The whole (shortened) pipeline prints its bars and summary lines only: no config
+  dump (it goes to <workdir>/last_run_config.json), no orbax/absl INFO, each summary once."""
+  work, r = demo
+  lines = [x for x in (r.stdout + r.stderr).replace("\r", "\n").splitlines()
+           if x.strip() and not re.match(r"^\w+:\s+\d+%\|", x)]  # tqdm frames aside
+  assert len(lines) <= 40, "\n".join(lines)
+  assert not [x for x in lines if re.match(r"^[IW]\d{4} ", x)], "\n".join(lines)
+  assert sum("[distill] " in x for x in lines) == 1
+  assert f"[pipeline] config: {work}/last_run_config.json" in lines
+  assert json.loads((work / "last_run_config.json").read_text())["workdir"] == str(work)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -208,7 +209,9 @@ def run(config) -> None:
         summary_path = samples_path.with_suffix(".summary.json")
         cached = _finished(summary_path, samples_path, n, fp) if main else None
         if broadcast_from_main(cached is not None):  # the others decode only when 0 does
-          logging.info("eval %s %s: finished before, reused", name, s.name)
+          if main:
+            print(f"[eval] {name} {s.name}: finished before, reused", file=sys.stderr,
+                  flush=True)
           if cached is not None:
             results.append(cached)
           bar.update(n)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -168,7 +169,9 @@ def run(config) -> None:
                dcfg)
   key = jax.random.key(config.seed)
   if done:
-    logging.info("resuming: %d of %d rows already in %s", done, n, out)
+    if main:
+      print(f"[rollout] resuming: {done} of {n} rows already in {out}", file=sys.stderr,
+            flush=True)
   t0, tokens, nfe = time.time(), 0, 0
   bar = tqdm(total=n * ns, initial=done * ns, desc="rollout", unit="seq", disable=not main)
   try:

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -103,7 +104,8 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
       raise InputError(f"{lc.out / 'checkpoints'}: written by a run with other data or "
                        "settings (fingerprint differs); use another workdir or "
                        "--config.overwrite=True")
-    logging.info("%s: resuming from step %d", lc.name, int(state.step))
+    if jax.process_index() == 0:
+      print(f"{lc.name}: resuming from step {int(state.step)}", file=sys.stderr, flush=True)
   main = jax.process_index() == 0  # only process 0 logs
   writer = None
   if main:
