@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 
 def launch(logs: Path, config: str, *flags) -> float:
-  """launch/cpu_multiprocess.sh -n 2 -d 4 -- the CLI; returns the wall time (s)."""
+  """launch/cpu_multiprocess.sh -n 2 -d 4 -- the CLI; returns the wall time (s). INFO
+  logs on (--verbosity=0): the test reads every process's log."""
   cache = os.environ.get("T3D_TEST_JAX_CACHE", "/tmp/t3d_jax_test_cache")
   env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(REPO),
              JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -42,7 +43,7 @@ def launch(logs: Path, config: str, *flags) -> float:
   for k in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(k, None)
   cmd = ["bash", str(REPO / "launch" / "cpu_multiprocess.sh"), "-n", "2", "-d", "4",
-         "-l", str(logs), "--", "--config", f"configs/{config}.py", *flags]
+         "-l", str(logs), "--", "--config", f"configs/{config}.py", "--verbosity=0", *flags]
   t0 = time.time()
   p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, start_new_session=True)

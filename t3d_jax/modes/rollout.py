@@ -169,9 +169,11 @@ def run(config) -> None:
                dcfg)
   key = jax.random.key(config.seed)
   if done:
-    if main:
-      print(f"[rollout] resuming: {done} of {n} rows already in {out}", file=sys.stderr,
-            flush=True)
+    note = f"[rollout] resuming: {done} of {n} rows already in {out}"
+    if main:  # once on the terminal; the other processes with --verbosity
+      print(note, file=sys.stderr, flush=True)
+    else:
+      logging.info(note)
   t0, tokens, nfe = time.time(), 0, 0
   bar = tqdm(total=n * ns, initial=done * ns, desc="rollout", unit="seq", disable=not main)
   try:

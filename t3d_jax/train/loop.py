@@ -104,8 +104,11 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
       raise InputError(f"{lc.out / 'checkpoints'}: written by a run with other data or "
                        "settings (fingerprint differs); use another workdir or "
                        "--config.overwrite=True")
-    if jax.process_index() == 0:
-      print(f"{lc.name}: resuming from step {int(state.step)}", file=sys.stderr, flush=True)
+    note = f"{lc.name}: resuming from step {int(state.step)}"
+    if jax.process_index() == 0:  # once on the terminal; the others with --verbosity
+      print(note, file=sys.stderr, flush=True)
+    else:
+      logging.info(note)
   main = jax.process_index() == 0  # only process 0 logs
   writer = None
   if main:
