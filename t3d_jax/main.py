@@ -34,16 +34,19 @@ def run(config) -> None:
     importlib.import_module(f"t3d_jax.modes.{config.mode}").run(config)
 
 
+def _local_workdir(config) -> bool:
+  """A workdir on this machine's filesystem (not empty, not a gs:// style URL)."""
+  return bool(config.workdir) and "://" not in str(config.workdir)
+
+
 def record_config(config) -> None:
   """The resolved config of this run, in ``<workdir>/last_run_config.json`` (process 0;
   the terminal shows only the path)."""
   from t3d_jax import distributed
-  if not config.workdir or "://" in str(config.workdir) or not distributed.is_main_process():
+  if not _local_workdir(config) or not distributed.is_main_process():
     return
-  import json
-  from t3d_jax.fileio import atomic_write_bytes
-  path = Path(config.workdir) / "last_run_config.json"
-  atomic_write_bytes(path, (json.dumps(config.to_dict(), indent=2, default=str) + "\n").encode())
+  from t3d_jax.data.jsonl import write_json_atomic
+  path = write_json_atomic(Path(config.workdir) / "last_run_config.json", config.to_dict())
   print(f"[{config.mode}] config: {path}", file=sys.stderr, flush=True)
 
 
@@ -51,7 +54,7 @@ def record_config(config) -> None:
 def workdir_lock(config):
   """Process 0 holds ``<workdir>/.t3d_run.lock`` for the run; every process learns at
   once whether it got it (remote workdirs such as gs:// are not locked)."""
-  if not config.workdir or "://" in str(config.workdir):
+  if not _local_workdir(config):
     yield
     return
   from t3d_jax import distributed

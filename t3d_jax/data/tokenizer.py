@@ -24,11 +24,7 @@ import os
 from typing import Optional, Sequence, Union
 
 from t3d_jax.data.tokenizer_build import (  # noqa: F401  (re-exported API)
-  CHAT_TEMPLATE,
-  MASK_TOKEN,
-  build_sdar_tokenizer,
-  train_tiny_bpe,
-)
+    CHAT_TEMPLATE, MASK_TOKEN, build_sdar_tokenizer, train_tiny_bpe)
 from t3d_jax.errors import InputError
 
 PathLike = Union[str, os.PathLike]

@@ -59,18 +59,9 @@ import numpy as np
 from t3d_jax.settings import dataclass_from_config
 
 # re-exported: the examples API that T3D and pretraining share
-from t3d_jax.train.examples import (  # noqa: F401
-  as_seeds,
-  assemble,
-  check_inputs,
-  drop_empty,
-  example_seeds,
-  infer_response_len,
-  pad_batch,
-  pad_positions,
-  response_lengths,
-  uniform,
-)
+from t3d_jax.train.examples import (as_seeds, assemble, check_inputs, drop_empty,  # noqa: F401
+                                    example_seeds, infer_response_len, pad_batch,
+                                    pad_positions, response_lengths, uniform)
 
 _MASK_STRATEGIES = ("trace", "random")
 _MASK_ORDERS = ("trajectory", "original")

@@ -23,13 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from t3d_jax.settings import dataclass_from_config
-from t3d_jax.train.logprobs import (  # noqa: F401
-  batch_mean,
-  log_normalizer,
-  masked_mean,
-  masked_mean_logp,
-  token_logprobs,
-)
+from t3d_jax.train.logprobs import (batch_mean, log_normalizer, masked_mean,  # noqa: F401
+                                    masked_mean_logp, token_logprobs)
 
 Array = jax.Array
 

@@ -47,8 +47,8 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
   """Trains and returns the final params.
 
   ``settings`` (plus the schedule length) are fingerprinted into every checkpoint; a
-  resumed run must match them. ``section``: the mode's config section (global_batch, micro_batch, num_epochs,
-  max_steps, log/checkpoint keys); ``n`` examples named ``data`` in messages;
+  resumed run must match them. ``section``: the mode's config section (global_batch,
+  micro_batch, num_epochs, max_steps, log/checkpoint keys); ``n`` examples named ``data`` in messages;
   ``loss_fn(model) -> (params, ref, micro_batch, rng) -> (loss, metrics)``;
   ``make_batch(indices, step) -> (numpy batch [A, M, ...], scalars to log)``;
   ``reference``: keep a frozen copy of the start params, refreshed every
