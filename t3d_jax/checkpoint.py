@@ -5,12 +5,14 @@ A *model dir* is what ``convert`` writes and every later mode reads:
   <model_dir>/params/            orbax StandardCheckpointer tree (dtype as stored)
   <model_dir>/sdar_config.json   the architecture (SDARConfig fields)
   <model_dir>/hf_meta/           original config.json, tokenizer, remote-code files
+  <model_dir>/params.sha256      digest of the param values (:func:`model_digest`)
 
 Writes go to a temp dir that is renamed into place, so a crash leaves no half model dir.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -23,7 +25,7 @@ from t3d_jax.errors import InputError
 from t3d_jax.fileio import atomic_dir
 from t3d_jax.models.sdar import SDARConfig
 
-PARAMS, CONFIG, HF_META = "params", "sdar_config.json", "hf_meta"
+PARAMS, CONFIG, HF_META, DIGEST = "params", "sdar_config.json", "hf_meta", "params.sha256"
 INDEX_FILE = "model.safetensors.index.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 
@@ -102,6 +104,43 @@ def check_finite(params, where) -> None:
                             "refusing to use it (did the training run diverge?)")
 
 
+def params_digest(params) -> str:
+  """sha256 of a host param tree: every leaf's path, dtype, shape and bytes."""
+  h = hashlib.sha256()
+  for path, leaf in sorted((jax.tree_util.keystr(p), x) for p, x in
+                           jax.tree_util.tree_flatten_with_path(params)[0]):
+    a = np.ascontiguousarray(leaf)
+    h.update(f"{path}:{a.dtype}:{a.shape};".encode())
+    h.update(a.reshape(-1).view(np.uint8))  # bf16 too
+  return h.hexdigest()
+
+
+def _files_digest(files, root: Path) -> str:
+  h = hashlib.sha256()
+  for f in files:
+    h.update(f"{f.relative_to(root)}:{f.stat().st_size};".encode())
+    with open(f, "rb") as fh:
+      for chunk in iter(lambda: fh.read(1 << 24), b""):
+        h.update(chunk)
+  return h.hexdigest()
+
+
+def model_digest(path) -> str:
+  """Identity of the weights at ``path`` (a model dir, a workdir holding one, or an HF
+  dir): the digest :func:`save_model_dir` wrote, else a digest of the weight files'
+  contents (16 hex digits). What a resumed run / reused result must share with the one
+  before."""
+  p = Path(path)
+  for cand in (p, p / "model"):
+    if (cand / DIGEST).is_file():
+      return (cand / DIGEST).read_text().strip()[:16]
+    if is_model_dir(cand):
+      files = sorted(f for f in (cand / PARAMS).rglob("*") if f.is_file())
+      return _files_digest(files, cand)[:16]
+  files = sorted(f for f in p.iterdir() if f.is_file() and _is_weight_file(f.name))
+  return _files_digest(files, p)[:16]
+
+
 def save_model_dir(model_dir, params, cfg: SDARConfig, meta_dir=None, overwrite=False, *,
                    this_process_only: bool = False) -> Path:
   model_dir = Path(model_dir).absolute()
@@ -109,6 +148,7 @@ def save_model_dir(model_dir, params, cfg: SDARConfig, meta_dir=None, overwrite=
   check_target(model_dir, overwrite)
   with atomic_dir(model_dir) as tmp:
     save_params(tmp / PARAMS, params, this_process_only=this_process_only)
+    (tmp / DIGEST).write_text(params_digest(params) + "\n")
     (tmp / CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     (tmp / HF_META).mkdir()
     if meta_dir is not None:
@@ -139,7 +179,8 @@ class TrainCheckpointer:
   def __init__(self, directory, *, keep: int = 3, async_save: bool = True,
                with_reference: bool = True):
     opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                        enable_async_checkpointing=async_save)
+                                        enable_async_checkpointing=async_save,
+                                        cleanup_tmp_directories=True)  # a killed save's
     self.items = ("state", "reference", "meta") if with_reference else ("state", "meta")
     self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=opts,
                                          item_names=self.items)
@@ -157,6 +198,13 @@ class TrainCheckpointer:
     if "reference" in self.items:
       args["reference"] = ocp.args.StandardSave(reference)
     self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+  def latest_meta(self):
+    """The JSON meta of the newest checkpoint (no array is read); None when there is none."""
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def restore_latest(self, state, reference):
     """(state, reference, meta) of the newest checkpoint, restored into the structure,

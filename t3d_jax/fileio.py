@@ -2,20 +2,57 @@
 
 One helper per shape of output, all built on the same rule: write into a temporary path
 in the target's own directory (same filesystem), then ``os.replace`` it into place. A
-crash leaves at most a hidden ``.<name>.tmp*`` sibling, never a half-written target.
+crash leaves at most a hidden ``.<name>.<host>-<pid>-*.tmp`` sibling, never a
+half-written target; the next write of the same target removes such leftovers of
+processes of this host that are gone.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
 from typing import Callable, Iterator, Union
 
 from t3d_jax.errors import InputError
 
 PathLike = Union[str, os.PathLike]
+
+
+def _tmp_prefix(target: pathlib.Path) -> str:
+  return f".{target.name}.{socket.gethostname()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # someone else's live process
+    return True
+  return True
+
+
+def remove_leftovers(target: PathLike) -> list[pathlib.Path]:
+  """Remove the temp siblings of ``target`` that a killed write of this host left (their
+  process is gone); returns what was removed."""
+  target = pathlib.Path(target)
+  host, removed = socket.gethostname(), []
+  if not target.parent.is_dir():
+    return removed
+  for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
+    owner = p.name[len(target.name) + 2:].split("-")
+    if (p.name.endswith(".tmp") and len(owner) >= 3 and "-".join(owner[:-2]) == host
+        and owner[-2].isdigit() and not _alive(int(owner[-2]))):
+      if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+      else:
+        p.unlink(missing_ok=True)
+      removed.append(p)
+  return removed
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> pathlib.Path:
@@ -35,7 +72,8 @@ def atomic_write_with(path: PathLike, write: Callable[[pathlib.Path], None]) -> 
   (e.g. ``lambda tmp: fig.savefig(tmp, format="png")``)."""
   p = pathlib.Path(path)
   p.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+  remove_leftovers(p)
+  fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(p), suffix=".tmp", dir=p.parent)
   os.close(fd)
   try:
     write(pathlib.Path(tmp))
@@ -66,7 +104,9 @@ def atomic_dir(out_dir: PathLike) -> Iterator[pathlib.Path]:
   (:func:`commit_dir`), on any error it is removed and ``target`` is left as it was."""
   out_dir = pathlib.Path(out_dir).absolute()
   out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+  remove_leftovers(out_dir)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=_tmp_prefix(out_dir), suffix=".tmp",
+                                      dir=out_dir.parent))
   try:
     yield tmp
     commit_dir(tmp, out_dir)

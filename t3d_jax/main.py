@@ -6,7 +6,9 @@ to ``t3d_jax.modes.<mode>.run(config)``.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -27,11 +29,13 @@ def run(config) -> None:
     raise InputError(f"config.mode={config.mode!r} is not one of {', '.join(MODES)}")
   from t3d_jax.distributed import initialize_from_config
   initialize_from_config(config)  # only when jax_distributed or a multi-process env
-  from t3d_jax.modes.pipeline import guard
+  from t3d_jax.modes.pipeline import guarded
   with workdir_lock(config):  # one run per workdir at a time
-    record_config(config)
-    guard(config)  # configs with pipeline stages: same-config workdir, inputs present
-    importlib.import_module(f"t3d_jax.modes.{config.mode}").run(config)
+    recorded = record_config(config)
+    with guarded(config):  # configs with pipeline stages: same-config workdir, inputs present
+      importlib.import_module(f"t3d_jax.modes.{config.mode}").run(config)
+  if recorded:  # after the summary, so that an error stays the only line of a failed run
+    print(f"[{config.mode}] config: {recorded}", file=sys.stderr, flush=True)
 
 
 def _local_workdir(config) -> bool:
@@ -39,15 +43,14 @@ def _local_workdir(config) -> bool:
   return bool(config.workdir) and "://" not in str(config.workdir)
 
 
-def record_config(config) -> None:
-  """The resolved config of this run, in ``<workdir>/last_run_config.json`` (process 0;
-  the terminal shows only the path)."""
+def record_config(config) -> Path | None:
+  """The resolved config of this run, in ``<workdir>/last_run_config.json`` (process 0);
+  returns its path (None where it is not written)."""
   from t3d_jax import distributed
   if not _local_workdir(config) or not distributed.is_main_process():
-    return
+    return None
   from t3d_jax.data.jsonl import write_json_atomic
-  path = write_json_atomic(Path(config.workdir) / "last_run_config.json", config.to_dict())
-  print(f"[{config.mode}] config: {path}", file=sys.stderr, flush=True)
+  return write_json_atomic(Path(config.workdir) / "last_run_config.json", config.to_dict())
 
 
 @contextlib.contextmanager
@@ -73,6 +76,67 @@ def workdir_lock(config):
     yield
 
 
+def parse_flags(argv):
+  """absl's flag parsing, but a config file that does not load, a key it lacks or a value
+  that does not parse is one line (exit 2) instead of a traceback."""
+  try:
+    rest = flags.FLAGS(argv)
+    if _CONFIG.value is not None:  # the file loads lazily: load it here
+      _CONFIG.value.get("mode")
+    return rest
+  except Exception as e:  # noqa: BLE001 -- every parse failure becomes one line
+    if os.environ.get("T3D_TRACEBACK"):
+      raise
+    print(f"error: {flag_error(argv, e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _config_arg(argv) -> str | None:
+  for i, a in enumerate(argv[1:], start=1):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def flag_error(argv, err: Exception) -> str:
+  """One line naming what is wrong with the command line."""
+  arg = _config_arg(argv)
+  if arg is None:
+    return "--config=configs/<name>.py is required"
+  path, _, cfg_arg = arg.partition(":")
+  if not os.path.isfile(path):
+    return f"--config={path}: no such file"
+  try:
+    spec = importlib.util.spec_from_file_location("_t3d_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(*([cfg_arg] if cfg_arg else []))
+  except Exception as e:  # noqa: BLE001
+    return f"--config={path}: the file does not load: {type(e).__name__}: {e}"
+  for a in argv[1:]:
+    if a.startswith("--config.") or a.startswith("--noconfig."):
+      key = a.split("=", 1)[0].split("config.", 1)[1]
+      problem = _key_problem(config, key)
+      if problem:
+        return f"--config.{key}: {problem}"
+  return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _key_problem(config, key: str) -> str | None:
+  node, done = config, []
+  for part in key.split("."):
+    if not hasattr(node, "keys"):
+      return f"config key {'.'.join(done)} is a value, not a section"
+    if part not in node:
+      near = difflib.get_close_matches(part, list(node.keys()), n=1)
+      where = ".".join(done + near)
+      return f"no such config key{' (did you mean ' + where + '?)' if near else ''}"
+    node, done = node[part], done + [part]
+  return None
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -95,4 +159,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -5,10 +5,11 @@ base_config`, which is built from them.
 """
 from __future__ import annotations
 
+import array
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from t3d_jax.errors import InputError
 
@@ -50,6 +51,44 @@ def fingerprint(settings) -> str:
   that wrote its checkpoints / rows / summaries."""
   text = json.dumps(settings, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def as_json(settings):
+  """``settings`` as plain JSON values (what a JSON file written from them reads back as)."""
+  return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def differences(old: Mapping, new: Mapping, limit: int = 5) -> tuple[int, str]:
+  """(number of differing keys, "key: old -> new, ..." for the first ``limit``) of two
+  nested JSON dicts, keys dotted (``distill.max_steps``)."""
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+  a, b = flat(old), flat(new)
+  keys = sorted((k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")),
+                key=lambda k: (k not in a or k not in b, k))  # changed values first
+  shown = ", ".join(f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}"
+                    for k in keys[:limit])
+  return len(keys), shown + (" ..." if len(keys) > limit else "")
+
+
+def content_digest(rows: Iterable[Iterable]) -> str:
+  """sha256 (16 hex) of a dataset's content: each row a sequence of fields, each field a
+  string or a sequence of ints (token ids, step maps). Order and boundaries count."""
+  h = hashlib.sha256()
+  for row in rows:
+    for field in row:
+      if isinstance(field, str):
+        data = field.encode()
+        h.update(b"s%d:" % len(data))
+      else:
+        data = array.array("q", field).tobytes()
+        h.update(b"i%d:" % len(data))
+      h.update(data)
+    h.update(b";")
+  return h.hexdigest()[:16]
 
 
 def model_dir(config) -> str:

@@ -225,11 +225,16 @@ def shard_tree(tree, shardings):
 
 # ----------------------------------------------------------------------------- batches
 
-def check_batch(batch, sharding: NamedSharding) -> None:
-  """Every leaf must be [A, M, ...] with M divisible by the data-parallel size."""
+def data_parallel(sharding: NamedSharding) -> tuple[int, str]:
+  """(how many ways a batch sharding splits the micro-batch axis, e.g. "data=2 x fsdp=2")."""
   axes = mesh_axes(sharding.spec[1]) if len(sharding.spec) > 1 else ()
   sizes = axis_sizes(sharding.mesh)
-  n = math.prod(sizes[a] for a in axes)
+  return math.prod(sizes[a] for a in axes), " x ".join(f"{a}={sizes[a]}" for a in axes)
+
+
+def check_batch(batch, sharding: NamedSharding) -> None:
+  """Every leaf must be [A, M, ...] with M divisible by the data-parallel size."""
+  n, how = data_parallel(sharding)
   for path, x in jax.tree_util.tree_flatten_with_path(batch)[0]:
     shape = np.shape(x)
     if len(shape) < 2:
@@ -237,8 +242,7 @@ def check_batch(batch, sharding: NamedSharding) -> None:
                        "[accumulation A, micro-batch M] axes")
     if shape[1] % n:
       raise InputError(f"batch leaf {path_str(path)}: micro-batch size M={shape[1]} is not "
-                       f"divisible by the data-parallel size {n} "
-                       f"({' x '.join(f'{a}={sizes[a]}' for a in axes)})")
+                       f"divisible by the data-parallel size {n} ({how})")
 
 
 def local_rows(global_rows: int, sharding: NamedSharding, axis: int = 1) -> slice:

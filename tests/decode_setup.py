@@ -67,3 +67,17 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def signal_during_call(monkeypatch, module, name: str, call: int, signum):
+  """``module.name`` sends ``signum`` to this process at its ``call``-th call (1-based),
+  i.e. while that chunk is in flight, then runs as usual."""
+  real, calls = getattr(module, name), []
+
+  def wrapped(*args, **kw):
+    calls.append(1)
+    if len(calls) == call:
+      os.kill(os.getpid(), signum)
+    return real(*args, **kw)
+  monkeypatch.setattr(module, name, wrapped)
+

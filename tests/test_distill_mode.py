@@ -63,12 +63,11 @@ def test_distill_runs_checkpoints_and_resumes_exactly(setup, tmp_path):
              zip(jax.tree.leaves(student), jax.tree.leaves(base)))
 
   # preempted after step 2: drop the newer checkpoint and the student, rerun the command
+  # (the metrics rows logged after step 2 are dropped by the rerun)
   shutil.copytree(a, tmp_path / "b")
   b = tmp_path / "b"
   shutil.rmtree(b / "checkpoints" / "4")
   shutil.rmtree(b / "student")
-  (b / "metrics.jsonl").write_text("".join(
-      x + "\n" for x in (a / "metrics.jsonl").read_text().splitlines()[:2]))
   r = distill(b, model, root / "traj.jsonl")
   assert r.returncode == 0, r.stderr[-4000:]
   assert "resuming from step 2" in r.stderr
@@ -76,11 +75,69 @@ def test_distill_runs_checkpoints_and_resumes_exactly(setup, tmp_path):
   for x, y in zip(jax.tree.leaves(student), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bit-exact on CPU
   rows_b = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+  assert [x["step"] for x in rows_b] == [1, 2, 3, 4]
   np.testing.assert_allclose([x["loss"] for x in rows_b], [x["loss"] for x in rows], rtol=1e-5)
 
-  # same workdir, other settings: refused
-  r = distill(b, model, root / "traj.jsonl", "--config.loss.beta=0.2")
-  assert r.returncode == 2 and "fingerprint differs" in r.stderr
+
+def test_resume_refuses_another_run_and_survives_a_new_mesh(setup, tmp_path):
+  """A checkpoint resumes only the run that wrote it: another start model, other data
+  content at the same path, another schedule length, rounds or loss key each refuse with
+  one line naming the key; --config.overwrite=True starts over (equal to a fresh run);
+  a different mesh (4 devices, data x tensor) resumes; one whose data-parallel size does
+  not divide the micro-batch is one line."""
+  root, model = setup
+  other_model = make_model_dir(tmp_path / "other", seed=1)
+  data = tmp_path / "traj.jsonl"
+  shutil.copy(root / "traj.jsonl", data)
+  w = tmp_path / "w"
+  r = distill(w, model, data, "--config.distill.max_steps=2")
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = data.read_text().splitlines()
+  changed = tmp_path / "changed.jsonl"
+  changed.write_text("\n".join(rows[1:] + rows[:1]) + "\n")  # same rows, other order
+  for extra, path, msg in [
+      ((f"--config.model_dir={other_model}",), data, "model: '"),
+      ((), changed, "data: '"),
+      (("--config.distill.max_steps=3",), data, "distill.max_steps: 2 -> 3"),
+      (("--config.distill.round_interval=1",), data, "distill.round_interval: 2 -> 1"),
+      (("--config.distill.multi_round=False",), data, "distill.multi_round: True -> False"),
+      (("--config.loss.beta=0.2",), data, "loss.beta: 0.1 -> 0.2")]:
+    if path is changed:
+      shutil.copy(changed, data)  # the same path, other content
+    r = distill(w, model, data, "--config.distill.max_steps=2", *extra)  # the last flag wins
+    shutil.copy(root / "traj.jsonl", data)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and err[-1].startswith("error: ") and len(err) == 1, r.stderr
+    assert "checkpoints: written by another run (" in err[-1] and f"differ: {msg}" in err[-1], err
+    assert "--config.overwrite=True to start over" in err[-1]
+
+  # overwrite: starts over, the same student as a fresh run with those settings
+  r = distill(w, model, data, "--config.distill.max_steps=3", "--config.overwrite=True")
+  assert r.returncode == 0 and "resuming" not in r.stderr, r.stderr[-3000:]
+  fresh = tmp_path / "fresh"
+  assert distill(fresh, model, data, "--config.distill.max_steps=3").returncode == 0
+  for x, y in zip(jax.tree.leaves(load_params(w / "student")[0]),
+                  jax.tree.leaves(load_params(fresh / "student")[0])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert [json.loads(x)["step"] for x in (w / "metrics.jsonl").read_text().splitlines()] \
+      == [1, 2, 3]
+
+  # a new mesh resumes: stop at 2 of 4 on one device, finish on 8 (2 x 2 x 2)
+  m = tmp_path / "m"
+  assert distill(m, model, data).returncode == 0
+  whole, _ = load_params(m / "student")
+  shutil.rmtree(m / "checkpoints" / "4")
+  shutil.rmtree(m / "student")
+  mesh = ("--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2",
+          "--config.mesh.shape.tensor=2")
+  r = distill(m, model, data, *mesh, devices=8)  # micro_batch 2 on 4 data-parallel ways
+  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+      "error: config distill.micro_batch=2 is not divisible by the data-parallel size 4 of "
+      "the mesh (data=2 x fsdp=2); use a multiple of 4 or a smaller data/fsdp mesh axis")
+  r = distill(m, model, data, *mesh[:1], "--config.mesh.shape.fsdp=1", *mesh[2:], devices=4)
+  assert r.returncode == 0 and "resuming from step 2" in r.stderr, r.stderr[-3000:]
+  for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(load_params(m / "student")[0])):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=4e-3)  # as the mesh test
 
 
 def test_distill_bad_inputs(setup, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from decode_setup import (DECODE_FLAGS, PNG_SIGNATURE, QUESTIONS, cli, load_config,
-                          read_jsonl, tiny_model, write_questions)
+                          read_jsonl, signal_during_call, tiny_model, write_questions)
 from t3d_jax.errors import InputError
 
 N_NEW, N = 8, 8
@@ -147,3 +147,30 @@ def test_eval_bad_input_is_one_clear_error(setup, tmp_path, case):
   with pytest.raises(InputError, match=match):
     eval_mode.run(_config(tmp_path, **kw))
   assert not (tmp_path / "eval").exists()
+
+
+def test_sigterm_stops_between_runs_and_the_rerun_reuses_the_finished_one(setup, tmp_path,
+                                                                          monkeypatch):
+  """SIGTERM during the first of two (model, setting) runs: it finishes and is written,
+  the eval stops (exit code 143); the rerun reuses it and decodes only the second."""
+  import signal
+  from t3d_jax.errors import Interrupted
+  from t3d_jax.modes import eval as eval_mode
+  from t3d_jax.sampling import batched
+  root, student, data = setup
+  c = _config(tmp_path, data=str(data), models=(f"base={root / 'model'}",),
+              tokens_per_forward=TPF)
+  c.decode.max_new_tokens = N_NEW
+  signal_during_call(monkeypatch, batched, "decode", 1, signal.SIGTERM)
+  calls = []
+  with pytest.raises(Interrupted, match="eval: stopped by SIGTERM after 1 of 2") as e:
+    eval_mode.run(c)
+  assert e.value.exit_code == 128 + signal.SIGTERM
+  done = sorted(p.name for p in (tmp_path / "eval" / "samples" / "base").iterdir())
+  assert done == [f"{SETTINGS[0]}.jsonl", f"{SETTINGS[0]}.summary.json"]
+  monkeypatch.undo()
+  real = batched.decode
+  monkeypatch.setattr(batched, "decode", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+  eval_mode.run(c)
+  assert len(calls) == 1  # the finished run was reused, only the second decoded
+  assert (tmp_path / "eval" / "summary.json").is_file()

@@ -183,3 +183,64 @@ def test_convert_and_export_on_two_processes(model_root, tmp_path):
   a, b = TensorSource(model_root / "hf"), TensorSource(work / "hf_export")
   assert sorted(a.weight_map) == sorted(b.weight_map)
   assert all(a.get(n).tobytes() == b.get(n).tobytes() for n in a.weight_map)
+
+
+def test_sigterm_on_one_process_stops_both_at_the_same_update(model_root, tmp_path):
+  """A preemption notice (SIGTERM) reaching only process 1: JAX's preemption sync point
+  stops both processes after the same update; each saves that checkpoint and exits 143
+  with one line; the relaunch resumes there to the uninterrupted run's student."""
+  from t3d_jax.convert import load_params
+  from tiny_setup import write_trajectories
+  data = tmp_path / "traj.jsonl"
+  write_trajectories(data, model_root / "tokenizer", questions=QUESTIONS)
+  common = (f"--config.model_dir={model_root / 'model'}", f"--config.distill.data={data}",
+            "--config.distill.global_batch=4", "--config.distill.micro_batch=4",
+            "--config.distill.max_steps=40", "--config.distill.checkpoint_every=1000",
+            "--config.distill.length_bucket=160", "--config.examples.block_size=4",
+            "--config.optim.lr=1e-3", "--config.distill.async_checkpoint=False",
+            "--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2",
+            "--config.mesh.shape.tensor=2")
+  launch(tmp_path / "logs_whole", "distill", f"--config.workdir={tmp_path / 'whole'}", *common)
+
+  w = tmp_path / "w"
+  port = subprocess.run([sys.executable, "-c", "import socket; s=socket.socket(); "
+                         "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
+                        capture_output=True, text=True).stdout.strip()
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+               XLA_FLAGS="--xla_force_host_platform_device_count=4",  # as launch()
+               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "t3d_jax.main", "--config", "configs/distill.py",
+         f"--config.workdir={w}", *common, "--config.jax_distributed=true"], cwd=REPO,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+      m = w / "metrics.jsonl"
+      if m.is_file() and len(m.read_text().splitlines()) >= 3:
+        break
+      time.sleep(0.05)
+    assert all(p.poll() is None for p in procs), "the run ended before it could be signalled"
+    procs[1].send_signal(signal.SIGTERM)
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  steps = []
+  for p, err in zip(procs, errs):
+    assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+    lines = [x for x in err.splitlines() if x.startswith("stopped:")]
+    assert len(lines) == 1 and "stopped by SIGTERM after update" in lines[0], err[-3000:]
+    steps.append(int(lines[0].split("after update ")[1].split(" ")[0]))
+  assert steps[0] == steps[1] and 3 <= steps[0] < 40, steps
+  assert (w / "checkpoints" / str(steps[0])).is_dir() and not (w / "student").exists()
+  launch(tmp_path / "logs_resume", "distill", f"--config.workdir={w}", *common)
+  assert f"resuming from step {steps[0]}" in log(tmp_path / "logs_resume", 0)
+  whole, _ = load_params(tmp_path / "whole" / "student")
+  resumed, _ = load_params(w / "student")
+  for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -100,7 +100,7 @@ def test_sft_of_a_converted_model_writes_a_model_dir_and_resumes(tiny, tmp_path)
   r = sft(work, model, "--config.pretrain.max_steps=2")  # finished: resumes at the end
   assert r.returncode == 0 and "pretrain: resuming from step 2" in r.stderr
   r = sft(work, model, "--config.pretrain.max_steps=2", "--config.pretrain.optim.lr=0.5")
-  assert r.returncode == 2 and "fingerprint differs" in r.stderr
+  assert r.returncode == 2 and "settings differ: pretrain.optim.lr: 0.001 -> 0.5)" in r.stderr
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from decode_setup import (DECODE_FLAGS, PNG_SIGNATURE, QUESTIONS, cli, load_config,
-                          read_jsonl, tiny_model, write_questions)
+                          read_jsonl, signal_during_call, tiny_model, write_questions)
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.errors import InputError
 
@@ -105,6 +105,11 @@ def test_rollout_writes_trajectories_and_resumes_exactly(setup, tmp_path):
   assert (b / "trajectories.jsonl").read_bytes() == (a / "trajectories.jsonl").read_bytes()
   assert (b / "trajectories.step_maps.png").is_file()
 
+  # other decoding settings onto those rows: refused, naming the key
+  r = cli("rollout", *rollout_flags(b, root, data, "--config.decode.temperature=0.5"))
+  assert r.returncode == 2
+  assert "other settings (1 differ: decode.temperature: 0.1 -> 0.5)" in r.stderr, r.stderr
+
 
 def _config(work, model, data, **decode):
   c = load_config("rollout")
@@ -157,7 +162,7 @@ def test_rollout_refuses_to_resume_with_other_settings(setup, tmp_path):
   with pytest.raises(InputError, match="no trajectories.meta.json found"):
     rollout.run(_config(work, root / "model", data))
   (work / "trajectories.meta.json").write_text('{"fingerprint": "0123"}')
-  with pytest.raises(InputError, match="fingerprint differs.*overwrite=True"):
+  with pytest.raises(InputError, match="other settings.*overwrite=True"):
     rollout.run(_config(work, root / "model", data, temperature=0.5))
 
 
@@ -191,3 +196,31 @@ def test_rows_through_tfds_equal_jsonl_and_prompt_template(setup, tmp_path):
   assert ids == tok_lib.encode(model.tokenizer, texts)
   with pytest.raises(InputError, match="no {question} placeholder"):
     tok_lib.build_prompts(model.tokenizer, direct[:1], "Q:", "q", dcfg)
+
+
+def test_sigterm_stops_at_a_chunk_boundary_and_the_resume_is_exact(setup, tmp_path,
+                                                                   monkeypatch):
+  """SIGTERM while chunk 2 of 3 decodes: that chunk is finished and written, the run stops
+  (Interrupted, exit code 143) with the rows of 2 chunks on disk; rerunning gives the
+  file of an uninterrupted run byte for byte."""
+  import signal
+  from t3d_jax.errors import Interrupted
+  from t3d_jax.modes import rollout
+  from t3d_jax.sampling import batched
+  root, data = setup
+
+  def config(work):
+    c = _config(work, root / "model", data)
+    c.rollout.chunk_prompts, c.rollout.num_samples, c.rollout.plot_trajectories = 3, 2, 0
+    return c
+  rollout.run(config(tmp_path / "whole"))
+  signal_during_call(monkeypatch, batched, "decode", 2, signal.SIGTERM)
+  with pytest.raises(Interrupted, match=f"stopped by SIGTERM after 6 of {N} rows") as e:
+    rollout.run(config(tmp_path / "w"))
+  assert e.value.exit_code == 128 + signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+  assert len(read_jsonl(tmp_path / "w" / "trajectories.jsonl")) == 6
+  monkeypatch.undo()
+  rollout.run(config(tmp_path / "w"))
+  assert ((tmp_path / "w" / "trajectories.jsonl").read_bytes()
+          == (tmp_path / "whole" / "trajectories.jsonl").read_bytes())

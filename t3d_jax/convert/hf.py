@@ -7,13 +7,14 @@ from shapes, writes them into a temp dir next to the target and renames it into 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from absl import logging
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from t3d_jax import dtypes
@@ -50,6 +51,18 @@ def read_hf_config(hf_dir) -> dict[str, Any]:
   return hf
 
 
+@contextlib.contextmanager
+def _safe_open(path: Path, name: str | None = None):
+  """``safe_open`` whose failures (a truncated or corrupt shard) name the file and tensor."""
+  try:
+    with safe_open(path, "np") as f:
+      yield f
+  except SafetensorError as e:
+    what = f", tensor {name!r}" if name else ""
+    raise ConversionError(f"{path}{what}: unreadable safetensors ({e}); the file is "
+                          "truncated or corrupt: copy or download it again") from None
+
+
 class TensorSource:
   """Lazy access to the tensors of a (sharded) safetensors checkpoint."""
 
@@ -62,7 +75,7 @@ class TensorSource:
       except (json.JSONDecodeError, KeyError) as e:
         raise ConversionError(f"{index}: not a safetensors index ({e!r})") from None
     elif single.is_file():
-      with safe_open(single, "np") as f:
+      with _safe_open(single) as f:
         self.weight_map = {k: SINGLE_FILE for k in f.keys()}
     else:
       raise ConversionError(f"{self.dir}: no weights ({SINGLE_FILE} or {INDEX_FILE}) found")
@@ -76,11 +89,11 @@ class TensorSource:
   # A handle per read: a long-lived handle keeps every touched page of the memory-mapped
   # shard resident, which would count the whole checkpoint a second time in RSS.
   def shape(self, name: str) -> tuple[int, ...]:
-    with safe_open(self.file_of(name), "np") as f:
+    with _safe_open(self.file_of(name), name) as f:
       return tuple(f.get_slice(name).get_shape())
 
   def dtype_name(self, name: str) -> str:
-    with safe_open(self.file_of(name), "np") as f:
+    with _safe_open(self.file_of(name), name) as f:
       stored = f.get_slice(name).get_dtype()
     if stored not in _SAFETENSORS_DTYPES:
       raise ConversionError(f"{self.file_of(name)}: tensor {name!r} has unsupported dtype "
@@ -88,7 +101,7 @@ class TensorSource:
     return _SAFETENSORS_DTYPES[stored]
 
   def get(self, name: str) -> np.ndarray:
-    with safe_open(self.file_of(name), "np") as f:
+    with _safe_open(self.file_of(name), name) as f:
       return f.get_tensor(name)
 
   def file_of(self, name: str) -> Path:

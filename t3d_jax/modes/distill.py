@@ -30,7 +30,7 @@ from t3d_jax.distill.data import load_trajectory_samples, make_batch
 from t3d_jax.distill.examples import ExampleConfig
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.errors import InputError
-from t3d_jax.settings import expand, model_dir
+from t3d_jax.settings import content_digest, expand, model_dir
 from t3d_jax.train import loop, recipe
 
 
@@ -63,9 +63,14 @@ def run(config) -> None:
     return b, dict(dropped=int(np.sum(b["weight"] == 0)))
 
   # what a resumed run must share with the run that wrote the checkpoints
-  settings = dict(data=d.data, samples=len(samples), batch=d.global_batch, micro=d.micro_batch,
+  settings = dict(model=checkpoint.model_digest(src),
+                  data=content_digest((s.prompt_ids, s.response_ids, s.step_map)
+                                      for s in samples),
+                  distill=recipe.result_keys(d, skip=("data", "student_dir")),
                   examples=config.examples.to_dict(), loss=config.loss.to_dict(),
-                  optim=config.optim.to_dict(), seed=config.seed)
+                  optim=config.optim.to_dict(), seed=config.seed,
+                  numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
+                  special_ids=dict(mask=ids.mask_id, pad=ids.pad_id))
   t0 = time.time()
   res = recipe.run(
       config, name="distill", section=d, optim_section=config.optim, out=work,

@@ -45,17 +45,19 @@ import jax
 from absl import logging
 from tqdm import tqdm
 
+from t3d_jax import checkpoint
 from t3d_jax.convert import load_model
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import count_rows, write_json_atomic, write_jsonl_atomic
 from t3d_jax.distributed import broadcast_from_main
-from t3d_jax.errors import InputError
+from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.evaluation.metrics import aup, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
 from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
-from t3d_jax.settings import expand, fingerprint
+from t3d_jax.settings import content_digest, expand, fingerprint
 from t3d_jax.tasks import grade_response
+from t3d_jax.train.preemption import StopRequests
 
 SHORT = {"sequential": "seq", "low_confidence_static": "static",
          "low_confidence_dynamic": "dynamic", "entropy_bounded": "entropy"}
@@ -150,6 +152,16 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
   return rows, summary
 
 
+def _fingerprint(config, model_digest: str, data_digest: str, dcfg) -> str:
+  """What a reused (model, setting) result must share with this run: the weights, the
+  prompts and answers, the grader and every decoding setting."""
+  d = config.decode
+  return fingerprint(dict(model=model_digest, data=data_digest, task=config.task.name,
+                          grade_timeout_s=config.eval.grade_timeout_s,
+                          decode=dataclasses.asdict(dcfg), batch_size=d.batch_size,
+                          width_multiple=d.width_multiple, seed=config.seed))
+
+
 def _finished(summary_path: Path, samples_path: Path, n: int, fp: str):
   """The summary of a (model, setting) finished before with the same fingerprint, or None."""
   if summary_path.is_file() and count_rows(samples_path) == n:
@@ -190,41 +202,47 @@ def run(config) -> None:
   rng = jax.random.key(config.seed)
   results = []
   bar = tqdm(total=n * len(models) * len(settings), desc="eval", unit="seq", disable=not main)
+  k, total = 0, len(models) * len(settings)
   try:
-    for name, path in models:
-      model = load_model(path, name, config.tokenizer_dir, config.model.param_dtype,
-                         config.model.dtype)
-      base_dcfg = DecodeConfig.from_config(d, model.ids)
-      prompts, prompt_ids = tok_lib.build_prompts(model.tokenizer, questions,
-                                                  config.prompt_template, e.data, base_dcfg)
-      for s in settings:
-        dcfg = DecodeConfig.from_config(d, model.ids, strategy=s.strategy,
-                                        denoising_steps=s.steps)
-        fp = fingerprint(dict(model=os.path.abspath(path), data=e.data, limit=e.limit,
-                          fields=(e.question_field, e.answer_field), n=n,
-                          decode=dataclasses.asdict(dcfg), batch_size=d.batch_size,
-                          width_multiple=d.width_multiple, seed=config.seed,
-                          prompt_template=config.prompt_template))
-        samples_path = out / "samples" / name / f"{s.name}.jsonl"
-        summary_path = samples_path.with_suffix(".summary.json")
-        cached = _finished(summary_path, samples_path, n, fp) if main else None
-        if broadcast_from_main(cached is not None):  # the others decode only when 0 does
+    with StopRequests() as signals:  # SIGTERM / SIGINT: stop after the run in flight
+      for name, path in models:
+        model = load_model(path, name, config.tokenizer_dir, config.model.param_dtype,
+                           config.model.dtype)
+        base_dcfg = DecodeConfig.from_config(d, model.ids)
+        prompts, prompt_ids = tok_lib.build_prompts(model.tokenizer, questions,
+                                                    config.prompt_template, e.data, base_dcfg)
+        digest = checkpoint.model_digest(path)  # a retrained model at the same path is new
+        data_digest = content_digest((p, str(q["answer"])) for p, q in zip(prompts, questions))
+        for s in settings:
+          dcfg = DecodeConfig.from_config(d, model.ids, strategy=s.strategy,
+                                          denoising_steps=s.steps)
+          fp = _fingerprint(config, digest, data_digest, dcfg)
+          samples_path = out / "samples" / name / f"{s.name}.jsonl"
+          summary_path = samples_path.with_suffix(".summary.json")
+          cached = _finished(summary_path, samples_path, n, fp) if main else None
+          if broadcast_from_main(cached is not None):  # the others decode only when 0 does
+            if main:
+              print(f"[eval] {name} {s.name}: finished before, reused", file=sys.stderr,
+                    flush=True)
+            if cached is not None:
+              results.append(cached)
+            bar.update(n)
+            k += 1
+            continue
+          bar.set_postfix_str(f"{name} {s.name}")
+          rows, summary = _evaluate(model, s, dcfg, prompts, prompt_ids, questions, config, rng,
+                                    bar, main)
           if main:
-            print(f"[eval] {name} {s.name}: finished before, reused", file=sys.stderr,
-                  flush=True)
-          if cached is not None:
-            results.append(cached)
-          bar.update(n)
-          continue
-        bar.set_postfix_str(f"{name} {s.name}")
-        rows, summary = _evaluate(model, s, dcfg, prompts, prompt_ids, questions, config, rng,
-                                  bar, main)
-        if main:
-          summary["fingerprint"] = fp
-          write_jsonl_atomic(samples_path, rows)
-          write_json_atomic(summary_path, summary)
-          results.append(summary)
-      del model
+            summary["fingerprint"] = fp
+            write_jsonl_atomic(samples_path, rows)
+            write_json_atomic(summary_path, summary)
+            results.append(summary)
+          k += 1
+          if signals.requested(k) and k < total:  # between (model, setting) runs
+            raise Interrupted(f"eval: stopped by {signals.name} after {k} of {total} "
+                              f"(model, setting) runs, each finished one in {out / 'samples'}"
+                              "; rerun the same command to resume", 128 + signals.signum)
+        del model
   finally:
     bar.close()
   if not main:

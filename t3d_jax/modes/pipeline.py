@@ -12,10 +12,12 @@ Two guards apply to every mode run with a config that names pipeline stages:
 * the first run records the config in ``<workdir>/t3d_config.json``; a later run whose
   config differs (other than mode / overwrite / force / multi-host keys) is refused,
   naming the differing keys, unless ``--config.force=True`` (then the record is replaced);
+  a first run that fails before writing any output leaves no record;
 * a stage whose input is missing names the earlier mode that writes it.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import time
@@ -25,50 +27,40 @@ import jax
 
 from t3d_jax.data.jsonl import write_json_atomic
 from t3d_jax.distributed import barrier
-from t3d_jax.errors import InputError
-from t3d_jax.settings import expand, model_dir
+from t3d_jax.errors import InputError, Interrupted
+from t3d_jax.settings import as_json, differences, expand, model_dir
 
 STAGES = ("task", "pretrain", "rollout", "distill", "eval", "export")
 RUNTIME_KEYS = ("mode", "workdir", "overwrite", "force", "jax_distributed", "distributed")
 RECORD = "t3d_config.json"
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def identity(config) -> dict:
   """The config as JSON values, without the keys that may change between runs."""
-  d = json.loads(json.dumps(config.to_dict(), default=str))
+  d = as_json(config.to_dict())
   for k in RUNTIME_KEYS:
     d.pop(k, None)
   return d
 
 
-def check_workdir(config) -> None:
-  """Refuses a workdir set up by a different config (unless ``config.force``)."""
+def check_workdir(config) -> bool:
+  """Refuses a workdir set up by a different config (unless ``config.force``); returns
+  whether this run wrote the record first."""
   work = Path(config.workdir)
   record = work / RECORD
   now = identity(config)
-  if record.is_file():
+  first = not record.is_file()
+  if not first:
     old = json.loads(record.read_text())
     if old == now:
-      return
-    a, b = _flat(old), _flat(now)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
+      return False
     if not config.force:
-      shown = ", ".join(f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}"
-                        for k in diff[:5]) + (" ..." if len(diff) > 5 else "")
-      raise InputError(f"{work} was set up by a different config ({len(diff)} keys differ: "
+      n, shown = differences(old, now)
+      raise InputError(f"{work} was set up by a different config ({n} keys differ: "
                        f"{shown}); use another --config.workdir or --config.force=True")
   if jax.process_index() == 0:
     write_json_atomic(record, now)
+  return first
 
 
 def _outputs(config) -> dict:
@@ -113,13 +105,38 @@ def check_inputs(config, stage: str) -> None:
     raise InputError(f"{stage}: {path} does not exist: {hint}")
 
 
-def guard(config) -> None:
-  """Both guards, for a mode run with a pipeline config (called by t3d_jax.main)."""
+# what the CLI itself keeps in a workdir: not a stage's output
+BOOKKEEPING = (RECORD, "last_run_config.json", ".t3d_run.lock")
+
+
+def _outputs_present(work: Path) -> set:
+  """Top-level entries of ``work`` that hold a file (empty dirs do not count)."""
+  if not work.is_dir():
+    return set()
+  return {p.name for p in work.iterdir() if p.name not in BOOKKEEPING
+          and (p.is_file() or any(f.is_file() for f in p.rglob("*")))}
+
+
+@contextlib.contextmanager
+def guarded(config):
+  """Both guards around a mode run with a pipeline config (used by t3d_jax.main). A run
+  that fails before writing any output does not keep the record it wrote, so the
+  corrected command is not refused as "a different config"."""
   if not config.pipeline.stages or not config.workdir:
+    yield
     return
-  check_workdir(config)
-  if config.mode != "pipeline":
-    check_inputs(config, config.mode)
+  work = Path(config.workdir)
+  before = _outputs_present(work)
+  first = check_workdir(config)
+  try:
+    if config.mode != "pipeline":
+      check_inputs(config, config.mode)
+    yield
+  except Exception as e:  # a signal (Interrupted) saved state: that run keeps the record
+    if (first and not isinstance(e, Interrupted) and jax.process_index() == 0
+        and _outputs_present(work) <= before):
+      (work / RECORD).unlink(missing_ok=True)
+    raise
 
 
 def run(config) -> None:

@@ -28,9 +28,13 @@ from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig
-from t3d_jax.settings import expand, model_dir
+from t3d_jax.settings import content_digest, expand, model_dir
 from t3d_jax.train import loop, recipe
 from t3d_jax.train import pretrain as pt
+
+
+# where the rows come from: their content digest stands for them in the resume check
+DATA_KEYS = ("data", "question_field", "answer_field", "limit", "use_tfds", "tfds_dir", "init")
 
 
 def _tokenizer_dir(config) -> Path:
@@ -107,11 +111,13 @@ def run(config) -> None:
       loss_fn=lambda m: functools.partial(pt.micro_loss, model=m, block_size=ex_cfg.block_size,
                                           pad_id=ids.pad_id),
       make_batch=batch, reference=False,
-      settings=dict(data=p.data, rows=len(pairs), init=p.init, arch=config.arch.to_dict(),
-                    batch=p.global_batch, micro=p.micro_batch,
-                    examples=config.examples.to_dict(), mask_eps=p.mask_eps,
-                    optim=p.optim.to_dict(), template=config.prompt_template,
-                    seed=config.seed))
+      settings=dict(model=checkpoint.model_digest(start.path) if start.path else "random",
+                    arch=None if start.path else config.arch.to_dict(),
+                    data=content_digest((x.prompt_ids, x.response_ids) for x in pairs),
+                    pretrain=recipe.result_keys(p, skip=DATA_KEYS),
+                    examples=config.examples.to_dict(), seed=config.seed,
+                    numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
+                    special_ids=dict(mask=ids.mask_id, pad=ids.pad_id)))
   out = Path(model_dir(config))
   if distributed.is_main_process():
     with tempfile.TemporaryDirectory(dir=work) as tmp:

@@ -25,7 +25,10 @@ b of the chunk with a further ``fold_in(., b)``), so the samples depend only on 
 the settings and the seed: rerunning the same command skips the rows already written
 (a torn last line is cut) and the final file equals that of an uninterrupted run. The
 settings are fingerprinted in <output stem>.meta.json; resuming onto a file written with
-other settings is refused unless ``--config.overwrite=True`` (which starts over).
+other settings is refused, naming the keys, unless ``--config.overwrite=True`` (which
+starts over). SIGTERM / SIGINT: the chunk in flight is finished and written, then the run
+stops (exit 128 + the signal) with one line saying where to resume; a second signal
+stops it at once (the rows written so far stay valid).
 
 With several processes (multi-host, or launch/cpu_multiprocess.sh) each one loads the
 whole model and decodes its share of every chunk's batches (batch b on process
@@ -40,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,15 +51,17 @@ import jax
 from absl import logging
 from tqdm import tqdm
 
+from t3d_jax import checkpoint
 from t3d_jax.convert import load_model
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
-from t3d_jax.errors import InputError
+from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.sampling import DecodeConfig, batched
-from t3d_jax.settings import expand, model_dir
+from t3d_jax.settings import as_json, content_digest, differences, expand, model_dir
 from t3d_jax.settings import fingerprint as config_fingerprint
 from t3d_jax.tasks import extract
+from t3d_jax.train.preemption import StopRequests
 
 
 def _paths(config) -> tuple[Path, Path, Path]:
@@ -66,25 +70,28 @@ def _paths(config) -> tuple[Path, Path, Path]:
   return out, out.with_name(out.stem + ".meta.json"), out.with_name(out.stem + ".step_maps.png")
 
 
-def fingerprint(config, model_path: str, dcfg) -> dict:
-  """What a resumed run must share with the run that wrote the rows."""
+def fingerprint(config, model_path: str, dcfg, prompts, questions) -> dict:
+  """What a resumed run must share with the run that wrote the rows: the model's and the
+  questions' content, and every decoding setting."""
   r, d = config.rollout, config.decode
-  return dict(model=os.path.abspath(model_path), data=r.data, question_field=r.question_field,
-              answer_field=r.answer_field, limit=r.limit, num_samples=r.num_samples,
-              chunk_prompts=r.chunk_prompts, batch_size=d.batch_size,
-              width_multiple=d.width_multiple, prompt_template=config.prompt_template,
-              seed=config.seed, decode=dataclasses.asdict(dcfg))
+  return dict(model=checkpoint.model_digest(model_path),
+              data=content_digest((p, str(q["answer"])) for p, q in zip(prompts, questions)),
+              num_samples=r.num_samples, chunk_prompts=r.chunk_prompts,
+              batch_size=d.batch_size, width_multiple=d.width_multiple, seed=config.seed,
+              decode=dataclasses.asdict(dcfg))
 
 
 def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
   """Refuse to resume onto rows written with other settings; record the settings."""
   digest = config_fingerprint(fp)
   if count_rows(out) > 0:
-    old = json.loads(meta.read_text()).get("fingerprint") if meta.is_file() else None
-    if old == digest:
+    old = json.loads(meta.read_text()) if meta.is_file() else {}
+    if old.get("fingerprint") == digest:
       return
     if not overwrite:
-      why = "other data or settings (fingerprint differs)" if old else f"no {meta.name} found"
+      why = (f"no {meta.name} found" if not old else
+             "other settings ({} differ: {})".format(*differences(old.get("settings", {}),
+                                                                   as_json(fp))))
       raise InputError(f"{out}: already holds rows written by a run with {why}; use another "
                        "workdir / rollout.output or --config.overwrite=True to start over")
     out.unlink()
@@ -163,7 +170,8 @@ def run(config) -> None:
   out, meta, png = _paths(config)
   main = jax.process_index() == 0
   n, ns = len(questions), r.num_samples
-  writer, done = _open_output(out, meta, fingerprint(config, src, dcfg), config.overwrite, n,
+  writer, done = _open_output(out, meta, fingerprint(config, src, dcfg, prompts, questions),
+                              config.overwrite, n,
                               main)
   logging.info("rollout: %d questions x %d samples from %s, model %s, %s", n, ns, r.data, src,
                dcfg)
@@ -177,30 +185,35 @@ def run(config) -> None:
   t0, tokens, nfe = time.time(), 0, 0
   bar = tqdm(total=n * ns, initial=done * ns, desc="rollout", unit="seq", disable=not main)
   try:
-    for c, start in enumerate(range(0, n, r.chunk_prompts)):
-      stop = min(n, start + r.chunk_prompts)
-      if stop <= done:
-        continue
-      seqs = [prompt_ids[i] for i in range(start, stop) for _ in range(ns)]
-      base = bar.n
-
-      def progress(k, base=base, first=max(0, done - start) * ns):
-        bar.update(max(0, base + max(0, k - first) - bar.n))
-
-      # collective: every process decodes its batches, every one gets all results
-      res = batched.decode(model.params, model.cfg, seqs, dcfg, jax.random.fold_in(key, c),
-                           batch_size=d.batch_size, width_multiple=d.width_multiple,
-                           mesh=mesh, progress=progress)
-      for j, i in enumerate(range(start, stop)):
-        if i < done:
+    with StopRequests() as signals:  # SIGTERM / SIGINT: stop after the chunk in flight
+      for c, start in enumerate(range(0, n, r.chunk_prompts)):
+        stop = min(n, start + r.chunk_prompts)
+        if stop <= done:
           continue
-        samples = res[j * ns:(j + 1) * ns]
-        tokens += sum(s["length"] for s in samples)
-        nfe += sum(s["nfe"] for s in samples)
-        if writer is not None:
-          writer.write(_row(model, questions[i], prompts[i], samples, config.task.name))
-      done = stop
-      bar.update(max(0, done * ns - bar.n))
+        seqs = [prompt_ids[i] for i in range(start, stop) for _ in range(ns)]
+        base = bar.n
+
+        def progress(k, base=base, first=max(0, done - start) * ns):
+          bar.update(max(0, base + max(0, k - first) - bar.n))
+
+        # collective: every process decodes its batches, every one gets all results
+        res = batched.decode(model.params, model.cfg, seqs, dcfg, jax.random.fold_in(key, c),
+                             batch_size=d.batch_size, width_multiple=d.width_multiple,
+                             mesh=mesh, progress=progress)
+        for j, i in enumerate(range(start, stop)):
+          if i < done:
+            continue
+          samples = res[j * ns:(j + 1) * ns]
+          tokens += sum(s["length"] for s in samples)
+          nfe += sum(s["nfe"] for s in samples)
+          if writer is not None:
+            writer.write(_row(model, questions[i], prompts[i], samples, config.task.name))
+        done = stop
+        bar.update(max(0, done * ns - bar.n))
+        if signals.requested(c) and done < n:  # a chunk boundary: its rows are on disk
+          raise Interrupted(f"rollout: stopped by {signals.name} after {done} of {n} rows "
+                            f"in {out}; rerun the same command to resume",
+                            128 + signals.signum)
   finally:
     bar.close()
     if writer is not None:

@@ -6,7 +6,9 @@ TensorBoard (``<out>/tb``) and ``<out>/metrics.jsonl`` (process 0 only), saves o
 checkpoints in ``<out>/checkpoints`` (state, optional reference, JSON meta with a
 fingerprint of the run's settings) and resumes from the newest one: a rerun of the same
 command continues where it stopped, bit-exactly (batches depend only on the update index).
-A checkpoint written with another fingerprint is refused unless ``overwrite``.
+A checkpoint written with other settings is refused, naming the keys that differ; with
+``overwrite`` the run starts over (its checkpoints, metrics and TensorBoard logs go).
+Metrics a killed run logged after its last checkpoint are dropped on resume.
 
 Every update's metrics (loss, grad norm, ...) are checked for NaN/inf, one update late so
 the device never waits for the host (and at once before anything is logged or saved):
@@ -24,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,10 +37,10 @@ import jax.numpy as jnp
 from absl import logging
 from tqdm import tqdm
 
-from t3d_jax import checkpoint
-from t3d_jax.data.jsonl import JsonlAppender
+from t3d_jax import checkpoint, distributed
+from t3d_jax.data.jsonl import JsonlAppender, write_jsonl_atomic
 from t3d_jax.errors import InputError, Interrupted
-from t3d_jax.settings import fingerprint
+from t3d_jax.settings import as_json, differences, fingerprint
 from t3d_jax.train.preemption import StopRequests
 
 
@@ -92,21 +95,27 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
   info)`` gives update k's global batch and a dict of scalars to log with it;
   ``refresh(params) -> reference`` (new buffers) is called every ``lc.round_interval``
   updates; ``extra(done)`` adds keys to the checkpoint meta (data position, ...)."""
-  fp = fingerprint(settings)
-  ckpt = checkpoint.TrainCheckpointer(lc.out / "checkpoints", keep=lc.keep_checkpoints,
-                                      async_save=lc.async_checkpoint,
-                                      with_reference=reference is not None)
-  restored = ckpt.restore_latest(state, reference)
+  fp, settings = fingerprint(settings), as_json(settings)
+  open_ckpt = lambda: checkpoint.TrainCheckpointer(  # noqa: E731
+      lc.out / "checkpoints", keep=lc.keep_checkpoints, async_save=lc.async_checkpoint,
+      with_reference=reference is not None)
+  ckpt = open_ckpt()
+  meta = ckpt.latest_meta()  # checked before any array is read (shapes may differ too)
+  if meta is not None and meta.get("fingerprint") != fp:
+    ckpt.close()
+    if not lc.overwrite:
+      raise InputError(f"{lc.out / 'checkpoints'}: written by another run ("
+                       f"{_changed(meta, settings)}); use another workdir, or "
+                       "--config.overwrite=True to start over")
+    start_over(lc.out)  # --config.overwrite: this run's outputs go, the run starts afresh
+    ckpt, meta = open_ckpt(), None
+  restored = ckpt.restore_latest(state, reference) if meta is not None else None
   if restored is not None:
-    state, reference, meta = restored
-    if meta.get("fingerprint") != fp and not lc.overwrite:
-      ckpt.close()
-      raise InputError(f"{lc.out / 'checkpoints'}: written by a run with other data or "
-                       "settings (fingerprint differs); use another workdir or "
-                       "--config.overwrite=True")
+    state, reference, _ = restored
     note = f"{lc.name}: resuming from step {int(state.step)}"
     if jax.process_index() == 0:  # once on the terminal; the others with --verbosity
       print(note, file=sys.stderr, flush=True)
+      _trim_metrics(lc.out / "metrics.jsonl", int(state.step))
     else:
       logging.info(note)
   main = jax.process_index() == 0  # only process 0 logs
@@ -129,7 +138,7 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
                           f"{kept}, nothing else written (lower the learning rate?)")
 
   def save(done):
-    meta = dict(step=done, round=rounds(done), fingerprint=fp)
+    meta = dict(step=done, round=rounds(done), fingerprint=fp, settings=settings)
     meta.update(extra(done) if extra else {})
     ckpt.save(done, state, reference, meta)
 
@@ -173,6 +182,32 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
       writer.close()
   logging.info("%s: %d updates in %.1fs", lc.name, lc.total - start, time.time() - t0)
   return state
+
+
+def _changed(meta: dict, settings: dict) -> str:
+  if "settings" not in meta:  # written before checkpoints recorded their settings
+    return "other data or settings: fingerprint differs"
+  n, shown = differences(meta["settings"], settings)
+  return f"{n} settings differ: {shown}"
+
+
+def start_over(out: Path) -> None:
+  """Remove a run's checkpoints, metrics and TensorBoard logs (process 0; all wait)."""
+  if jax.process_index() == 0:
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    shutil.rmtree(out / "tb", ignore_errors=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+  distributed.barrier(f"{out}: started over")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+  """Drop the rows a killed run logged after its last checkpoint (they are redone)."""
+  if path.is_file():
+    lines = path.read_text().splitlines(keepends=True)
+    rows = [json.loads(x) for x in lines if x.endswith("\n") and x.strip()]  # not a torn one
+    keep = [r for r in rows if r.get("step", 0) <= step]
+    if len(keep) < len(lines):
+      write_jsonl_atomic(path, keep)
 
 
 def last_metrics(out: Path) -> dict:

@@ -1,7 +1,9 @@
-"""Stop requests for the training loop: SIGTERM (spot / preemptible VMs) and SIGINT.
+"""Stop requests for the training loop and the decoding modes: SIGTERM (spot /
+preemptible VMs) and SIGINT.
 
 With one process, a handler records the first signal and the loop stops after the
-update in flight, saves a checkpoint there and exits. With several processes every one
+update (or chunk) in flight, saves a checkpoint there and exits; a second signal acts at
+once, as it would without the handler. With several processes every one
 must stop at the same update, so the handlers are left to JAX's preemption sync manager
 (set up by ``jax.distributed.initialize``; it receives the notice on any host) and the
 loop asks :func:`jax.experimental.multihost_utils.reached_preemption_sync_point` each
@@ -35,6 +37,8 @@ class StopRequests:
     del frame
     if self.signum is None:
       self.signum = signum
+    for s, handler in self._previous.items():  # a second signal acts at once, as before
+      signal.signal(s, handler)
 
   def __exit__(self, *exc) -> None:
     for s, handler in self._previous.items():

@@ -20,9 +20,20 @@ import jax
 from t3d_jax import distributed, sharding
 from t3d_jax.convert import load_params_sharded
 from t3d_jax.data.loader import epoch_order
+from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.train import loop, sharded
 from t3d_jax.train.trainer import OptimConfig, copy_tree, make_optimizer, make_train_step
+
+
+# keys of a training section that do not change what the run computes
+LOGGING_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "async_checkpoint")
+
+
+def result_keys(section, skip=()) -> dict:
+  """A config section as a dict, without its logging / checkpointing keys and ``skip``
+  (keys whose effect a digest already covers, or output paths)."""
+  return {k: v for k, v in section.to_dict().items() if k not in LOGGING_KEYS + tuple(skip)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +57,12 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
         reference: bool, round_interval: int = 0) -> Result:
   """Trains and returns the final params.
 
-  ``settings`` (plus the schedule length) are fingerprinted into every checkpoint; a
-  resumed run must match them. ``section``: the mode's config section (global_batch,
-  micro_batch, num_epochs, max_steps, log/checkpoint keys); ``n`` examples named ``data`` in messages;
+  ``settings`` (plus the schedule length) are recorded in every checkpoint; a resumed
+  run must match them: everything that changes the result (the start model's and the
+  data's digests, the mode's section without its logging keys, ...), nothing that does
+  not (mesh, process count, logging). ``section``: the mode's config section (global_batch,
+  micro_batch, num_epochs, max_steps, log/checkpoint keys); ``n`` examples named ``data``
+  in messages;
   ``loss_fn(model) -> (params, ref, micro_batch, rng) -> (loss, metrics)``;
   ``make_batch(indices, step) -> (numpy batch [A, M, ...], scalars to log)``;
   ``reference``: keep a frozen copy of the start params, refreshed every
@@ -60,6 +74,11 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
   rules = config.mesh.rules
   model = start.model
   sh = sharded.train_shardings(model, tx, mesh, rules)
+  ways, how = sharding.data_parallel(sh.batch)
+  if section.micro_batch % ways:
+    raise InputError(f"config {name}.micro_batch={section.micro_batch} is not divisible by "
+                     f"the data-parallel size {ways} of the mesh ({how}); use a multiple "
+                     f"of {ways} or a smaller data/fsdp mesh axis")
   if start.path:
     params, _ = load_params_sharded(start.path, mesh, rules, model.param_dtype)
     state = sharded.create_train_state(params, tx, sh)   # copies: params stay as reference
