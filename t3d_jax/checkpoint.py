@@ -11,6 +11,7 @@ Writes go to a temp dir that is renamed into place, so a crash leaves no half mo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,6 +29,10 @@ from t3d_jax.models.sdar import SDARConfig
 PARAMS, CONFIG, HF_META, DIGEST = "params", "sdar_config.json", "hf_meta", "params.sha256"
 INDEX_FILE = "model.safetensors.index.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
+
+
+class CheckpointWriteError(InputError):
+  """A checkpoint (or model dir) could not be written: disk full, read-only, ..."""
 
 
 class ConversionError(InputError):
@@ -56,6 +61,18 @@ def check_target(out_dir, overwrite: bool) -> None:
                           "(--config.overwrite=True) to replace it")
 
 
+@contextlib.contextmanager
+def writing(where):
+  """A failed (possibly background) orbax write under ``where`` becomes one
+  CheckpointWriteError naming it and orbax's first line."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001 -- orbax raises ValueError, OSError, RuntimeError
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise CheckpointWriteError(f"{where}: could not be written ({first}); is the disk full "
+                               "or read-only?") from None
+
+
 def save_params(directory, params, *, this_process_only: bool = False) -> None:
   """Save a param tree (numpy or jax arrays) with orbax; blocks until written.
 
@@ -68,9 +85,13 @@ def save_params(directory, params, *, this_process_only: bool = False) -> None:
     kw["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
         primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process_{me}_only")
   ckptr = ocp.StandardCheckpointer(**kw)
-  ckptr.save(Path(directory).absolute(), params)
-  ckptr.wait_until_finished()
-  ckptr.close()
+  try:
+    with writing(directory):
+      ckptr.save(Path(directory).absolute(), params)
+      ckptr.wait_until_finished()
+  finally:
+    with contextlib.suppress(Exception):
+      ckptr.close()
 
 
 def _to_jax(x):
@@ -181,9 +202,9 @@ class TrainCheckpointer:
     opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                         enable_async_checkpointing=async_save,
                                         cleanup_tmp_directories=True)  # a killed save's
+    self.directory = Path(directory).absolute()
     self.items = ("state", "reference", "meta") if with_reference else ("state", "meta")
-    self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=opts,
-                                         item_names=self.items)
+    self.manager = ocp.CheckpointManager(self.directory, options=opts, item_names=self.items)
 
   @staticmethod
   def _state_tree(state):
@@ -197,7 +218,18 @@ class TrainCheckpointer:
                 meta=ocp.args.JsonSave(meta))
     if "reference" in self.items:
       args["reference"] = ocp.args.StandardSave(reference)
-    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    with writing(self.directory):
+      self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+  def check(self) -> None:
+    """Raises CheckpointWriteError at once if a background save failed (cheap: no wait)."""
+    with writing(self.directory):
+      self.manager.check_for_errors()
+
+  def wait(self) -> None:
+    """Blocks until the saves in flight are on disk."""
+    with writing(self.directory):
+      self.manager.wait_until_finished()
 
   def latest_meta(self):
     """The JSON meta of the newest checkpoint (no array is read); None when there is none."""
@@ -222,6 +254,14 @@ class TrainCheckpointer:
     return (state.replace(step=s["step"], params=s["params"], opt_state=s["opt_state"]),
             out["reference"] if "reference" in self.items else None, out["meta"])
 
-  def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+  def close(self, *, failed: bool = False) -> None:
+    """Waits for the saves in flight and closes; ``failed``: the run is failing anyway,
+    so a write error here is not raised over the error in flight."""
+    try:
+      self.wait()
+    except CheckpointWriteError:
+      if not failed:
+        raise
+    finally:
+      with contextlib.suppress(Exception):
+        self.manager.close()

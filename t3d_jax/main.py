@@ -16,6 +16,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from t3d_jax.checkpoint import CheckpointWriteError
 from t3d_jax.errors import InputError, Interrupted
 
 MODES = ("convert", "export", "task", "pretrain", "rollout", "distill", "eval", "pipeline")
@@ -137,6 +138,21 @@ def _key_problem(config, key: str) -> str | None:
   return None
 
 
+def _quiet_closed_loop(hook):
+  """An unraisable-exception hook that drops "Event loop is closed" from asyncio
+  callbacks (tensorstore writes finishing after a failed orbax save closed its loop:
+  dozens of tracebacks before the run's one-line error); the rest goes to ``hook``."""
+  def quiet(u):
+    import traceback
+    last = traceback.extract_tb(u.exc_traceback)[-1:] if u.exc_traceback else []
+    if (u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed" and last
+        and last[0].filename.endswith(os.path.join("asyncio", "base_events.py"))):
+      logging.info("dropped after a failed save: %s", u.exc_value)
+      return
+    hook(u)
+  return quiet
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -144,16 +160,23 @@ def main(argv) -> None:
     raise app.UsageError("--config=configs/<name>.py is required")
   if not flags.FLAGS["verbosity"].present:  # quiet by default: INFO with --verbosity=0
     logging.set_verbosity(logging.WARNING)
+    # orbax logs a failed background save as a storm of ERROR lines; the run reports it
+    # as one line (CheckpointWriteError), the storm is there with --verbosity
+    logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname)
+    sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
   logging.info("config:\n%s", _CONFIG.value)
   try:
     run(_CONFIG.value)
   except Interrupted as e:  # a signal: the state is saved, say where to resume
     print(f"stopped: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
-  except (InputError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+  except (InputError, OSError) as e:  # bad input, a failed write: one line, no traceback
     if os.environ.get("T3D_TRACEBACK"):
       raise
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    if isinstance(e, CheckpointWriteError):  # orbax's writer threads are still failing:
+      sys.stdout.flush()                     # leave now, without their shutdown storm
+      os._exit(2)
     sys.exit(2)
 
 

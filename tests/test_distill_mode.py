@@ -270,3 +270,24 @@ def test_one_run_per_workdir_and_a_killed_holder_leaves_no_stale_lock(setup, tmp
   holder.wait()
   r = distill(w, model, root / "traj.jsonl", "--config.distill.max_steps=-5")
   assert r.returncode == 2 and "max_steps=-5: must be >= 0" in r.stderr, r.stderr[-2000:]
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_no_student(setup, tmp_path):
+  """Writes fail for real (a 100 kB file-size limit: EFBIG, as a full disk gives ENOSPC)
+  once checkpoints are written: the background save's failure stops the run at the next
+  update with one line naming the checkpoint dir (exit 2), no traceback, no student."""
+  root, model = setup
+  w = tmp_path / "w"
+  limit = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, "
+           "100_000)); os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+  cmd = distill_cmd(w, model, root / "traj.jsonl", "--config.distill.async_checkpoint=True",
+                    "--config.distill.max_steps=6")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  r = subprocess.run([sys.executable, "-c", limit] + cmd[1:], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=600)
+  lines = [x for x in r.stderr.replace("\r", "\n").splitlines()
+           if x.strip() and not x.startswith("distill:")]  # the progress bar
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+  assert lines[0].startswith(f"error: {w / 'checkpoints'}: could not be written (")
+  assert "File too large" in lines[0] and lines[0].endswith("is the disk full or read-only?")
+  assert not (w / "student").exists()

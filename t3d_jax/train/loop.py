@@ -130,7 +130,7 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
     if int(bad):
       values = {k: float(v) for k, v in jax.device_get(metrics).items()}
       which = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
-      ckpt.manager.wait_until_finished()
+      ckpt.wait()
       last = ckpt.latest_step()
       kept = (f"the last good checkpoint is update {last} in {lc.out / 'checkpoints'}"
               if last is not None else "no checkpoint was written")
@@ -150,6 +150,7 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
                        disable=not main):
         batch, info = batch_fn(step)
         state, metrics = step_fn(state, reference, batch, rng)
+        ckpt.check()  # a background save that failed stops the run now, not a save later
         done = step + 1
         if pending is not None:
           check(*pending)
@@ -172,12 +173,18 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
         if due or stopping:
           save(done)
         if stopping and done < lc.total:
-          ckpt.manager.wait_until_finished()  # on disk before the process goes
+          ckpt.wait()  # on disk before the process goes
           raise Interrupted(f"{lc.name}: stopped by {stop.name} after update {done} of "
                             f"{lc.total}; checkpoint saved in {lc.out / 'checkpoints'}; "
                             "rerun the same command to resume", 128 + stop.signum)
-  finally:
+  except checkpoint.CheckpointWriteError:
+    raise  # no close: it would wait for the writes that are failing
+  except BaseException:
+    ckpt.close(failed=True)  # the error in flight is the one to report
+    raise
+  else:
     ckpt.close()
+  finally:
     if writer is not None:
       writer.close()
   logging.info("%s: %d updates in %.1fs", lc.name, lc.total - start, time.time() - t0)
