@@ -153,6 +153,33 @@ def _quiet_closed_loop(hook):
   return quiet
 
 
+def platforms_without_tpu(environ, libtpu_installed: bool, tpu_chips: int,
+                          gpu_plugin: bool) -> str | None:
+  """The JAX_PLATFORMS to set when libtpu is installed on a machine with no TPU chip (its
+  probe prints ~5 lines of warnings on every run): "cpu", unless JAX_PLATFORMS is set or
+  a GPU plugin is installed (then JAX picks, as always). None: leave JAX to choose."""
+  if environ.get("JAX_PLATFORMS") or not libtpu_installed or tpu_chips or gpu_plugin:
+    return None
+  return "cpu"
+
+
+def _skip_absent_tpu() -> None:
+  from importlib.util import find_spec
+  try:
+    from jax._src import hardware_utils  # not public: any failure leaves JAX to choose
+    chips = hardware_utils.num_available_tpu_chips_and_device_id()[0]
+  except Exception:  # noqa: BLE001
+    return
+  gpu = any(find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin",
+                                   "jax_rocm7_plugin"))
+  value = platforms_without_tpu(os.environ, find_spec("libtpu") is not None, chips, gpu)
+  if value:
+    import jax
+    jax.config.update("jax_platforms", value)  # jax read the environment at its import
+    logging.info("libtpu is installed but this machine has no TPU chip: JAX_PLATFORMS=%s",
+                 value)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -164,6 +191,7 @@ def main(argv) -> None:
     # as one line (CheckpointWriteError), the storm is there with --verbosity
     logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname)
     sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+  _skip_absent_tpu()  # before JAX starts its backends
   logging.info("config:\n%s", _CONFIG.value)
   try:
     run(_CONFIG.value)

@@ -63,3 +63,14 @@ def test_a_first_run_that_fails_before_any_output_records_no_config(tmp_path):
   line = only_line(cli("demo", f"--config.workdir={w}", "--config.mode=pretrain"))
   assert line.startswith(f"error: {w} was set up by a different config (1 keys differ: "
                          "seed: 1 -> 0)")
+
+
+@pytest.mark.parametrize("env, libtpu, chips, gpu, want", [
+    ({}, True, 0, False, "cpu"),             # jax[tpu] on a CPU machine: skip the probe
+    ({}, True, 4, False, None),              # a TPU VM: JAX picks the TPU
+    ({}, False, 0, False, None),             # no libtpu: nothing to skip
+    ({}, True, 0, True, None),               # a GPU plugin: JAX picks
+    ({"JAX_PLATFORMS": "tpu"}, True, 0, False, None)])  # the user's choice stands
+def test_platforms_without_tpu(env, libtpu, chips, gpu, want):
+  from t3d_jax.main import platforms_without_tpu
+  assert platforms_without_tpu(env, libtpu, chips, gpu) == want
