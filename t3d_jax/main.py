@@ -16,8 +16,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from t3d_jax.checkpoint import CheckpointWriteError
 from t3d_jax.errors import InputError, Interrupted
+from t3d_jax.settings import resolve_paths
 
 MODES = ("convert", "export", "task", "pretrain", "rollout", "distill", "eval", "pipeline")
 
@@ -34,7 +34,7 @@ def run(config) -> None:
   with workdir_lock(config):  # one run per workdir at a time
     recorded = record_config(config)
     with guarded(config):  # configs with pipeline stages: same-config workdir, inputs present
-      importlib.import_module(f"t3d_jax.modes.{config.mode}").run(config)
+      importlib.import_module(f"t3d_jax.modes.{config.mode}").run(resolve_paths(config))
   if recorded:  # after the summary, so that an error stays the only line of a failed run
     print(f"[{config.mode}] config: {recorded}", file=sys.stderr, flush=True)
 
@@ -202,6 +202,7 @@ def main(argv) -> None:
     if os.environ.get("T3D_TRACEBACK"):
       raise
     print(f"error: {e}", file=sys.stderr, flush=True)
+    from t3d_jax.checkpoint import CheckpointWriteError
     if isinstance(e, CheckpointWriteError):  # orbax's writer threads are still failing:
       sys.stdout.flush()                     # leave now, without their shutdown storm
       os._exit(2)

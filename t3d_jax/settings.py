@@ -46,6 +46,37 @@ def expand(path: str, config) -> str:
   return expand_workdir(path, config.workdir)
 
 
+# every path-valued config key: "{workdir}" in any of them is replaced by config.workdir
+# (eval.models holds "name=path" entries)
+PATH_KEYS = ("hf_dir", "model_dir", "export_dir", "tokenizer_dir",
+             "pretrain.data", "pretrain.init", "pretrain.tfds_dir",
+             "rollout.data", "rollout.output", "rollout.tfds_dir",
+             "eval.data", "eval.models", "eval.output_dir", "eval.tfds_dir",
+             "distill.data", "distill.student_dir")
+
+
+def resolve_paths(config):
+  """A copy of ``config`` with "{workdir}" expanded in every key of PATH_KEYS (the one
+  place paths are resolved; modes read the result)."""
+  out = config.copy_and_resolve_references()
+  for key in PATH_KEYS:
+    section, _, name = key.rpartition(".")
+    node = out[section] if section else out
+    if name not in node:
+      continue
+    value = node[name]
+    if isinstance(value, (tuple, list)):
+      node[name] = type(value)(_expand_entry(v, out.workdir) for v in value)
+    elif value:
+      node[name] = expand_workdir(value, out.workdir)
+  return out
+
+
+def _expand_entry(entry: str, workdir: str) -> str:
+  name, sep, path = str(entry).partition("=")
+  return f"{name}={expand_workdir(path, workdir)}" if sep else expand_workdir(entry, workdir)
+
+
 def fingerprint(settings) -> str:
   """A short digest of JSON-able settings: what a resumed run must share with the run
   that wrote its checkpoints / rows / summaries."""

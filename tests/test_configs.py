@@ -151,3 +151,38 @@ def test_base_config_defaults_are_the_dataclasses():
   from t3d_jax.models.sdar import SDARConfig
   assert set(c.arch) == ({f.name for f in dataclasses.fields(SDARConfig)}
                          - {"dtype", "param_dtype", "remat"})
+
+
+def _leaves(d, prefix=""):
+  for k, v in d.items():
+    if isinstance(v, dict):
+      yield from _leaves(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def test_every_path_key_expands_workdir():
+  """Every path-valued key of base_config (found by its name: *_dir, data, init, output,
+  models) is in settings.PATH_KEYS, and each one expands "{workdir}"."""
+  import re
+  from t3d_jax.config_base import base_config
+  from t3d_jax.settings import PATH_KEYS, resolve_paths
+  c = base_config()
+  pathlike = {k for k, _ in _leaves(c.to_dict())
+              if re.search(r"(^|\.)(\w+_dir|data|init|output|models)$", k)
+              and not k.startswith("mesh.")}  # mesh.shape.data: an axis size
+  assert pathlike == set(PATH_KEYS), (pathlike ^ set(PATH_KEYS))
+  c.workdir = "/w"
+  for key in PATH_KEYS:
+    section, _, name = key.rpartition(".")
+    node = c[section] if section else c
+    node[name] = ("m={workdir}/" + key,) if name == "models" else "{workdir}/" + key
+  r = resolve_paths(c)
+  for key in PATH_KEYS:
+    section, _, name = key.rpartition(".")
+    got = (r[section] if section else r)[name]
+    assert got == (("m=/w/" + key,) if name == "models" else "/w/" + key), key
+  assert c.eval.output_dir == "{workdir}/eval.output_dir"  # the input is left as it was
+  c.workdir = ""
+  with pytest.raises(InputError, match="uses {workdir} but config.workdir is empty"):
+    resolve_paths(c)

@@ -42,6 +42,8 @@ def test_eval_two_models_writes_everything_and_reuses_finished(setup, tmp_path):
   r = cli("eval", *eval_flags(tmp_path, root, student, data))
   assert r.returncode == 0, r.stderr[-4000:]
   out = tmp_path / "eval"
+  from t3d_jax.data.tokenizer import load_tokenizer
+  tok = load_tokenizer(root / "tokenizer")
   summary = json.loads((out / "summary.json").read_text())
   assert summary["n"] == N and summary["decode"]["temperature"] == 0.1
   res = {(x["model"], x["setting"]): x for x in summary["results"]}
@@ -54,6 +56,10 @@ def test_eval_two_models_writes_everything_and_reuses_finished(setup, tmp_path):
       assert 1 <= row["response_length"] == len(row["step_map"]) <= N_NEW
       assert isinstance(row["correct"], bool) and isinstance(row["reason"], str)
       assert row["nfe"] >= 1 and isinstance(row["full_output"], str)
+      assert len(row["response_ids"]) == row["response_length"]
+      assert row["output"] == tok.decode(row["response_ids"], skip_special_tokens=True)
+      assert row["full_output"] == tok.decode(row["response_ids"], skip_special_tokens=False)
+      assert not any(t in row["output"] for t in tok.all_special_tokens)
     assert x["n"] == N and 0.0 <= x["accuracy"] <= 1.0
     assert x["accuracy"] == sum(row["correct"] for row in rows) / N
     assert x["mean_response_length"] == sum(row["response_length"] for row in rows) / N
@@ -174,3 +180,44 @@ def test_sigterm_stops_between_runs_and_the_rerun_reuses_the_finished_one(setup,
   eval_mode.run(c)
   assert len(calls) == 1  # the finished run was reused, only the second decoded
   assert (tmp_path / "eval" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("task, match", [
+    ("words", r"q.jsonl, question 1: task.name=words cannot grade it \(not a words-task"),
+    ("no_such_module:grade", "task.name='no_such_module:grade': cannot import it")])
+def test_a_grader_that_cannot_grade_stops_before_decoding(setup, tmp_path, task, match,
+                                                          monkeypatch):
+  from t3d_jax.modes import eval as eval_mode
+  from t3d_jax.sampling import batched
+  root, student, data = setup
+  c = _config(tmp_path, data=str(data), models=(f"base={root / 'model'}",))
+  c.task.name = task
+  monkeypatch.setattr(batched, "decode", lambda *a, **k: pytest.fail("decoded"))
+  with pytest.raises(InputError, match=match):
+    eval_mode.run(c)
+  assert not (tmp_path / "eval").exists()
+
+
+def test_a_user_grader_by_path_and_one_that_raises(setup, tmp_path, monkeypatch, capsys):
+  """task.name=module:function grades every row; when it raises, the rows are graded wrong
+  with the exception as reason, the run goes on and the count is shown and recorded."""
+  from t3d_jax.modes import eval as eval_mode
+  root, student, data = setup
+  (tmp_path / "user_grader.py").write_text(
+      "def grade(q, a, r):\n  if q.startswith('What is'):\n    raise ValueError('odd')\n"
+      "  return len(r) > 0, 'non-empty'\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  c = _config(tmp_path, data=str(data), models=(f"base={root / 'model'}",),
+              tokens_per_forward=(4,))
+  c.decode.max_new_tokens = N_NEW
+  c.task.name = "user_grader:grade"
+  eval_mode.run(c)
+  rows = read_jsonl(tmp_path / "eval" / "samples" / "base" / "static_b4_tpf4.jsonl")
+  raised = [r for r in rows if r["reason"] == "grader raised: ValueError: odd"]
+  assert [r["question"].startswith("What is") for r in rows] == [r in raised for r in rows]
+  assert raised and all(not r["correct"] for r in raised)
+  assert all(r["reason"] == "non-empty" for r in rows if r not in raised)
+  s = json.loads((tmp_path / "eval" / "summary.json").read_text())["results"][0]
+  assert s["grader"] == "user_grader:grade" and s["grader_errors"] == len(raised)
+  assert s["accuracy"] == sum(r["correct"] for r in rows) / len(rows)
+  assert f"the grader raised on {len(raised)} of {len(rows)} rows" in capsys.readouterr().err

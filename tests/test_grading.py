@@ -188,3 +188,39 @@ def test_neighbouring_answers_grade_wrong(answers):
     if gr.normalize(ra) != gr.normalize(rb) and gr.grade(B % rb, a["answer"]).correct:
       false_pos.append((ra, rb))
   assert not false_pos
+
+
+def test_graders_by_name(tmp_path, monkeypatch):
+  """exact, a user function by path (bool or (bool, reason)), one that raises (graded
+  wrong, reason says so), and one-line errors for unknown names, failed imports and rows
+  a grader cannot grade."""
+  from t3d_jax.errors import InputError
+  from t3d_jax.tasks import ERROR_PREFIX, load_grader
+  exact = load_grader("exact")
+  assert exact("q", "Paris", "  paris \n").correct
+  assert not exact("q", "Paris", "Paris, France").correct
+  (tmp_path / "my_grader.py").write_text(
+      "def ok(q, a, r):\n  return r.split()[0] in a.split('|')\n"
+      "def why(q, a, r):\n  return r == a, 'compared ' + r\n"
+      "def boom(q, a, r):\n  raise ValueError('bad row')\n"
+      "def bad(q, a, r):\n  return 'yes'\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  assert load_grader("my_grader:ok")("q", "cat|dog", "dog barks").correct
+  g = load_grader("my_grader:why")("q", "a", "b")
+  assert not g.correct and g.reason == "compared b"
+  g = load_grader("my_grader:boom")("q", "a", "b")
+  assert not g.correct and g.reason == f"{ERROR_PREFIX}ValueError: bad row"
+  g = load_grader("my_grader:bad")("q", "a", "b")
+  assert not g.correct and g.reason.startswith(f"{ERROR_PREFIX}TypeError: returned str")
+  for name, match in [("chess", "task.name='chess' is not one of math, words, exact or "
+                       "package.module:function"),
+                      ("no_such_mod:f", "task.name='no_such_mod:f': cannot import it "
+                       "\\(ModuleNotFoundError"),
+                      ("my_grader:nope", "cannot import it \\(AttributeError")]:
+    with pytest.raises(InputError, match=match):
+      load_grader(name)
+  rows = [dict(question="ANM FOD", answer="x"), dict(question="k10 k3=", answer="y")]
+  with pytest.raises(InputError, match="q.jsonl, question 2: task.name=words cannot grade "
+                     "it \\(not a words-task question 'k10 k3='\\)"):
+    load_grader("words").check(rows, "q.jsonl")
+  load_grader("exact").check(rows, "q.jsonl")

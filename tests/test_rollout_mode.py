@@ -65,7 +65,7 @@ def test_rollout_writes_trajectories_and_resumes_exactly(setup, tmp_path):
     assert (row["question"], row["answer"]) == (q, ans)
     assert row["prompt"] == tok_lib.math_prompt(tok, q)
     assert row["prompt"].endswith("<|im_start|>assistant\n")
-    for key in ("full_output", "step_map", "response_length", "extracted_output",
+    for key in ("output", "full_output", "step_map", "response_length", "extracted_output",
                 "response_ids", "nfe"):
       assert isinstance(row[key], list) and len(row[key]) == SAMPLES, key
     tail = len(tok_lib.encode(tok, [row["prompt"]])[0]) % BLOCK
@@ -73,6 +73,7 @@ def test_rollout_writes_trajectories_and_resumes_exactly(setup, tmp_path):
       resp, smap, n = row["response_ids"][k], row["step_map"][k], row["response_length"][k]
       assert 1 <= n <= N_NEW and len(resp) == len(smap) == n
       assert tok.decode(resp, skip_special_tokens=False) == row["full_output"][k]
+      assert tok.decode(resp, skip_special_tokens=True) == row["output"][k]
       assert all(0 <= t < ids.vocab_size and t != ids.mask_id for t in resp)
       assert not any(t in ids.stop_ids for t in resp[:-1])  # cut right after a stop id
       assert n == N_NEW or resp[-1] in ids.stop_ids

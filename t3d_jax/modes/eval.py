@@ -56,7 +56,7 @@ from t3d_jax.evaluation.metrics import aup, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
 from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
 from t3d_jax.settings import content_digest, expand, fingerprint
-from t3d_jax.tasks import grade_response
+from t3d_jax.tasks import ERROR_PREFIX, load_grader
 from t3d_jax.train.preemption import StopRequests
 
 SHORT = {"sequential": "seq", "low_confidence_static": "static",
@@ -117,7 +117,7 @@ def _curve(model: str, setting: Setting, multi: bool) -> str:
 
 
 def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng, bar,
-              main: bool = True) -> tuple:
+              grader, main: bool = True) -> tuple:
   """Decodes (every process takes part) and, on the main process only, grades: (rows,
   summary), or (None, None) on the other processes."""
   d = config.decode
@@ -135,12 +135,13 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
   t0 = time.perf_counter()
   rows = []
   for q, prompt, res in zip(questions, prompts, results):
-    text = model.tokenizer.decode(res["response_ids"], skip_special_tokens=False)
-    g = grade_response(config.task.name, q["question"], q["answer"],
-                       model.tokenizer.decode(res["response_ids"], skip_special_tokens=True),
-                       timeout_s=config.eval.grade_timeout_s)
+    output = model.tokenizer.decode(res["response_ids"], skip_special_tokens=True)
+    g = grader(q["question"], q["answer"], output, timeout_s=config.eval.grade_timeout_s)
     rows.append(dict(index=q["index"], question=q["question"], answer=q["answer"],
-                     prompt=prompt, full_output=text, step_map=res["step_map"],
+                     prompt=prompt, output=output,
+                     full_output=model.tokenizer.decode(res["response_ids"],
+                                                        skip_special_tokens=False),
+                     response_ids=list(res["response_ids"]), step_map=res["step_map"],
                      response_length=res["length"], nfe=res["nfe"], prediction=g.prediction,
                      reference=g.reference, correct=bool(g.correct), reason=g.reason))
   summary = summarize(rows, wall_time_s=stats.decode_s)
@@ -148,7 +149,14 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
                  strategy=setting.strategy, tokens_per_forward=setting.tokens_per_forward,
                  block_size=setting.block_size, denoising_steps=setting.steps,
                  temperature=dcfg.temperature, compile_s=stats.compile_s,
-                 grade_s=time.perf_counter() - t0)
+                 grade_s=time.perf_counter() - t0, grader=grader.name,
+                 grader_errors=sum(r["reason"].startswith(ERROR_PREFIX) for r in rows))
+  if summary["grader_errors"]:
+    first = next(r for r in rows if r["reason"].startswith(ERROR_PREFIX))
+    print(f"[eval] {model.name} {setting.name}: the grader raised on "
+          f"{summary['grader_errors']} of {len(rows)} rows (graded wrong; first: question "
+          f"{first['index'] + 1}: {first['reason'][len(ERROR_PREFIX):]})", file=sys.stderr,
+          flush=True)
   return rows, summary
 
 
@@ -195,7 +203,9 @@ def run(config) -> None:
   out = Path(e.output_dir or Path(config.workdir) / "eval")
   models = parse_models(config)
   settings = parse_settings(config)
+  grader = load_grader(config.task.name)  # an unknown or broken grader: before decoding
   questions = load_rows(e, config.workdir or str(out))
+  grader.check(questions, expand(e.data, config))  # rows it cannot grade: before decoding
   multi = len(set(s.strategy for s in settings)) > 1
   main = jax.process_index() == 0
   n = len(questions)
@@ -231,7 +241,7 @@ def run(config) -> None:
             continue
           bar.set_postfix_str(f"{name} {s.name}")
           rows, summary = _evaluate(model, s, dcfg, prompts, prompt_ids, questions, config, rng,
-                                    bar, main)
+                                    bar, grader, main)
           if main:
             summary["fingerprint"] = fp
             write_jsonl_atomic(samples_path, rows)

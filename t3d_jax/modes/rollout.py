@@ -10,10 +10,10 @@ low_confidence_static, T 0.1, top-p 1, top-k 0). One row per question, in input 
 in <workdir>/trajectories.jsonl (or ``rollout.output``):
 
     {index, question, answer, prompt,                   # prompt: the exact string decoded
-     full_output: [str], step_map: [[int]], response_length: [int],
+     output: [str], full_output: [str], step_map: [[int]], response_length: [int],
      extracted_output: [str], response_ids: [[int]], nfe: [int]}   # one entry per sample
 
-``full_output`` is decoded with special tokens kept; ``step_map[k][j]`` is the 1-based
+``output`` is the response text without special tokens, ``full_output`` with them; ``step_map[k][j]`` is the 1-based
 global denoising step at which ``response_ids[k][j]`` was revealed; ``extracted_output``
 is the last \\boxed{} content ('' when none).
 
@@ -60,7 +60,7 @@ from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.sampling import DecodeConfig, batched
 from t3d_jax.settings import as_json, content_digest, differences, expand, model_dir
 from t3d_jax.settings import fingerprint as config_fingerprint
-from t3d_jax.tasks import extract
+from t3d_jax.tasks import Grader, load_grader
 from t3d_jax.train.preemption import StopRequests
 
 
@@ -121,14 +121,14 @@ def _open_output(out: Path, meta: Path, fp: dict, overwrite: bool, n: int, main:
   return writer, done
 
 
-def _row(model, q: dict, prompt: str, samples: list[dict], task: str) -> dict:
+def _row(model, q: dict, prompt: str, samples: list[dict], grader: Grader) -> dict:
   tok = model.tokenizer
   texts = [tok.decode(s["response_ids"], skip_special_tokens=False) for s in samples]
-  extracted = [extract(task, tok.decode(s["response_ids"], skip_special_tokens=True))
-               for s in samples]
+  outputs = [tok.decode(s["response_ids"], skip_special_tokens=True) for s in samples]
   return dict(index=q["index"], question=q["question"], answer=q["answer"], prompt=prompt,
-              full_output=texts, step_map=[s["step_map"] for s in samples],
-              response_length=[s["length"] for s in samples], extracted_output=extracted,
+              output=outputs, full_output=texts, step_map=[s["step_map"] for s in samples],
+              response_length=[s["length"] for s in samples],
+              extracted_output=[grader.extract(o) for o in outputs],
               response_ids=[s["response_ids"] for s in samples],
               nfe=[s["nfe"] for s in samples])
 
@@ -159,6 +159,7 @@ def run(config) -> None:
                      ("decode.width_multiple", d.width_multiple)):
     if value < 1:
       raise InputError(f"config {key} must be >= 1, got {value}")
+  grader = load_grader(config.task.name)  # an unknown or broken grader: before decoding
   src = model_dir(config)
   model = load_model(src, "teacher", config.tokenizer_dir, config.model.param_dtype,
                      config.model.dtype)
@@ -207,7 +208,7 @@ def run(config) -> None:
           tokens += sum(s["length"] for s in samples)
           nfe += sum(s["nfe"] for s in samples)
           if writer is not None:
-            writer.write(_row(model, questions[i], prompts[i], samples, config.task.name))
+            writer.write(_row(model, questions[i], prompts[i], samples, grader))
         done = stop
         bar.update(max(0, done * ns - bar.n))
         if signals.requested(c) and done < n:  # a chunk boundary: its rows are on disk
