@@ -27,7 +27,8 @@ def t3d_defaults(c, *, arch: dict, tpu: str, devices: int, multi_host: bool):
   c.distill.global_batch = 32
   c.distill.micro_batch = devices      # one example per device per forward (released: 1)
   c.distill.multi_round = True
-  c.examples.block_size = 8
+  c.examples.block_size = 8           # the release trains at 8 on trajectories decoded
+  c.distill.allow_other_block = True  # at block 4 (docs/method.md §6); 0 = the rollout's
   c.examples.mask_ratios = (1.0, 0.75, 0.5, 0.25)
   c.loss.alpha, c.loss.beta, c.loss.lambda_path, c.loss.path_k_steps = 0.5, 0.1, 0.2, 4
   c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay = 1e-5, 20, 0.01

@@ -138,11 +138,15 @@ def base_config() -> ml_collections.ConfigDict:
       multi_round=True,        # self-play: reference <- student every round_interval updates
       round_interval=10,
       fixed_noise=False,       # True: one mask draw per example for all epochs (released)
+      allow_other_block=False,  # train at an examples.block_size the rollout did not use
       log_every=1,
       checkpoint_every=50,
       keep_checkpoints=3,
       async_checkpoint=True))
-  c.examples = section(ExampleConfig)                       # t3d_jax/distill/examples.py
+  c.examples = section(ExampleConfig, block_size=0)         # t3d_jax/distill/examples.py
+  # examples.block_size 0: distill trains at the block the trajectories were decoded with
+  # (rollout records it; another one needs distill.allow_other_block), pretrain at
+  # decode.block_size: one block size, decode's
   c.loss = section(LossConfig, skip=("block_size",))        # block_size: examples.block_size
   c.optim = section(OptimConfig, skip=("total_steps",))     # total_steps: the schedule's
   # --- parallel (t3d_jax/sharding.py, t3d_jax/distributed.py): mesh, rules, multi-host ---

@@ -133,12 +133,13 @@ def test_base_config_defaults_are_the_dataclasses():
   from t3d_jax.sampling import config as sc
   from t3d_jax.train.pretrain import PRETRAIN_OPTIM, PretrainExamples
   c = base_config()
-  assert ExampleConfig.from_config(c.examples) == ExampleConfig()
+  assert c.examples.block_size == 0  # deliberate: the block the rollout / decode uses
+  assert ExampleConfig.from_config(c.examples, block_size=c.decode.block_size) == ExampleConfig()
   assert LossConfig.from_config(c.loss) == LossConfig()
   assert OptimConfig.from_config(c.optim) == OptimConfig()
   assert OptimConfig.from_config(c.pretrain.optim) == OptimConfig(**PRETRAIN_OPTIM)
-  assert PretrainExamples.from_config(c.examples, mask_eps=c.pretrain.mask_eps) == \
-      PretrainExamples(block_size=c.examples.block_size)
+  assert PretrainExamples.from_config(c.examples, mask_eps=c.pretrain.mask_eps,
+                                     block_size=c.decode.block_size) == PretrainExamples()
   assert tuple(c.mesh.rules) == sharding.DEFAULT_RULES
   ids = SpecialIds(vocab_size=100, mask_id=99, pad_id=0, eos_id=1, stop_ids=(1, 2))
   overrides = dict(sc.CONFIG_OVERRIDES, max_length=None)  # 0 in the config = none

@@ -347,3 +347,17 @@ def test_bad_inputs():
     build(prompt, resp, step, rlen, np.full(4, 7))
   cfg = ex.ExampleConfig.from_config({"block_size": 4, "mask_ratios": [0.5], "other": 1})
   assert cfg.block_size == 4 and cfg.mask_ratios == (0.5,)
+
+
+def test_training_block_size_follows_the_trajectories():
+  from t3d_jax.distill.data import training_block_size
+  from t3d_jax.errors import InputError
+  assert training_block_size(0, 4, False, "t.jsonl") == 4      # default: the rollout's block
+  assert training_block_size(4, 4, False, "t.jsonl") == 4
+  assert training_block_size(8, 4, True, "t.jsonl") == 8       # on purpose
+  assert training_block_size(8, None, False, "t.jsonl") == 8   # a file without meta
+  with pytest.raises(InputError, match="config examples.block_size=8, but t.jsonl was "
+                     "decoded at block 4: .*allow_other_block=True"):
+    training_block_size(8, 4, False, "t.jsonl")
+  with pytest.raises(InputError, match="t.jsonl: its block size is unknown"):
+    training_block_size(0, None, False, "t.jsonl")

@@ -246,7 +246,8 @@ def aot_compile(config, topology: str = "") -> str:
                step_map=sds((l1,), np.int32), weight=sds((), np.float32))
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
                              sharding=jax.sharding.NamedSharding(mesh, P()))
-  loss = LossConfig.from_config(config.loss, block_size=config.examples.block_size)
+  loss = LossConfig.from_config(config.loss, block_size=config.examples.block_size
+                                or config.decode.block_size)
   step = make_train_step(cfg, loss, OptimConfig.from_config(config.optim),
                          mask_id=cfg.vocab_size - 1, pad_id=0)
   jitted = sharded.jit_train_step(step, sh).jitted(tx)

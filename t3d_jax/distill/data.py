@@ -52,6 +52,37 @@ def _check_ranges(where: str, k: int, resp, step_map, vocab: int, nfe) -> None:
                      f"{limit}")
 
 
+def recorded_block_size(path) -> int | None:
+  """The block size the rollout decoded ``path`` with (from its ``<stem>.meta.json``);
+  None for a file without one (e.g. written by the released code)."""
+  import json
+  import pathlib
+  meta = pathlib.Path(path).with_name(pathlib.Path(path).stem + ".meta.json")
+  try:
+    return int(json.loads(meta.read_text())["settings"]["decode"]["block_size"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
+def training_block_size(configured: int, recorded: int | None, allow_other: bool,
+                        data: str) -> int:
+  """The block distill trains at: the trajectories' (``configured`` 0 or equal), or
+  ``configured`` when another one is allowed on purpose; else one-line errors."""
+  if configured < 0:
+    raise InputError(f"config examples.block_size={configured}: must be >= 0 (0 = the "
+                     "block the trajectories were decoded with)")
+  if recorded is None:
+    if not configured:
+      raise InputError(f"{data}: its block size is unknown (no meta.json from the rollout "
+                       "mode beside it): set --config.examples.block_size")
+    return configured
+  if configured and configured != recorded and not allow_other:
+    raise InputError(f"config examples.block_size={configured}, but {data} was decoded at "
+                     f"block {recorded}: train at the block you decode with, or set "
+                     "--config.distill.allow_other_block=True to do it on purpose")
+  return configured or recorded
+
+
 def load_trajectory_samples(path, tokenizer, *, original_prompts: bool = False,
                             retokenize: bool = False, max_prompt_len: int = 1 << 30,
                             max_gen_length: int | None = None):

@@ -73,7 +73,7 @@ _STREAM_RATIO, _STREAM_MASK, _STREAM_RANDOM_PICK, _STREAM_RANDOM_TOKEN = 1, 2, 3
 @dataclasses.dataclass(frozen=True)
 class ExampleConfig:
   """The config keys read by the example builders, with their defaults."""
-  block_size: int = 8
+  block_size: int = 4  # SDAR's decoding block (the config's 0 follows decode / rollout)
   mask_ratios: tuple = (1.0, 0.75, 0.5, 0.25)
   mask_ratio_exponent: float = 8.0
   mask_strategy: str = "trace"          # trace | random

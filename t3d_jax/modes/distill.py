@@ -14,6 +14,7 @@ writes the student.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ from t3d_jax import checkpoint, distributed
 from t3d_jax.convert import model_config
 from t3d_jax.data.tokenizer import load_tokenizer, special_ids
 from t3d_jax.distill import step as t3d_step
-from t3d_jax.distill.data import load_trajectory_samples, make_batch
+from t3d_jax.distill.data import (load_trajectory_samples, make_batch, recorded_block_size,
+                                  training_block_size)
 from t3d_jax.distill.examples import ExampleConfig
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.errors import InputError
@@ -52,7 +54,9 @@ def run(config) -> None:
       data, tokenizer, original_prompts=d.original_prompts, retokenize=d.retokenize,
       max_prompt_len=d.max_prompt_len, max_gen_length=d.max_gen_length)
   logging.info("trajectories %s: %s", data, counts)
-  ex_cfg = ExampleConfig.from_config(config.examples)
+  block = training_block_size(config.examples.block_size, recorded_block_size(data),
+                              d.allow_other_block, data)
+  ex_cfg = ExampleConfig.from_config(config.examples, block_size=block)
   loss_cfg = LossConfig.from_config(config.loss, block_size=ex_cfg.block_size)
 
   def batch(idx, step):
@@ -67,7 +71,7 @@ def run(config) -> None:
                   data=content_digest((s.prompt_ids, s.response_ids, s.step_map)
                                       for s in samples),
                   distill=recipe.result_keys(d, skip=("data", "student_dir")),
-                  examples=config.examples.to_dict(), loss=config.loss.to_dict(),
+                  examples=dataclasses.asdict(ex_cfg), loss=config.loss.to_dict(),
                   optim=config.optim.to_dict(), seed=config.seed,
                   numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
                   special_ids=dict(mask=ids.mask_id, pad=ids.pad_id))

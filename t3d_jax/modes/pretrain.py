@@ -14,6 +14,7 @@ rerunning the same command resumes from the newest checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -97,7 +98,9 @@ def run(config) -> None:
     raise InputError(f"{tok_dir}: tokenizer has {ids.vocab_size} tokens but the model's "
                      f"vocabulary is {start.model.vocab_size}")
   mcfg = start.model.replace(dtype=config.model.dtype, remat=config.model.remat)
-  ex_cfg = pt.PretrainExamples.from_config(config.examples, mask_eps=p.mask_eps)
+  ex_cfg = pt.PretrainExamples.from_config(  # 0: the block the model will decode with
+      config.examples, mask_eps=p.mask_eps,
+      block_size=config.examples.block_size or config.decode.block_size)
 
   def batch(idx, step):
     return pt.make_batch(pairs, idx, ex_cfg, micro_batch=p.micro_batch,
@@ -115,7 +118,7 @@ def run(config) -> None:
                     arch=None if start.path else config.arch.to_dict(),
                     data=content_digest((x.prompt_ids, x.response_ids) for x in pairs),
                     pretrain=recipe.result_keys(p, skip=DATA_KEYS),
-                    examples=config.examples.to_dict(), seed=config.seed,
+                    examples=dataclasses.asdict(ex_cfg), seed=config.seed,
                     numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
                     special_ids=dict(mask=ids.mask_id, pad=ids.pad_id)))
   out = Path(model_dir(config))

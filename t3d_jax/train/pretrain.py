@@ -40,7 +40,7 @@ PRETRAIN_OPTIM = dict(lr=1e-3, warmup_steps=50, b2=0.98, decay_norms_and_biases=
 class PretrainExamples:
   """The config keys the pretraining examples read: ``examples.block_size`` and
   ``examples.post_num`` (shared with distillation) and ``pretrain.mask_eps``."""
-  block_size: int = 8
+  block_size: int = 4  # SDAR's decoding block (the config's 0 follows decode / rollout)
   post_num: Optional[int] = 2           # None: every pad position is eligible
   mask_eps: float = 1e-3                # t ~ U(eps, 1]
 
