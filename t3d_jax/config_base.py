@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = ""               # see t3d_jax/main.py MODES
   c.workdir = ""            # every mode writes under here
-  c.seed = 0
+  c.seed = 0                # every stage's seed unless its own <stage>.seed >= 0
   c.overwrite = False       # allow replacing a non-empty output dir
   c.jax_distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
   c.force = False           # run in a workdir set up by another pipeline config
@@ -90,7 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
       mask_eps=PretrainExamples.mask_eps,    # t ~ U(mask_eps, 1] per example
       max_gen_length=512, length_bucket=8, global_batch=32, micro_batch=32,
       num_epochs=1, max_steps=0, log_every=10, checkpoint_every=200, keep_checkpoints=2,
-      async_checkpoint=True))
+      async_checkpoint=True,
+      seed=-1))                # this stage's seed (-1: config.seed); so for every stage
   c.pretrain.optim = section(OptimConfig, skip=("total_steps",), **PRETRAIN_OPTIM)
 
   # --- decoding, shared by rollout and eval (t3d_jax/sampling) ---
@@ -110,7 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
       num_samples=1,           # samples per question
       output="",               # default <workdir>/trajectories.jsonl
       chunk_prompts=256,       # questions per chunk (rows are appended per chunk, resumable)
-      plot_trajectories=4))    # step_map heat-map of the first N rows (0 = none)
+      plot_trajectories=4,     # step_map heat-map of the first N rows (0 = none)
+      seed=-1))
   # eval: models x decoding settings -> accuracy, length, NFE, TPF, tokens/s, AUP
   c.eval = ml_collections.ConfigDict(dict(
       data="gsm8k_test", question_field="question", answer_field="answer",
@@ -119,7 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
       tokens_per_forward=(1, 2, 4),            # with decode.block_size; each must divide it
       strategies=("low_confidence_static",),   # one curve per model x strategy
       grade_timeout_s=5.0,
-      output_dir=""))          # default <workdir>/eval
+      output_dir="",           # default <workdir>/eval
+      seed=-1))
   # --- end decoding ---
 
   # distill: trajectories -> T3D student (docs/method.md §2-§3)
@@ -142,7 +145,8 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=1,
       checkpoint_every=50,
       keep_checkpoints=3,
-      async_checkpoint=True))
+      async_checkpoint=True,
+      seed=-1))
   c.examples = section(ExampleConfig, block_size=0)         # t3d_jax/distill/examples.py
   # examples.block_size 0: distill trains at the block the trajectories were decoded with
   # (rollout records it; another one needs distill.allow_other_block), pretrain at

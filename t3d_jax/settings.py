@@ -122,6 +122,13 @@ def content_digest(rows: Iterable[Iterable]) -> str:
   return h.hexdigest()[:16]
 
 
+def stage_seed(config, stage: str) -> int:
+  """The seed of ``stage`` (pretrain, rollout, distill, eval): ``config.<stage>.seed``
+  when >= 0, else ``config.seed``; changing one stage's seed changes only that stage."""
+  own = int(config[stage].get("seed", -1))
+  return own if own >= 0 else int(config.seed)
+
+
 def model_dir(config) -> str:
   if config.model_dir:
     return expand(config.model_dir, config)

@@ -225,3 +225,24 @@ def test_sigterm_stops_at_a_chunk_boundary_and_the_resume_is_exact(setup, tmp_pa
   rollout.run(config(tmp_path / "w"))
   assert ((tmp_path / "w" / "trajectories.jsonl").read_bytes()
           == (tmp_path / "whole" / "trajectories.jsonl").read_bytes())
+
+
+def test_stage_seeds_are_independent(setup, tmp_path, monkeypatch):
+  """Another distill/eval/pretrain seed leaves the rollout's rows valid (reused as they
+  are, nothing decoded); another rollout.seed is refused, naming it."""
+  from t3d_jax.modes import rollout
+  from t3d_jax.sampling import batched
+  from t3d_jax.settings import stage_seed
+  root, data = setup
+  c = _config(tmp_path, root / "model", data)
+  c.rollout.plot_trajectories = 0
+  rollout.run(c)
+  before = (tmp_path / "trajectories.jsonl").read_bytes()
+  c.distill.seed, c.eval.seed, c.pretrain.seed = 5, 6, 7
+  assert [stage_seed(c, s) for s in ("rollout", "distill", "eval", "pretrain")] == [0, 5, 6, 7]
+  monkeypatch.setattr(batched, "decode", lambda *a, **k: pytest.fail("decoded again"))
+  rollout.run(c)
+  assert (tmp_path / "trajectories.jsonl").read_bytes() == before
+  c.rollout.seed = 1
+  with pytest.raises(InputError, match=r"other settings \(1 differ: seed: 0 -> 1\)"):
+    rollout.run(c)

@@ -32,7 +32,7 @@ from t3d_jax.distill.data import (load_trajectory_samples, make_batch, recorded_
 from t3d_jax.distill.examples import ExampleConfig
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.errors import InputError
-from t3d_jax.settings import content_digest, expand, model_dir
+from t3d_jax.settings import content_digest, expand, model_dir, stage_seed
 from t3d_jax.train import loop, recipe
 
 
@@ -45,6 +45,7 @@ def run(config) -> None:
     raise InputError("distill mode needs --config.workdir")
   work = Path(config.workdir)
   data = expand(d.data, config)
+  seed = stage_seed(config, "distill")
   src = Path(model_dir(config))
   mcfg = model_config(src, param_dtype=config.model.param_dtype).replace(
       dtype=config.model.dtype, remat=config.model.remat)
@@ -62,7 +63,7 @@ def run(config) -> None:
   def batch(idx, step):
     b = make_batch(samples, idx, ex_cfg, micro_batch=d.micro_batch,
                    length_bucket=d.length_bucket, pad_id=ids.pad_id, mask_id=ids.mask_id,
-                   vocab_size=tokenizer.vocab_size, seed=config.seed,
+                   vocab_size=tokenizer.vocab_size, seed=seed,
                    noise_step=0 if d.fixed_noise else step)
     return b, dict(dropped=int(np.sum(b["weight"] == 0)))
 
@@ -72,7 +73,7 @@ def run(config) -> None:
                                       for s in samples),
                   distill=recipe.result_keys(d, skip=("data", "student_dir")),
                   examples=dataclasses.asdict(ex_cfg), loss=config.loss.to_dict(),
-                  optim=config.optim.to_dict(), seed=config.seed,
+                  optim=config.optim.to_dict(), seed=seed,
                   numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
                   special_ids=dict(mask=ids.mask_id, pad=ids.pad_id))
   t0 = time.time()

@@ -55,7 +55,7 @@ from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.evaluation.metrics import aup, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
 from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
-from t3d_jax.settings import content_digest, expand, fingerprint
+from t3d_jax.settings import content_digest, expand, fingerprint, stage_seed
 from t3d_jax.tasks import ERROR_PREFIX, load_grader
 from t3d_jax.train.preemption import StopRequests
 
@@ -167,7 +167,8 @@ def _fingerprint(config, model_digest: str, data_digest: str, dcfg) -> str:
   return fingerprint(dict(model=model_digest, data=data_digest, task=config.task.name,
                           grade_timeout_s=config.eval.grade_timeout_s,
                           decode=dataclasses.asdict(dcfg), batch_size=d.batch_size,
-                          width_multiple=d.width_multiple, seed=config.seed))
+                          width_multiple=d.width_multiple,
+                          seed=stage_seed(config, "eval")))
 
 
 def _finished(summary_path: Path, samples_path: Path, n: int, fp: str):
@@ -209,7 +210,8 @@ def run(config) -> None:
   multi = len(set(s.strategy for s in settings)) > 1
   main = jax.process_index() == 0
   n = len(questions)
-  rng = jax.random.key(config.seed)
+  seed = stage_seed(config, "eval")
+  rng = jax.random.key(seed)
   results = []
   bar = tqdm(total=n * len(models) * len(settings), desc="eval", unit="seq", disable=not main)
   k, total = 0, len(models) * len(settings)
@@ -275,7 +277,7 @@ def run(config) -> None:
                               title=f"{data}: accuracy vs tokens per forward")
   write_json_atomic(out / "summary.json", dict(
       data=e.data, limit=e.limit, n=n, decode=d.to_dict(), models=dict(models),
-      prompt_template=config.prompt_template, seed=config.seed, results=results, aup=aups,
+      prompt_template=config.prompt_template, seed=seed, results=results, aup=aups,
       plot=os.fspath(plot)))
   from tensorboardX import SummaryWriter
   with SummaryWriter(str(out / "tb")) as writer:

@@ -29,7 +29,7 @@ from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig
-from t3d_jax.settings import content_digest, expand, model_dir
+from t3d_jax.settings import content_digest, expand, model_dir, stage_seed
 from t3d_jax.train import loop, recipe
 from t3d_jax.train import pretrain as pt
 
@@ -98,6 +98,7 @@ def run(config) -> None:
     raise InputError(f"{tok_dir}: tokenizer has {ids.vocab_size} tokens but the model's "
                      f"vocabulary is {start.model.vocab_size}")
   mcfg = start.model.replace(dtype=config.model.dtype, remat=config.model.remat)
+  seed = stage_seed(config, "pretrain")
   ex_cfg = pt.PretrainExamples.from_config(  # 0: the block the model will decode with
       config.examples, mask_eps=p.mask_eps,
       block_size=config.examples.block_size or config.decode.block_size)
@@ -105,7 +106,7 @@ def run(config) -> None:
   def batch(idx, step):
     return pt.make_batch(pairs, idx, ex_cfg, micro_batch=p.micro_batch,
                          length_bucket=p.length_bucket, pad_id=ids.pad_id,
-                         mask_id=ids.mask_id, seed=config.seed, step=step), {}
+                         mask_id=ids.mask_id, seed=seed, step=step), {}
 
   work = Path(config.workdir)
   res = recipe.run(
@@ -118,7 +119,7 @@ def run(config) -> None:
                     arch=None if start.path else config.arch.to_dict(),
                     data=content_digest((x.prompt_ids, x.response_ids) for x in pairs),
                     pretrain=recipe.result_keys(p, skip=DATA_KEYS),
-                    examples=dataclasses.asdict(ex_cfg), seed=config.seed,
+                    examples=dataclasses.asdict(ex_cfg), seed=seed,
                     numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
                     special_ids=dict(mask=ids.mask_id, pad=ids.pad_id)))
   out = Path(model_dir(config))

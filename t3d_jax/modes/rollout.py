@@ -13,9 +13,10 @@ in <workdir>/trajectories.jsonl (or ``rollout.output``):
      output: [str], full_output: [str], step_map: [[int]], response_length: [int],
      extracted_output: [str], response_ids: [[int]], nfe: [int]}   # one entry per sample
 
-``output`` is the response text without special tokens, ``full_output`` with them; ``step_map[k][j]`` is the 1-based
-global denoising step at which ``response_ids[k][j]`` was revealed; ``extracted_output``
-is the last \\boxed{} content ('' when none).
+``output`` is the response text without special tokens, ``full_output`` with them;
+``step_map[k][j]`` is the 1-based global denoising step at which ``response_ids[k][j]``
+was revealed; ``extracted_output`` is the grader's answer part (math: the last
+\\boxed{} content, '' when none; other graders: the stripped output).
 
 Batching and resume. Questions are processed in chunks of ``rollout.chunk_prompts``; in
 a chunk the (question, sample) sequences are sorted by prompt length into batches of
@@ -58,7 +59,8 @@ from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.sampling import DecodeConfig, batched
-from t3d_jax.settings import as_json, content_digest, differences, expand, model_dir
+from t3d_jax.settings import (as_json, content_digest, differences, expand, model_dir,
+                              stage_seed)
 from t3d_jax.settings import fingerprint as config_fingerprint
 from t3d_jax.tasks import Grader, load_grader
 from t3d_jax.train.preemption import StopRequests
@@ -77,7 +79,8 @@ def fingerprint(config, model_path: str, dcfg, prompts, questions) -> dict:
   return dict(model=checkpoint.model_digest(model_path),
               data=content_digest((p, str(q["answer"])) for p, q in zip(prompts, questions)),
               num_samples=r.num_samples, chunk_prompts=r.chunk_prompts,
-              batch_size=d.batch_size, width_multiple=d.width_multiple, seed=config.seed,
+              batch_size=d.batch_size, width_multiple=d.width_multiple,
+              seed=stage_seed(config, "rollout"),
               decode=dataclasses.asdict(dcfg))
 
 
@@ -176,7 +179,7 @@ def run(config) -> None:
                               main)
   logging.info("rollout: %d questions x %d samples from %s, model %s, %s", n, ns, r.data, src,
                dcfg)
-  key = jax.random.key(config.seed)
+  key = jax.random.key(stage_seed(config, "rollout"))
   if done:
     note = f"[rollout] resuming: {done} of {n} rows already in {out}"
     if main:  # once on the terminal; the other processes with --verbosity

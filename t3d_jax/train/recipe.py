@@ -21,6 +21,7 @@ from t3d_jax import distributed, sharding
 from t3d_jax.convert import load_params_sharded
 from t3d_jax.data.loader import epoch_order
 from t3d_jax.errors import InputError
+from t3d_jax.settings import stage_seed
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.train import loop, sharded
 from t3d_jax.train.trainer import OptimConfig, copy_tree, make_optimizer, make_train_step
@@ -68,6 +69,7 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
   ``reference``: keep a frozen copy of the start params, refreshed every
   ``round_interval`` updates (0: never)."""
   per_epoch, total = loop.schedule(n, section, name, data)
+  seed = stage_seed(config, name)
   optim = OptimConfig.from_config(optim_section, total_steps=total)
   tx = make_optimizer(optim)
   mesh = sharding.mesh_from_config(config)
@@ -85,7 +87,7 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
     ref = params if reference else None
     del params
   else:
-    state = sharded.init_train_state(model, tx, sh, jax.random.key(config.seed))
+    state = sharded.init_train_state(model, tx, sh, jax.random.key(seed))
     ref = jax.jit(copy_tree, out_shardings=sh.reference)(state.params) if reference else None
   if not reference:
     sh = dataclasses.replace(sh, reference=None)
@@ -94,7 +96,7 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
 
   def batch_fn(step):
     epoch, k = divmod(step, per_epoch)
-    idx = epoch_order(n, config.seed, epoch)[k * section.global_batch:
+    idx = epoch_order(n, seed, epoch)[k * section.global_batch:
                                              (k + 1) * section.global_batch]
     batch, info = make_batch(idx, step)
     batch = sharding.make_global_batch({key: x[:, rows] for key, x in batch.items()},
@@ -111,7 +113,7 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
   if reference:
     refresh = jax.jit(copy_tree, out_shardings=sh.reference)  # new buffers, never donated
   state = loop.run(lc, state=state, reference=ref, step_fn=step_fn, batch_fn=batch_fn,
-                   settings=dict(settings, total=total), rng=jax.random.key(config.seed),
+                   settings=dict(settings, total=total), rng=jax.random.key(seed),
                    refresh=refresh,
                    extra=lambda done: dict(epoch=done // per_epoch,
                                            index_in_epoch=(done % per_epoch)
