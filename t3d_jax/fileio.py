@@ -20,6 +20,8 @@ from typing import Callable, Iterator, Union
 from t3d_jax.errors import InputError
 
 PathLike = Union[str, os.PathLike]
+_UMASK = os.umask(0o022)  # read once (mkstemp / mkdtemp create 0600 / 0700: widen to it)
+os.umask(_UMASK)
 
 
 def _tmp_prefix(target: pathlib.Path) -> str:
@@ -77,6 +79,7 @@ def atomic_write_with(path: PathLike, write: Callable[[pathlib.Path], None]) -> 
   os.close(fd)
   try:
     write(pathlib.Path(tmp))
+    os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would have made it
     os.replace(tmp, p)
   except BaseException:
     if os.path.exists(tmp):
@@ -109,6 +112,7 @@ def atomic_dir(out_dir: PathLike) -> Iterator[pathlib.Path]:
                                       dir=out_dir.parent))
   try:
     yield tmp
+    os.chmod(tmp, 0o777 & ~_UMASK)  # as mkdir would have made it
     commit_dir(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

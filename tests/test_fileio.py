@@ -62,3 +62,16 @@ def test_a_killed_write_leaves_a_temp_that_the_next_write_removes(tmp_path):
     assert [p.name for p in remove_leftovers(target)] == [t for t in left
                                                             if f"-{live.pid}-" in t]
     assert _hidden(tmp_path) == []
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+  """Files and dirs written through a temp path get open()'s / mkdir's modes under the
+  umask (mkstemp / mkdtemp alone would leave them private to the owner)."""
+  import os
+  umask = os.umask(0o022)
+  os.umask(umask)
+  f = atomic_write_bytes(tmp_path / "a.json", b"{}")
+  with atomic_dir(tmp_path / "d") as tmp:
+    (tmp / "x").write_text("1")
+  assert f.stat().st_mode & 0o777 == 0o666 & ~umask
+  assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
