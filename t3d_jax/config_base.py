@@ -65,8 +65,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.export_dtype = ""       # "" keeps the param dtype
   c.max_shard_size = "2GB"
 
-  # tokenizer: '' = the model dir's hf_meta/ (convert copies the HF tokenizer there)
+  # tokenizer: '' = the model dir's hf_meta/ (convert copies the HF tokenizer there);
+  # pretrain from scratch: <workdir>/tokenizer (what the tokenizer / task modes write)
   c.tokenizer_dir = ""
+  # tokenizer mode (t3d_jax/modes/tokenizer.py): char | bpe over these JSONL files
+  c.tokenizer = ml_collections.ConfigDict(dict(
+      kind="char", data=(),     # () = (pretrain.data,), read with pretrain's field names
+      vocab_size=512, model_max_length=4096))   # vocab_size: bpe only
 
   # the architecture of a model trained from scratch (pretrain without init) and of a
   # memory plan (bench memory); converted models bring their own (sdar_config.json).

@@ -19,7 +19,8 @@ from ml_collections import config_flags
 from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.settings import resolve_paths
 
-MODES = ("convert", "export", "task", "pretrain", "rollout", "distill", "eval", "pipeline")
+MODES = ("convert", "export", "task", "tokenizer", "pretrain", "rollout", "distill", "eval",
+         "pipeline")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)

@@ -48,7 +48,7 @@ def expand(path: str, config) -> str:
 
 # every path-valued config key: "{workdir}" in any of them is replaced by config.workdir
 # (eval.models holds "name=path" entries)
-PATH_KEYS = ("hf_dir", "model_dir", "export_dir", "tokenizer_dir",
+PATH_KEYS = ("hf_dir", "model_dir", "export_dir", "tokenizer_dir", "tokenizer.data",
              "pretrain.data", "pretrain.init", "pretrain.tfds_dir",
              "rollout.data", "rollout.output", "rollout.tfds_dir",
              "eval.data", "eval.models", "eval.output_dir", "eval.tfds_dir",

@@ -78,6 +78,21 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
   return [list(map(int, ids)) for ids in out]
 
 
+def check_encodable(tokenizer, texts: Sequence[str], ids: Sequence[Sequence[int]],
+                    where: Sequence[str]) -> None:
+  """A text that encoded to the unknown token (a character a task-built tokenizer does not
+  have) is an InputError naming ``where[i]`` (file and row) and the character."""
+  unk = _token_id(tokenizer, getattr(tokenizer, "unk_token", None) or "<unk>")
+  if unk is None:
+    return  # byte-level BPE: every text encodes
+  for text, row_ids, w in zip(texts, ids, where):
+    if unk in row_ids:
+      bad = next((c for c in text if unk in encode(tokenizer, [c])[0]), "?")
+      raise InputError(f"{w}: character {bad!r} is not in the tokenizer ({_dir(tokenizer)}; "
+                       "it would become <unk>); rebuild it over this data with "
+                       "--config.mode=tokenizer, or use a BPE tokenizer")
+
+
 def build_prompts(tokenizer, rows: Sequence[dict], prompt_template: str, data_name: str,
                   dcfg=None) -> tuple[list[str], list[list[int]]]:
   """Prompt strings (chat template + math instruction, or ``prompt_template``) and their
@@ -85,6 +100,8 @@ def build_prompts(tokenizer, rows: Sequence[dict], prompt_template: str, data_na
   with ``max_new_tokens`` is an InputError naming the row."""
   texts = [math_prompt(tokenizer, r["question"], prompt_template or None) for r in rows]
   prompt_ids = encode(tokenizer, texts)
+  check_encodable(tokenizer, texts, prompt_ids,
+                  [f"{data_name}, row {r['index'] + 1}" for r in rows])
   if dcfg is not None and dcfg.max_length is not None:
     budget = dcfg.max_length - dcfg.max_new_tokens
     for r, p in zip(rows, prompt_ids):

@@ -30,7 +30,7 @@ from t3d_jax.distributed import barrier
 from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.settings import as_json, differences, expand, model_dir
 
-STAGES = ("task", "pretrain", "rollout", "distill", "eval", "export")
+STAGES = ("task", "tokenizer", "pretrain", "rollout", "distill", "eval", "export")
 RUNTIME_KEYS = ("mode", "workdir", "overwrite", "force", "jax_distributed", "distributed")
 RECORD = "t3d_config.json"
 
@@ -67,7 +67,7 @@ def _outputs(config) -> dict:
   """What each stage writes (paths checked when a later stage needs them)."""
   work = Path(config.workdir)
   d = config.distill
-  return {"task": [work / "task", work / "tokenizer"],
+  return {"task": [work / "task", work / "tokenizer"], "tokenizer": [work / "tokenizer"],
           "pretrain": [Path(model_dir(config))],
           "rollout": [Path(expand(config.rollout.output, config)) if config.rollout.output
                       else work / "trajectories.jsonl"],

@@ -83,15 +83,19 @@ def run(config) -> None:
                      "or a shipped set name)")
   tok_dir = _tokenizer_dir(config)
   if not (tok_dir / "tokenizer_config.json").is_file():
-    raise InputError(f"{tok_dir}: no tokenizer (run --config.mode=task first, or set "
-                     "--config.tokenizer_dir)")
+    raise InputError(f"{tok_dir}: no tokenizer (run --config.mode=tokenizer for your own "
+                     "data, --config.mode=task for the demo task, or set "
+                     "--config.tokenizer_dir to a Hugging Face tokenizer dir)")
   tokenizer = tok_lib.load_tokenizer(tok_dir)
   ids = tok_lib.special_ids(tokenizer)
   rows = load_rows(p, config.workdir)
-  prompts = tok_lib.encode(tokenizer, [tok_lib.math_prompt(tokenizer, r["question"],
-                                                           config.prompt_template or None)
-                                       for r in rows])
+  texts = [tok_lib.math_prompt(tokenizer, r["question"], config.prompt_template or None)
+           for r in rows]
+  prompts = tok_lib.encode(tokenizer, texts)
   answers = tok_lib.encode(tokenizer, [str(r["answer"]) for r in rows])
+  where = [f"{p.data}, row {r['index'] + 1}" for r in rows]
+  tok_lib.check_encodable(tokenizer, texts, prompts, where)
+  tok_lib.check_encodable(tokenizer, [str(r["answer"]) for r in rows], answers, where)
   pairs = pt.make_pairs(prompts, answers, ids.eos_id, p.max_gen_length)
   start, meta_src = _start(config, ids.vocab_size)
   if ids.vocab_size > start.model.vocab_size:

@@ -1,0 +1,43 @@
+"""Your own question/answer task, end to end (README "Bring your own task"):
+
+  python -m t3d_jax.main --config configs/own_task.py --config.workdir=runs/mytask \\
+      --config.task.name=my_grader:grade
+
+reads <workdir>/data/train.jsonl and <workdir>/data/test.jsonl (one {"question": ...,
+"answer": ...} object per line) and runs, each stage resumable and runnable alone with
+--config.mode=<stage>:
+
+  tokenizer  a character tokenizer over the data and the prompt (tokenizer.kind=bpe: BPE)
+  pretrain   a small SDAR-style model trained from scratch on train.jsonl
+  rollout    its own full-step trajectories on the training questions
+  distill    T3D on those trajectories -> <workdir>/student
+  eval       base and student at 1, 2 and 4 tokens per forward on test.jsonl, graded by
+             task.name (exact by default; package.module:function for your own grader)
+
+The recipe is the demo's (configs/demo.py), sized for a few minutes on a laptop CPU.
+"""
+import importlib.util
+import os
+
+
+def _demo():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
+  spec = importlib.util.spec_from_file_location("t3d_demo_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config():
+  c = _demo().get_config()
+  c.workdir = "runs/own_task"
+  c.pipeline.stages = ("tokenizer", "pretrain", "rollout", "distill", "eval")
+  c.task.name = "exact"
+  c.tokenizer.kind = "char"
+  c.prompt_template = "{question}="          # what the model sees before its answer
+  c.arch.vocab_size = 0                      # the tokenizer's size
+  c.pretrain.data = c.rollout.data = "{workdir}/data/train.jsonl"
+  c.eval.data = "{workdir}/data/test.jsonl"
+  c.decode.max_new_tokens = 32
+  c.distill.max_gen_length = 32
+  return c
