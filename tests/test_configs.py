@@ -174,15 +174,18 @@ def test_every_path_key_expands_workdir():
               and not k.startswith("mesh.")}  # mesh.shape.data: an axis size
   assert pathlike == set(PATH_KEYS), (pathlike ^ set(PATH_KEYS))
   c.workdir = "/w"
+
+  def value(key, workdir):  # tuple keys hold entries ("name=path" for eval.models)
+    one = f"{workdir}/{key}"
+    return ((f"m={one}",) if key == "eval.models" else
+            (one,) if key == "tokenizer.data" else one)
   for key in PATH_KEYS:
     section, _, name = key.rpartition(".")
-    node = c[section] if section else c
-    node[name] = ("m={workdir}/" + key,) if name == "models" else "{workdir}/" + key
+    (c[section] if section else c)[name] = value(key, "{workdir}")
   r = resolve_paths(c)
   for key in PATH_KEYS:
     section, _, name = key.rpartition(".")
-    got = (r[section] if section else r)[name]
-    assert got == (("m=/w/" + key,) if name == "models" else "/w/" + key), key
+    assert (r[section] if section else r)[name] == value(key, "/w"), key
   assert c.eval.output_dir == "{workdir}/eval.output_dir"  # the input is left as it was
   c.workdir = ""
   with pytest.raises(InputError, match="uses {workdir} but config.workdir is empty"):
