@@ -116,9 +116,12 @@ def test_bad_input_is_one_clear_error(tiny, tmp_path, args, msg):
   assert r.returncode == 2 and msg in r.stderr, r.stderr[-2000:]
 
 
-def test_scratch_without_tokenizer_names_the_task_mode(tmp_path):
+def test_scratch_without_tokenizer_names_the_modes_that_write_one(tmp_path):
   r = cli("--config", "configs/pretrain.py", f"--config.workdir={tmp_path}")
-  assert r.returncode == 2 and "run --config.mode=task first" in r.stderr
+  assert r.returncode == 2 and r.stderr.strip() == (
+      f"error: {tmp_path}/tokenizer: no tokenizer (run --config.mode=tokenizer for your own "
+      "data, --config.mode=task for the demo task, or set --config.tokenizer_dir to a "
+      "Hugging Face tokenizer dir)")
 
 
 def test_pretrain_examples():
