@@ -16,20 +16,11 @@ reads <workdir>/data/train.jsonl and <workdir>/data/test.jsonl (one {"question":
 
 The recipe is the demo's (configs/demo.py), sized for a few minutes on a laptop CPU.
 """
-import importlib.util
-import os
-
-
-def _demo():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
-  spec = importlib.util.spec_from_file_location("t3d_demo_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from t3d_jax.config_base import config_module
 
 
 def get_config():
-  c = _demo().get_config()
+  c = config_module("demo.py", relative_to=__file__).get_config()
   c.workdir = "runs/own_task"
   c.pipeline.stages = ("tokenizer", "pretrain", "rollout", "distill", "eval")
   c.task.name = "exact"

@@ -5,10 +5,7 @@ hosts; run on every worker, see README.md, "TPU VM pod slice"). Hyperparameters 
   launch/tpu_vm.sh run -- --config configs/sdar_4b_math.py --config.workdir=gs://bucket/run \
       --config.model_dir=gs://bucket/sdar_4b_model --config.distill.data=/data/traj.jsonl
 """
-import importlib.util
-import os
-
-from t3d_jax.config_base import base_config
+from t3d_jax.config_base import base_config, config_module
 
 # SDAR-4B-Chat = the Qwen3-4B network (planning only; training reads the model dir).
 ARCH_4B = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_layers=36,
@@ -16,14 +13,6 @@ ARCH_4B = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_
                rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
-def _sibling():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sdar_1p7b_math.py")
-  spec = importlib.util.spec_from_file_location("sdar_1p7b_math", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def get_config():
-  return _sibling().t3d_defaults(base_config(), arch=ARCH_4B, tpu="v5p-16", devices=8,
+  return config_module("sdar_1p7b_math.py", relative_to=__file__).t3d_defaults(base_config(), arch=ARCH_4B, tpu="v5p-16", devices=8,
                                  multi_host=True)

@@ -11,8 +11,23 @@ Path-valued keys may contain "{workdir}" (replaced by config.workdir).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
+import types
 
 import ml_collections
+
+
+def config_module(path, relative_to: str | None = None) -> types.ModuleType:
+  """The config file ``path`` loaded as a module, as the CLI loads it (``relative_to``:
+  a file whose directory a relative ``path`` starts from, e.g. a config's ``__file__``)."""
+  if relative_to is not None:
+    path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), path)
+  name = "_t3d_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def section(cls, skip=(), extra=None, **overrides) -> ml_collections.ConfigDict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -111,10 +110,8 @@ def flag_error(argv, err: Exception) -> str:
   if not os.path.isfile(path):
     return f"--config={path}: no such file"
   try:
-    spec = importlib.util.spec_from_file_location("_t3d_user_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(*([cfg_arg] if cfg_arg else []))
+    from t3d_jax.config_base import config_module
+    config = config_module(path).get_config(*([cfg_arg] if cfg_arg else []))
   except Exception as e:  # noqa: BLE001
     return f"--config={path}: the file does not load: {type(e).__name__}: {e}"
   for a in argv[1:]:

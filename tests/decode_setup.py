@@ -54,12 +54,8 @@ def cli(config: str, *flags) -> subprocess.CompletedProcess:
 
 def load_config(name: str):
   """configs/<name>.py's get_config(), loaded from its file as the CLI does."""
-  import importlib.util
-  path = REPO / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  from t3d_jax.config_base import config_module
+  return config_module(REPO / "configs" / f"{name}.py").get_config()
 
 
 def read_jsonl(path: Path) -> list[dict]:

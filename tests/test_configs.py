@@ -13,6 +13,7 @@ import pytest
 from t3d_jax import sharding
 from t3d_jax.train import sharded
 from t3d_jax.bench import memory
+from t3d_jax.config_base import config_module
 from t3d_jax.train.trainer import OptimConfig, make_optimizer
 from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import abstract_params
@@ -22,10 +23,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.py"))
 
 
 def load(path) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(f"cfg_{path.stem}", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = config_module(path).get_config()
   c.lock()
   return c
 
