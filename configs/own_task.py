@@ -10,7 +10,7 @@ reads <workdir>/data/train.jsonl and <workdir>/data/test.jsonl (one {"question":
   tokenizer  a character tokenizer over the data and the prompt (tokenizer.kind=bpe: BPE)
   pretrain   a small SDAR-style model trained from scratch on train.jsonl
   rollout    its own full-step trajectories on the training questions
-  distill    T3D on those trajectories -> <workdir>/student
+  distill    T3D on those trajectories -> <workdir>/distill/student/model
   eval       base and student at 1, 2 and 4 tokens per forward on test.jsonl, graded by
              task.name (exact by default; package.module:function for your own grader)
 

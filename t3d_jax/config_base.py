@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0                # every stage's seed unless its own <stage>.seed >= 0
   c.overwrite = False       # allow replacing a non-empty output dir
   c.jax_distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
-  c.force = False           # run in a workdir set up by another pipeline config
+  c.force = False           # rerun a finished stage of a pipeline with other keys
 
   # what the answers are graded with (t3d_jax/tasks): math | words (the demo task)
   c.task = ml_collections.ConfigDict(dict(
@@ -68,7 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_train=4096, num_test=128,   # task mode (words): rows written under <workdir>/task
       min_words=2, max_words=4))      # categories (= blocks) per question
   # pipeline mode: these modes in order, each skipped/resumed where its output exists
-  c.pipeline = ml_collections.ConfigDict(dict(stages=()))
+  # variants: {name: {section: {key: value}}}: the distill stage runs once per variant,
+  # as distill run <name> with those keys changed (e.g. {"lr3": {"optim": {"lr": 3e-3}}});
+  # {} = one run, distill.name
+  c.pipeline = ml_collections.ConfigDict(dict(stages=(), variants={}))
 
   # convert: HF dir -> orbax model dir
   c.hf_dir = ""
@@ -148,7 +151,8 @@ def base_config() -> ml_collections.ConfigDict:
   # distill: trajectories -> T3D student (docs/method.md §2-§3)
   c.distill = ml_collections.ConfigDict(dict(
       data="",                 # trajectories JSONL (rollout output, dLLM-RL layout)
-      student_dir="",          # default <workdir>/student: the final student model dir
+      name="student",          # the run: <workdir>/distill/<name>/ (checkpoints, tb, metrics)
+      student_dir="",          # default <workdir>/distill/<name>/model: the student model dir
       original_prompts=False,  # True: chat template on the bare question (released code)
       retokenize=False,        # rows without response_ids: tokenize full_output (released)
       max_prompt_len=1024,     # longer prompts are dropped (counted)

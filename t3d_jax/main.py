@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -16,7 +15,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from t3d_jax.errors import InputError, Interrupted
-from t3d_jax.settings import resolve_paths
 
 MODES = ("convert", "export", "task", "tokenizer", "pretrain", "rollout", "distill", "eval",
          "pipeline")
@@ -30,11 +28,10 @@ def run(config) -> None:
     raise InputError(f"config.mode={config.mode!r} is not one of {', '.join(MODES)}")
   from t3d_jax.distributed import initialize_from_config
   initialize_from_config(config)  # only when jax_distributed or a multi-process env
-  from t3d_jax.modes.pipeline import guarded
+  from t3d_jax.modes.pipeline import run_mode
   with workdir_lock(config):  # one run per workdir at a time
     recorded = record_config(config)
-    with guarded(config):  # configs with pipeline stages: same-config workdir, inputs present
-      importlib.import_module(f"t3d_jax.modes.{config.mode}").run(resolve_paths(config))
+    run_mode(config)  # pipeline configs: the workdir guard and input checks around it
   if recorded:  # after the summary, so that an error stays the only line of a failed run
     print(f"[{config.mode}] config: {recorded}", file=sys.stderr, flush=True)
 

@@ -9,7 +9,9 @@ import array
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from t3d_jax.errors import InputError
 
@@ -135,6 +137,75 @@ def model_dir(config) -> str:
   if not config.workdir:
     raise InputError("set --config.workdir (or --config.model_dir)")
   return f"{config.workdir}/model"
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+RUN_PREFIX = "distill:"   # eval.models entries "name=distill:<run>" / "distill:*"
+
+
+def run_names(config) -> list[str]:
+  """The distill runs of this config: the names of ``pipeline.variants``, else
+  ``distill.name``; each checked (letters, digits, ``_.-``)."""
+  names = list(config.pipeline.variants.keys()) or [config.distill.name]
+  for name in names:
+    if not RUN_NAME.fullmatch(str(name)):
+      raise InputError(f"config distill.name / pipeline.variants: run name {name!r} must be "
+                       "letters, digits, '_', '.' or '-' (it names <workdir>/distill/<name>)")
+  return names
+
+
+def distill_dir(config, name: str | None = None) -> Path:
+  """``<workdir>/distill/<name>``: checkpoints, tb, metrics.jsonl and (by default) the
+  student model dir ``model/`` of the distill run ``name`` (default ``distill.name``)."""
+  if not config.workdir:
+    raise InputError("distill runs live under <workdir>/distill/<name>: set --config.workdir")
+  name = config.distill.name if name is None else name
+  if not RUN_NAME.fullmatch(str(name)):
+    raise InputError(f"config distill.name={name!r}: use letters, digits, '_', '.' or '-'")
+  return Path(config.workdir) / "distill" / name
+
+
+def student_dir(config, name: str | None = None) -> Path:
+  """Where the distill run ``name`` writes its student: ``distill.student_dir`` when set
+  (one run only), else ``<workdir>/distill/<name>/model``."""
+  if config.distill.student_dir and name in (None, config.distill.name):
+    return Path(expand(config.distill.student_dir, config))
+  return distill_dir(config, name) / "model"
+
+
+def model_entries(config) -> list[tuple[str, str]]:
+  """``eval.models`` as (name, path): "name=path", a bare path (named by its basename),
+  "name=distill:<run>" / "distill:<run>" (that run's student) or "distill:*" (every run
+  of this config); () = the model dir."""
+  out = []
+  for e in list(config.eval.models) or [f"model={model_dir(config)}"]:
+    name, sep, path = str(e).partition("=")
+    if not sep:
+      name, path = "", str(e)
+    name, path = name.strip(), path.strip()
+    if path == RUN_PREFIX + "*":
+      out += [(n, str(student_dir(config, n))) for n in run_names(config)]
+      continue
+    if path.startswith(RUN_PREFIX):
+      run = path[len(RUN_PREFIX):]
+      name, path = name or run, str(student_dir(config, run))
+    else:
+      name, path = name or Path(path).name or "model", expand(path, config)
+    out.append((name, path))
+  return out
+
+
+def old_distill_layout(workdir) -> str | None:
+  """A message when ``workdir`` holds a distill run written before named runs
+  (checkpoints/, tb/, metrics.jsonl, student/ at its top level), else None."""
+  w = Path(workdir)
+  if not ((w / "checkpoints").is_dir() or (w / "student").is_dir()) or (w / "distill").exists():
+    return None
+  return (f"{w} holds a distill run in the layout before named runs (checkpoints/, tb/, "
+          f"metrics.jsonl, student/ at its top); runs now live in {w}/distill/<name>/. Move "
+          f"it: mkdir -p {w}/distill/student && mv {w}/checkpoints {w}/tb {w}/metrics.jsonl "
+          f"{w}/distill/student/ && mv {w}/student {w}/distill/student/model (or use another "
+          "--config.workdir)")
 
 
 def parse_size(text: str) -> int:

@@ -46,10 +46,10 @@ def test_truncated_safetensors_names_the_file_and_tensor(tmp_path):
   assert not (tmp_path / "w" / "model").exists()
 
 
-def test_a_first_run_that_fails_before_any_output_records_no_config(tmp_path):
+def test_a_failed_run_records_nothing_and_only_a_stages_own_keys_are_compared(tmp_path):
   """The demo's pretrain stage before its task stage: its input is missing; the retry with
-  another key gets the same error, not "set up by a different config"; once a stage wrote
-  output the record stays."""
+  another key gets the same error, not "ran with a different config". A finished stage
+  records its own keys: other values of them are refused, other stages' keys are not."""
   w = tmp_path / "w"
   missing = (f"error: pretrain: {w}/task/train.jsonl does not exist: run "
              "--config.mode=task first")
@@ -59,10 +59,15 @@ def test_a_first_run_that_fails_before_any_output_records_no_config(tmp_path):
                        "--config.seed=1")) == missing
   r = cli("demo", f"--config.workdir={w}", "--config.mode=task", "--config.seed=1")
   assert r.returncode == 0, r.stderr[-2000:]
-  assert json.loads((w / "t3d_config.json").read_text())["seed"] == 1
-  line = only_line(cli("demo", f"--config.workdir={w}", "--config.mode=pretrain"))
-  assert line.startswith(f"error: {w} was set up by a different config (1 keys differ: "
-                         "seed: 1 -> 0)")
+  record = json.loads((w / "t3d_config.json").read_text())
+  assert list(record["stages"]) == ["task"] and record["stages"]["task"]["seed"] == 1
+  line = only_line(cli("demo", f"--config.workdir={w}", "--config.mode=task"))
+  assert line == (f"error: {w}: its task stage ran with a different config (1 keys differ: "
+                  "seed: 1 -> 0); use another --config.workdir or --config.force=True")
+  # keys the task stage does not read: no refusal
+  r = cli("demo", f"--config.workdir={w}", "--config.mode=task", "--config.seed=1",
+          "--config.eval.limit=3", "--config.pretrain.optim.lr=0.5")
+  assert r.returncode == 0 and "exist, kept" in r.stdout, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("env, libtpu, chips, gpu, want", [

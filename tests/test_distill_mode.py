@@ -14,6 +14,7 @@ from t3d_jax.convert import load_params
 from tiny_setup import make_model_dir, write_trajectories
 
 REPO = Path(__file__).resolve().parents[1]
+RUN = Path("distill/student")  # the default run of a workdir (distill.name)
 NAMES = ("loss", "loss_real", "loss_fake", "logp_target_real", "logp_ref_real",
          "logp_target_fake", "logp_ref_fake", "loss_path", "grad_norm", "lr")
 
@@ -49,15 +50,16 @@ def test_distill_runs_checkpoints_and_resumes_exactly(setup, tmp_path):
   a = tmp_path / "a"
   r = distill(a, model, root / "traj.jsonl")
   assert r.returncode == 0, r.stderr[-4000:]
-  rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(x) for x in (a / RUN / "metrics.jsonl").read_text().splitlines()]
   assert [x["step"] for x in rows] == [1, 2, 3, 4]
   for x in rows:
     assert all(np.isfinite(x[k]) for k in NAMES)
   np.testing.assert_allclose(rows[0]["loss_real"], np.log(2), rtol=1e-5)  # ref == student
   assert rows[2]["round"] == 1 and rows[3]["round"] == 2
-  assert sorted(p.name for p in (a / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
-  assert list((a / "tb").iterdir())
-  student, cfg = load_params(a / "student")
+  assert sorted(p.name for p in (a / RUN / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["2", "4"]
+  assert list((a / RUN / "tb").iterdir())
+  student, cfg = load_params(a / RUN / "model")
   base, _ = load_params(model)
   assert any(not np.array_equal(x, y) for x, y in
              zip(jax.tree.leaves(student), jax.tree.leaves(base)))
@@ -66,15 +68,15 @@ def test_distill_runs_checkpoints_and_resumes_exactly(setup, tmp_path):
   # (the metrics rows logged after step 2 are dropped by the rerun)
   shutil.copytree(a, tmp_path / "b")
   b = tmp_path / "b"
-  shutil.rmtree(b / "checkpoints" / "4")
-  shutil.rmtree(b / "student")
+  shutil.rmtree(b / RUN / "checkpoints" / "4")
+  shutil.rmtree(b / RUN / "model")
   r = distill(b, model, root / "traj.jsonl")
   assert r.returncode == 0, r.stderr[-4000:]
   assert "resuming from step 2" in r.stderr
-  resumed, _ = load_params(b / "student")
+  resumed, _ = load_params(b / RUN / "model")
   for x, y in zip(jax.tree.leaves(student), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bit-exact on CPU
-  rows_b = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+  rows_b = [json.loads(x) for x in (b / RUN / "metrics.jsonl").read_text().splitlines()]
   assert [x["step"] for x in rows_b] == [1, 2, 3, 4]
   np.testing.assert_allclose([x["loss"] for x in rows_b], [x["loss"] for x in rows], rtol=1e-5)
 
@@ -114,18 +116,18 @@ def test_resume_refuses_another_run_and_survives_a_new_mesh(setup, tmp_path):
   assert r.returncode == 0 and "resuming" not in r.stderr, r.stderr[-3000:]
   fresh = tmp_path / "fresh"
   assert distill(fresh, model, data, "--config.distill.max_steps=3").returncode == 0
-  for x, y in zip(jax.tree.leaves(load_params(w / "student")[0]),
-                  jax.tree.leaves(load_params(fresh / "student")[0])):
+  for x, y in zip(jax.tree.leaves(load_params(w / RUN / "model")[0]),
+                  jax.tree.leaves(load_params(fresh / RUN / "model")[0])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  assert [json.loads(x)["step"] for x in (w / "metrics.jsonl").read_text().splitlines()] \
+  assert [json.loads(x)["step"] for x in (w / RUN / "metrics.jsonl").read_text().splitlines()] \
       == [1, 2, 3]
 
   # a new mesh resumes: stop at 2 of 4 on one device, finish on 8 (2 x 2 x 2)
   m = tmp_path / "m"
   assert distill(m, model, data).returncode == 0
-  whole, _ = load_params(m / "student")
-  shutil.rmtree(m / "checkpoints" / "4")
-  shutil.rmtree(m / "student")
+  whole, _ = load_params(m / RUN / "model")
+  shutil.rmtree(m / RUN / "checkpoints" / "4")
+  shutil.rmtree(m / RUN / "model")
   mesh = ("--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2",
           "--config.mesh.shape.tensor=2")
   r = distill(m, model, data, *mesh, devices=8)  # micro_batch 2 on 4 data-parallel ways
@@ -134,7 +136,7 @@ def test_resume_refuses_another_run_and_survives_a_new_mesh(setup, tmp_path):
       "the mesh (data=2 x fsdp=2); use a multiple of 4 or a smaller data/fsdp mesh axis")
   r = distill(m, model, data, *mesh[:1], "--config.mesh.shape.fsdp=1", *mesh[2:], devices=4)
   assert r.returncode == 0 and "resuming from step 2" in r.stderr, r.stderr[-3000:]
-  for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(load_params(m / "student")[0])):
+  for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(load_params(m / RUN / "model")[0])):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=4e-3)  # as the mesh test
 
 
@@ -163,7 +165,7 @@ def test_distill_bad_inputs(setup, tmp_path):
   assert r.returncode == 2 and "fewer than distill.global_batch=64" in r.stderr
   r = distill(tmp_path / "w", model, root / "traj.jsonl", "--config.distill.max_steps=-5")
   assert r.returncode == 2 and "config distill.max_steps=-5: must be >= 0" in r.stderr
-  assert not (tmp_path / "w" / "student").exists()
+  assert not (tmp_path / "w" / RUN / "model").exists()
 
 
 def test_distill_on_a_2x2x2_mesh_matches_one_device(setup, tmp_path):
@@ -177,13 +179,13 @@ def test_distill_on_a_2x2x2_mesh_matches_one_device(setup, tmp_path):
                "--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2",
                "--config.mesh.shape.tensor=2", devices=8)
   assert r8.returncode == 0, r8.stderr[-3000:]
-  m1, m8 = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+  m1, m8 = ([json.loads(x) for x in (tmp_path / d / RUN / "metrics.jsonl").read_text().splitlines()]
             for d in ("one", "mesh"))
   for a, b in zip(m1, m8):
     for k in NAMES:
       np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=k)
-  s1, _ = load_params(tmp_path / "one" / "student")
-  s8, _ = load_params(tmp_path / "mesh" / "student")
+  s1, _ = load_params(tmp_path / "one" / RUN / "model")
+  s8, _ = load_params(tmp_path / "mesh" / RUN / "model")
   for x, y in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=4e-3)  # 2 steps x lr 1e-3
 
@@ -202,10 +204,10 @@ def test_divergence_stops_with_one_line_and_writes_no_student(setup, tmp_path):
   step = int(err[0].split(" at update ")[1].split(";")[0])
   assert 1 < step <= 6
   assert f"the last good checkpoint is update {step - 1} in" in err[0]
-  assert not (w / "student").exists()
-  kept = sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit())
+  assert not (w / RUN / "model").exists()
+  kept = sorted(int(p.name) for p in (w / RUN / "checkpoints").iterdir() if p.name.isdigit())
   assert kept and max(kept) == step - 1
-  rows = [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(x) for x in (w / RUN / "metrics.jsonl").read_text().splitlines()]
   assert [x["step"] for x in rows] == list(range(1, step))  # no non-finite row logged
 
 
@@ -226,7 +228,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(s
                        text=True)
   deadline = time.time() + 300
   while time.time() < deadline and p.poll() is None:
-    m = w / "metrics.jsonl"
+    m = w / RUN / "metrics.jsonl"
     if m.is_file() and len(m.read_text().splitlines()) >= 3:
       break
     time.sleep(0.05)
@@ -238,11 +240,11 @@ def test_sigterm_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(s
   assert len(lines) == 1 and "stopped by SIGTERM after update" in lines[0], err[-2000:]
   step = int(lines[0].split("after update ")[1].split(" ")[0])
   assert 3 <= step < 40
-  assert (w / "checkpoints" / str(step)).is_dir() and not (w / "student").exists()
+  assert (w / RUN / "checkpoints" / str(step)).is_dir() and not (w / RUN / "model").exists()
   r = distill(w, model, root / "traj.jsonl", *args)
   assert r.returncode == 0 and f"resuming from step {step}" in r.stderr, r.stderr[-3000:]
-  whole, _ = load_params(tmp_path / "whole" / "student")
-  resumed, _ = load_params(w / "student")
+  whole, _ = load_params(tmp_path / "whole" / RUN / "model")
+  resumed, _ = load_params(w / RUN / "model")
   for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -286,6 +288,6 @@ def test_a_failed_checkpoint_write_is_one_line_and_no_student(setup, tmp_path):
   lines = [x for x in r.stderr.replace("\r", "\n").splitlines()
            if x.strip() and not x.startswith("distill:")]  # the progress bar
   assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
-  assert lines[0].startswith(f"error: {w / 'checkpoints'}: could not be written (")
+  assert lines[0].startswith(f"error: {w / RUN / 'checkpoints'}: could not be written (")
   assert "File too large" in lines[0] and lines[0].endswith("is the disk full or read-only?")
-  assert not (w / "student").exists()
+  assert not (w / RUN / "model").exists()

@@ -102,8 +102,11 @@ def test_rollout_two_processes_equal_one_and_resume(model_root, tmp_path):
   print(f"\n2-process rollout: {wall:.1f} s wall; resumed run: {wall_resume:.1f} s")
 
 
+RUN = Path("distill/student")  # the default distill run of a workdir
+
+
 def _metrics(work: Path) -> list[dict]:
-  return [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+  return [json.loads(x) for x in (work / RUN / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_distill_two_processes_checkpoint_resume_equal_one(model_root, tmp_path):
@@ -123,21 +126,22 @@ def test_distill_two_processes_checkpoint_resume_equal_one(model_root, tmp_path)
   wall = launch(tmp_path / "logs_mp", "distill", f"--config.workdir={a}", *common)
   rows = _metrics(a)
   assert [x["step"] for x in rows] == [1, 2, 3, 4]
-  assert sorted(p.name for p in (a / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
-  student, _ = load_params(a / "student")
+  assert sorted(p.name for p in (a / RUN / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["2", "4"]
+  student, _ = load_params(a / RUN / "model")
 
   # preempted after step 2: the newest checkpoint and the student are lost; rerun
   b = tmp_path / "resumed"
   shutil.copytree(a, b)
-  shutil.rmtree(b / "checkpoints" / "4")
-  shutil.rmtree(b / "student")
-  (b / "metrics.jsonl").write_text("".join(
-      x + "\n" for x in (a / "metrics.jsonl").read_text().splitlines()[:2]))
+  shutil.rmtree(b / RUN / "checkpoints" / "4")
+  shutil.rmtree(b / RUN / "model")
+  (b / RUN / "metrics.jsonl").write_text("".join(
+      x + "\n" for x in (a / RUN / "metrics.jsonl").read_text().splitlines()[:2]))
   wall_resume = launch(tmp_path / "logs_resume", "distill", f"--config.workdir={b}", *common)
   for i in range(2):
     assert "resuming from step 2" in log(tmp_path / "logs_resume", i)
   np.testing.assert_array_equal([x["loss"] for x in _metrics(b)], [x["loss"] for x in rows])
-  resumed, _ = load_params(b / "student")
+  resumed, _ = load_params(b / RUN / "model")
   for x, y in zip(jax.tree.leaves(student), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -151,7 +155,7 @@ def test_distill_two_processes_checkpoint_resume_equal_one(model_root, tmp_path)
   for x, y in zip(rows, _metrics(tmp_path / "one"), strict=True):
     for k in NAMES:
       np.testing.assert_allclose(x[k], y[k], rtol=2e-5, atol=1e-7, err_msg=k)
-  single, _ = load_params(tmp_path / "one" / "student")
+  single, _ = load_params(tmp_path / "one" / RUN / "model")
   for x, y in zip(jax.tree.leaves(student), jax.tree.leaves(single)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-5)
   print(f"\n2-process distill: {wall:.1f} s wall; resumed run: {wall_resume:.1f} s")
@@ -219,7 +223,7 @@ def test_sigterm_on_one_process_stops_both_at_the_same_update(model_root, tmp_pa
   try:
     deadline = time.time() + 300
     while time.time() < deadline and all(p.poll() is None for p in procs):
-      m = w / "metrics.jsonl"
+      m = w / RUN / "metrics.jsonl"
       if m.is_file() and len(m.read_text().splitlines()) >= 3:
         break
       time.sleep(0.05)
@@ -237,10 +241,10 @@ def test_sigterm_on_one_process_stops_both_at_the_same_update(model_root, tmp_pa
     assert len(lines) == 1 and "stopped by SIGTERM after update" in lines[0], err[-3000:]
     steps.append(int(lines[0].split("after update ")[1].split(" ")[0]))
   assert steps[0] == steps[1] and 3 <= steps[0] < 40, steps
-  assert (w / "checkpoints" / str(steps[0])).is_dir() and not (w / "student").exists()
+  assert (w / RUN / "checkpoints" / str(steps[0])).is_dir() and not (w / RUN / "model").exists()
   launch(tmp_path / "logs_resume", "distill", f"--config.workdir={w}", *common)
   assert f"resuming from step {steps[0]}" in log(tmp_path / "logs_resume", 0)
-  whole, _ = load_params(tmp_path / "whole" / "student")
-  resumed, _ = load_params(w / "student")
+  whole, _ = load_params(tmp_path / "whole" / RUN / "model")
+  resumed, _ = load_params(w / RUN / "model")
   for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -1,7 +1,8 @@
 """The demo pipeline through the CLI, shortened (tiny sizes, few steps): every stage's
 artefacts exist and hold numbers in range (not quality), a rerun resumes instead of
-redoing, stages run alone by mode, a missing input names the earlier mode, and a workdir
-set up by another config is refused unless forced."""
+redoing, stages run alone by mode, a missing input names the earlier mode, a finished
+stage refuses other values of its keys unless forced, and named distill runs (one by
+name, several as pipeline variants) share the workdir."""
 import json
 import re
 import os
@@ -26,10 +27,10 @@ SHORT = ("--config.task.num_train=256", "--config.task.num_test=16",
          "--config.distill.checkpoint_every=2", "--config.distill.async_checkpoint=False")
 
 
-def main(work, *extra):
+def main(work, *extra, config="configs/demo.py"):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  cmd = [sys.executable, "-m", "t3d_jax.main", "--config", "configs/demo.py",
+  cmd = [sys.executable, "-m", "t3d_jax.main", "--config", str(config),
          f"--config.workdir={work}", *SHORT, *extra]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
@@ -71,9 +72,9 @@ def test_every_stage_writes_its_artefacts(demo):
     assert t["nfe"][0] >= len(ids)  # one token per forward (at most)
     assert t["prompt"] == t["question"] + "="
   # distill: student + metrics
-  d = rows(work / "metrics.jsonl")
+  d = rows(work / "distill/student/metrics.jsonl")
   assert d[-1]["step"] == 4 and d[-1]["round"] == 2 and np.isfinite(d[-1]["loss"])
-  assert (work / "student/sdar_config.json").is_file()
+  assert (work / "distill/student/model/sdar_config.json").is_file()
   # eval: 2 models x 3 settings, accuracy in [0, 1], fewer forwards at higher TPF
   s = json.loads((work / "eval/summary.json").read_text())
   res = {(x["model"], x["tokens_per_forward"]): x for x in s["results"]}
@@ -104,13 +105,18 @@ def test_rerun_resumes_and_stages_run_alone(demo):
   assert r.returncode == 0 and "exist, kept" in r.stdout
 
 
-def test_workdir_of_another_config_is_refused_unless_forced(demo):
+def test_a_finished_stage_refuses_other_values_of_its_keys_unless_forced(demo):
   work, _ = demo
-  r = main(work, "--config.mode=task", "--config.pretrain.optim.lr=0.5")
+  r = main(work, "--config.mode=rollout", "--config.decode.temperature=0.5")
   assert r.returncode == 2
-  assert "was set up by a different config" in r.stderr and "pretrain.optim.lr" in r.stderr
-  r = main(work, "--config.mode=task", "--config.pretrain.optim.lr=0.5", "--config.force=True")
+  assert "its rollout stage ran with a different config (1 keys differ: " \
+         "decode.temperature: 0.1 -> 0.5)" in r.stderr, r.stderr[-2000:]
+  r = main(work, "--config.mode=task", "--config.decode.temperature=0.5")  # not task's key
   assert r.returncode == 0, r.stderr[-2000:]
+  r = main(work, "--config.mode=task", "--config.task.num_test=3")
+  assert r.returncode == 2 and "its task stage ran with a different config" in r.stderr
+  r = main(work, "--config.mode=task", "--config.task.num_test=3", "--config.force=True")
+  assert r.returncode == 0, r.stderr[-2000:]  # the task files exist, kept; record replaced
   r = main(work, "--config.mode=task", "--config.force=True")  # record back to the demo's
   assert r.returncode == 0
 
@@ -134,3 +140,89 @@ def test_quiet_by_default(demo):
   assert sum("[distill] " in x for x in lines) == 1
   assert f"[pipeline] config: {work}/last_run_config.json" in lines
   assert json.loads((work / "last_run_config.json").read_text())["workdir"] == str(work)
+
+
+VARIANTS = """
+from t3d_jax.config_base import config_module
+
+
+def get_config():
+  c = config_module({demo!r}).get_config()
+  c.pipeline.stages = ("distill", "eval")
+  c.pipeline.variants = {{"a": {{"distill": {{"seed": 5}}}}, "b": {{"optim": {{"lr": 1e-4}}}}}}
+  c.eval.models = ("base={{workdir}}/model", "distill:*")
+  c.eval.tokens_per_forward = (4,)
+  c.eval.output_dir = "{{workdir}}/eval_variants"
+  return c
+"""
+
+
+def test_named_runs_and_variants_share_the_workdir(demo, tmp_path):
+  """A second student by name beside the first; a pipeline of two variants: each run in
+  its own <workdir>/distill/<name>/, eval takes them by name, the first student untouched."""
+  work, _ = demo
+  first = (work / "distill/student/model/params.sha256").read_text()
+  r = main(work, "--config.mode=distill", "--config.distill.name=second",
+           "--config.distill.seed=3")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "[distill] second: 4 updates" in r.stdout
+  second = work / "distill/second"
+  assert (second / "model/params.sha256").read_text() != first
+  assert rows(second / "metrics.jsonl")[-1]["step"] == 4
+  cfg = tmp_path / "variants.py"
+  cfg.write_text(VARIANTS.format(demo=str(REPO / "configs/demo.py")))
+  r = main(work, config=cfg)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "[pipeline] distill run a" in r.stdout and "[pipeline] distill run b" in r.stdout
+  sums = {n: (work / f"distill/{n}/model/params.sha256").read_text() for n in "ab"}
+  assert len({first, sums["a"], sums["b"]}) == 3
+  assert (work / "distill/student/model/params.sha256").read_text() == first
+  s = json.loads((work / "eval_variants/summary.json").read_text())
+  assert {x["model"] for x in s["results"]} == {"base", "a", "b"}
+  assert s["models"]["a"] == str(work / "distill/a/model")
+  record = json.loads((work / "t3d_config.json").read_text())["stages"]
+  assert {"distill/student", "distill/second", "distill/a", "distill/b"} <= set(record)
+  assert record["distill/a"]["distill.seed"] == 5 and record["distill/b"]["optim.lr"] == 1e-4
+
+
+def test_a_workdir_of_the_old_layout_gets_the_move_commands(tmp_path):
+  w = tmp_path / "old"
+  (w / "checkpoints/4").mkdir(parents=True)
+  (w / "student").mkdir()
+  (w / "model").mkdir()
+  (w / "trajectories.jsonl").write_text("")
+  for mode in ("distill", "eval"):
+    r = main(w, f"--config.mode={mode}")
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {w} holds a distill run in the layout before named runs")
+    assert f"mv {w}/student {w}/distill/student/model" in line, r.stderr[-2000:]
+
+
+def test_a_record_of_the_older_format_is_read_as_stage_views(tmp_path):
+  """One config recorded for the whole workdir (before per-stage records): each stage
+  compares its own keys with it, keys added since are not compared, and the next record
+  is per stage."""
+  from t3d_jax.config_base import config_module
+  from t3d_jax.errors import InputError
+  from t3d_jax.modes import pipeline
+  from t3d_jax.settings import as_json
+  c = config_module(REPO / "configs/demo.py").get_config()
+  c.workdir = str(tmp_path)
+  old = as_json(c.to_dict())
+  for k in ("mode", "workdir", "overwrite", "force", "jax_distributed", "distributed"):
+    old.pop(k)
+  old["distill"].pop("allow_other_block")  # a key added since
+  (tmp_path / "t3d_config.json").write_text(json.dumps(old))
+  for stage in ("task", "pretrain", "rollout", "distill", "eval", "export"):
+    pipeline.check_stage(c, stage)
+  c.pretrain.max_steps = 7
+  with pytest.raises(InputError, match=r"its pretrain stage ran with a different config \(1 "
+                     r"keys differ: pretrain.max_steps: 600 -> 7\)"):
+    pipeline.check_stage(c, "pretrain")
+  pipeline.check_stage(c, "eval")  # not eval's key
+  pipeline.record_stage(c, "pretrain")
+  record = json.loads((tmp_path / "t3d_config.json").read_text())
+  assert record["format"] == 2 and record["stages"]["pretrain"]["pretrain.max_steps"] == 7
+  assert set(record["stages"]) == {"task", "pretrain", "rollout", "distill/student", "eval"}
+  pipeline.check_stage(c, "pretrain")

@@ -1,10 +1,12 @@
 """distill mode: trajectories JSONL -> T3D student (DDO + path loss, self-play rounds).
 
 Reads the converted model dir (student init = reference init), trains with the jitted
-update step, logs a tqdm bar, TensorBoard scalars (<workdir>/tb) and metrics JSONL, keeps
-orbax checkpoints in <workdir>/checkpoints (state, reference, data position, round), and
-writes the final student as a model dir (export mode turns it into an HF dir). Rerunning
-the same command resumes from the newest checkpoint.
+update step, and keeps everything of the run ``distill.name`` (default ``student``) in
+<workdir>/distill/<name>/: TensorBoard scalars (tb/), metrics.jsonl, orbax checkpoints
+(checkpoints/: state, reference, data position, round) and the final student as a model
+dir (model/, or ``distill.student_dir``; export mode turns it into an HF dir). Several
+runs share a workdir (and its trajectories) under different names. Rerunning the same
+command resumes from the newest checkpoint.
 
 Sharding: the mesh and logical rules of the config (t3d_jax/sharding.py) place params,
 optimiser state, reference and batch; the step is jitted with explicit shardings and a
@@ -32,7 +34,8 @@ from t3d_jax.distill.data import (load_trajectory_samples, make_batch, recorded_
 from t3d_jax.distill.examples import ExampleConfig
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.errors import InputError
-from t3d_jax.settings import content_digest, expand, model_dir, stage_seed
+from t3d_jax.settings import (content_digest, distill_dir, model_dir, old_distill_layout,
+                              stage_seed, student_dir)
 from t3d_jax.train import loop, recipe
 
 
@@ -43,8 +46,11 @@ def run(config) -> None:
                      "(run --config.mode=rollout first)")
   if not config.workdir:
     raise InputError("distill mode needs --config.workdir")
-  work = Path(config.workdir)
-  data = expand(d.data, config)
+  old = old_distill_layout(config.workdir)
+  if old:
+    raise InputError(old)
+  work = distill_dir(config)
+  data = d.data
   seed = stage_seed(config, "distill")
   src = Path(model_dir(config))
   mcfg = model_config(src, param_dtype=config.model.param_dtype).replace(
@@ -71,7 +77,7 @@ def run(config) -> None:
   settings = dict(model=checkpoint.model_digest(src),
                   data=content_digest((s.prompt_ids, s.response_ids, s.step_map)
                                       for s in samples),
-                  distill=recipe.result_keys(d, skip=("data", "student_dir")),
+                  distill=recipe.result_keys(d, skip=("data", "name", "student_dir")),
                   examples=dataclasses.asdict(ex_cfg), loss=config.loss.to_dict(),
                   optim=config.optim.to_dict(), seed=seed,
                   numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
@@ -84,14 +90,14 @@ def run(config) -> None:
                                           mask_id=ids.mask_id, pad_id=ids.pad_id),
       make_batch=batch, settings=settings, reference=True,
       round_interval=d.round_interval if d.multi_round else 0)
-  student = Path(expand(d.student_dir, config) if d.student_dir else work / "student")
+  student = student_dir(config)
   if distributed.is_main_process():  # only process 0 writes the student
     checkpoint.save_model_dir(student, res.params, mcfg.replace(remat="none"),
                               meta_dir=checkpoint.meta_dir_of(src), overwrite=True,
                               this_process_only=True)  # the others do not write it
   distributed.barrier("distill: student written")
   last = loop.last_metrics(work)
-  msg = (f"[distill] {res.total} updates on {len(samples)} trajectories; last logp_target_real "
+  msg = (f"[distill] {d.name}: {res.total} updates on {len(samples)} trajectories; last logp_target_real "
          f"{last.get('logp_target_real', float('nan')):.3f} vs logp_ref_real "
          f"{last.get('logp_ref_real', float('nan')):.3f}; student {student} "
          f"({time.time() - t0:.0f}s this run)")

@@ -1,7 +1,7 @@
 """eval mode: models x decoding settings -> accuracy, length, NFE, TPF, tokens/s, AUP.
 
     python -m t3d_jax.main --config configs/eval.py --config.workdir=/tmp/run \\
-        --config.eval.models='("base=/tmp/run/model", "t3d=/tmp/run/student")' \\
+        --config.eval.models='("base=/tmp/run/model", "t3d=distill:student")' \\
         [--config.eval.data=gsm8k_test|math500|path.jsonl] [--config.eval.limit=N]
 
 Settings: every strategy of ``eval.strategies`` x every ``eval.tokens_per_forward`` value
@@ -55,7 +55,8 @@ from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.evaluation.metrics import aup, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
 from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
-from t3d_jax.settings import content_digest, expand, fingerprint, stage_seed
+from t3d_jax.settings import (content_digest, fingerprint, model_entries, old_distill_layout,
+                              stage_seed)
 from t3d_jax.tasks import ERROR_PREFIX, load_grader
 from t3d_jax.train.preemption import StopRequests
 
@@ -80,21 +81,16 @@ class Setting:
 
 
 def parse_models(config) -> list[tuple[str, str]]:
-  """``eval.models`` entries 'name=path' (or a bare path, named by its basename)."""
-  from t3d_jax.settings import model_dir
-  entries = list(config.eval.models) or [f"model={model_dir(config)}"]
+  """``eval.models`` as (name, path) (t3d_jax.settings.model_entries), each checked."""
   out, seen = [], set()
-  for e in entries:
-    name, sep, path = str(e).partition("=")
-    if not sep:
-      name, path = Path(e).name or "model", str(e)
-    name, path = name.strip(), expand(path.strip(), config)
+  for name, path in model_entries(config):
     if not name or not path or "/" in name:
-      raise InputError(f"config eval.models entry {e!r}: expected 'name=path'")
+      raise InputError(f"config eval.models entry {name}={path!r}: expected 'name=path'")
     if name in seen:
       raise InputError(f"config eval.models: model name {name!r} given twice")
     if not Path(path).exists():
-      raise InputError(f"config eval.models: model {name!r}: {path} does not exist")
+      old = old_distill_layout(config.workdir) if config.workdir else None
+      raise InputError(old or f"config eval.models: model {name!r}: {path} does not exist")
     seen.add(name)
     out.append((name, path))
   return out
@@ -206,7 +202,7 @@ def run(config) -> None:
   settings = parse_settings(config)
   grader = load_grader(config.task.name)  # an unknown or broken grader: before decoding
   questions = load_rows(e, config.workdir or str(out))
-  grader.check(questions, expand(e.data, config))  # rows it cannot grade: before decoding
+  grader.check(questions, e.data)  # rows it cannot grade: before decoding
   multi = len(set(s.strategy for s in settings)) > 1
   main = jax.process_index() == 0
   n = len(questions)
@@ -260,7 +256,7 @@ def run(config) -> None:
   if not main:
     return
 
-  data = expand(e.data, config)
+  data = e.data
   curves: dict[str, list] = {}
   for r in results:
     c = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"], r["block_size"]),

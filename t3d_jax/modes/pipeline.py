@@ -9,15 +9,19 @@ it stopped. Stage wall times go to ``<workdir>/pipeline.json``.
 
 Two guards apply to every mode run with a config that names pipeline stages:
 
-* the first run records the config in ``<workdir>/t3d_config.json``; a later run whose
-  config differs (other than mode / overwrite / force / multi-host keys) is refused,
-  naming the differing keys, unless ``--config.force=True`` (then the record is replaced);
-  a first run that fails before writing any output leaves no record;
+* each stage that finishes records the config keys that determine its result (STAGE_KEYS:
+  its own section and what it reads, without logging keys, nor the keys that only choose
+  which models and settings eval computes) in ``<workdir>/t3d_config.json``;
+  running that stage again with different values for them is refused, naming the keys,
+  unless ``--config.force=True`` (then the record is replaced). Keys of other stages never
+  matter, and a run that fails records nothing, so the corrected command is not refused;
 * a stage whose input is missing names the earlier mode that writes it.
+
+The distill stage runs once per ``pipeline.variants`` entry (each a named run, see
+t3d_jax/modes/distill.py), or once as ``distill.name``.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import time
@@ -27,52 +31,109 @@ import jax
 
 from t3d_jax.data.jsonl import write_json_atomic
 from t3d_jax.distributed import barrier
-from t3d_jax.errors import InputError, Interrupted
-from t3d_jax.settings import as_json, differences, expand, model_dir
+from t3d_jax.errors import InputError
+from t3d_jax.settings import (as_json, differences, expand, model_dir, model_entries,
+                              old_distill_layout, resolve_paths, run_names, student_dir)
+from t3d_jax.train.recipe import LOGGING_KEYS
 
 STAGES = ("task", "tokenizer", "pretrain", "rollout", "distill", "eval", "export")
-RUNTIME_KEYS = ("mode", "workdir", "overwrite", "force", "jax_distributed", "distributed")
 RECORD = "t3d_config.json"
+# the config keys (sections or dotted keys) that determine each stage's result
+STAGE_KEYS = {
+    "task": ("task", "seed"),
+    "tokenizer": ("tokenizer", "tokenizer_dir", "prompt_template", "pretrain.data",
+                  "pretrain.question_field", "pretrain.answer_field"),
+    "pretrain": ("pretrain", "arch", "model", "model_dir", "tokenizer_dir", "decode.block_size",
+                 "seed"),
+    "rollout": ("rollout", "decode", "prompt_template", "model_dir", "tokenizer_dir", "model",
+                "seed"),
+    "distill": ("distill", "examples", "loss", "optim", "model", "model_dir", "tokenizer_dir",
+                "seed"),
+    "eval": ("eval", "decode", "prompt_template", "task.name", "model_dir", "tokenizer_dir",
+             "model", "seed"),
+    "export": ("export_dir", "export_dtype", "max_shard_size", "model_dir"),
+}
+NOT_RESULT = LOGGING_KEYS + ("plot_trajectories", "chunk_prompts", "name")
+# keys that choose which results eval computes, not how (each (model, setting) result is
+# keyed on its own settings): evaluating one more model or setting is not another config
+SELECTS = ("eval.models", "eval.tokens_per_forward", "eval.strategies", "eval.output_dir")
 
 
-def identity(config) -> dict:
-  """The config as JSON values, without the keys that may change between runs."""
-  d = as_json(config.to_dict())
-  for k in RUNTIME_KEYS:
-    d.pop(k, None)
-  return d
+def _view(flat: dict, stage: str) -> dict:
+  keys = STAGE_KEYS[stage]
+  return {k: v for k, v in flat.items()
+          if any(k == p or k.startswith(p + ".") for p in keys)
+          and k.rpartition(".")[2] not in NOT_RESULT and k not in SELECTS}
 
 
-def check_workdir(config) -> bool:
-  """Refuses a workdir set up by a different config (unless ``config.force``); returns
-  whether this run wrote the record first."""
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def stage_view(config, stage: str) -> dict:
+  """The dotted keys of STAGE_KEYS[stage] with their (JSON) values in ``config``."""
+  return _view(_flat(as_json(config.to_dict())), stage)
+
+
+def record_key(config, stage: str) -> str:
+  return f"distill/{config.distill.name}" if stage == "distill" else stage
+
+
+def _read_record(work: Path) -> dict:
+  """{record key: stage view} (a record from before per-stage views, one config for the
+  whole workdir, is read as views of it)."""
+  path = work / RECORD
+  if not path.is_file():
+    return {}
+  old = json.loads(path.read_text())
+  if old.get("format") == 2:
+    return old["stages"]
+  flat = _flat(old)  # the older format: every stage of its pipeline saw this config
+  views = {"distill/student" if s == "distill" else s: _view(flat, s)
+           for s in old.get("pipeline", {}).get("stages", ()) if s in STAGE_KEYS}
+  return dict(views, _partial=True)
+
+
+def check_stage(config, stage: str) -> None:
+  """Refuses to run ``stage`` where it finished before with other values of its keys
+  (unless ``config.force``)."""
+  if config.force:
+    return
+  record = _read_record(Path(config.workdir))
+  key = record_key(config, stage)
+  if key not in record:
+    return
+  old, now = record[key], stage_view(config, stage)
+  if record.get("_partial"):  # keys added since that record was written are not compared
+    now = {k: v for k, v in now.items() if k in old}
+  if old != now:
+    n, shown = differences(old, now)
+    raise InputError(f"{config.workdir}: its {key} stage ran with a different config ({n} "
+                     f"keys differ: {shown}); use another --config.workdir or "
+                     "--config.force=True")
+
+
+def record_stage(config, stage: str) -> None:
+  """Records ``stage``'s keys after it finished (process 0)."""
+  if jax.process_index() != 0:
+    return
   work = Path(config.workdir)
-  record = work / RECORD
-  now = identity(config)
-  first = not record.is_file()
-  if not first:
-    old = json.loads(record.read_text())
-    if old == now:
-      return False
-    if not config.force:
-      n, shown = differences(old, now)
-      raise InputError(f"{work} was set up by a different config ({n} keys differ: "
-                       f"{shown}); use another --config.workdir or --config.force=True")
-  if jax.process_index() == 0:
-    write_json_atomic(record, now)
-  return first
+  record = {k: v for k, v in _read_record(work).items() if k != "_partial"}
+  record[record_key(config, stage)] = stage_view(config, stage)
+  write_json_atomic(work / RECORD, dict(format=2, stages=record))
 
 
 def _outputs(config) -> dict:
   """What each stage writes (paths checked when a later stage needs them)."""
   work = Path(config.workdir)
-  d = config.distill
   return {"task": [work / "task", work / "tokenizer"], "tokenizer": [work / "tokenizer"],
           "pretrain": [Path(model_dir(config))],
           "rollout": [Path(expand(config.rollout.output, config)) if config.rollout.output
                       else work / "trajectories.jsonl"],
-          "distill": [Path(expand(d.student_dir, config)) if d.student_dir
-                      else work / "student"]}
+          "distill": [student_dir(config, n) for n in run_names(config)]}
 
 
 def _inputs(config, stage: str) -> list[Path]:
@@ -85,8 +146,7 @@ def _inputs(config, stage: str) -> list[Path]:
   if stage == "distill":
     return [Path(model_dir(config))] + [Path(expand(config.distill.data, config))]
   if stage == "eval":
-    paths = [Path(expand(e.partition("=")[2] or e, config)) for e in config.eval.models]
-    return (paths or [Path(model_dir(config))]) + data(config.eval.data)
+    return [Path(p) for _, p in model_entries(config)] + data(config.eval.data)
   if stage == "export":
     return [Path(model_dir(config))]
   return []
@@ -102,41 +162,61 @@ def check_inputs(config, stage: str) -> None:
                    if any(path == o or o in path.parents for o in outs)), None)
     hint = (f"run --config.mode={writer} first" if writer
             else "no stage of this pipeline writes it; check the config")
-    raise InputError(f"{stage}: {path} does not exist: {hint}")
+    old = old_distill_layout(config.workdir) if writer == "distill" else None
+    raise InputError(old or f"{stage}: {path} does not exist: {hint}")
 
 
-# what the CLI itself keeps in a workdir: not a stage's output
-BOOKKEEPING = (RECORD, "last_run_config.json", ".t3d_run.lock")
+def variants(config) -> list:
+  """The configs of the distill stage: one per ``pipeline.variants`` entry (its keys
+  changed, ``distill.name`` = its name), or ``config`` itself."""
+  run_names(config)  # the names are checked
+  if not config.pipeline.variants:
+    return [config]
+  if config.distill.student_dir:
+    raise InputError("config distill.student_dir names one dir: unset it with "
+                     "pipeline.variants (each run writes <workdir>/distill/<name>/model)")
+  out = []
+  for name, changes in config.pipeline.variants.items():
+    sub = config.copy_and_resolve_references()
+    with sub.unlocked():
+      sub.pipeline.variants = {}
+    sub.distill.name = name
+    for key, value in _flat(changes.to_dict() if hasattr(changes, "to_dict")
+                            else dict(changes)).items():
+      section, _, leaf = key.rpartition(".")
+      try:
+        node = sub[section] if section else sub
+        if leaf not in node:
+          raise KeyError(leaf)
+        node[leaf] = value
+      except (KeyError, AttributeError, TypeError) as e:
+        raise InputError(f"config pipeline.variants.{name}.{key}: not a config key or a "
+                         f"bad value ({type(e).__name__}: {e})") from None
+    out.append(sub)
+  return out
 
 
-def _outputs_present(work: Path) -> set:
-  """Top-level entries of ``work`` that hold a file (empty dirs do not count)."""
-  if not work.is_dir():
-    return set()
-  return {p.name for p in work.iterdir() if p.name not in BOOKKEEPING
-          and (p.is_file() or any(f.is_file() for f in p.rglob("*")))}
-
-
-@contextlib.contextmanager
-def guarded(config):
-  """Both guards around a mode run with a pipeline config (used by t3d_jax.main). A run
-  that fails before writing any output does not keep the record it wrote, so the
-  corrected command is not refused as "a different config"."""
-  if not config.pipeline.stages or not config.workdir:
-    yield
-    return
-  work = Path(config.workdir)
-  before = _outputs_present(work)
-  first = check_workdir(config)
-  try:
-    if config.mode != "pipeline":
-      check_inputs(config, config.mode)
-    yield
-  except Exception as e:  # a signal (Interrupted) saved state: that run keeps the record
-    if (first and not isinstance(e, Interrupted) and jax.process_index() == 0
-        and _outputs_present(work) <= before):
-      (work / RECORD).unlink(missing_ok=True)
-    raise
+def run_mode(config, stage: str | None = None) -> None:
+  """One stage (default ``config.mode``), as the CLI runs it: with a pipeline config, the
+  workdir guard and the input check first and the stage's record after; the mode gets
+  the config with every path resolved (t3d_jax.settings.resolve_paths)."""
+  stage = stage or config.mode
+  if stage == "pipeline":
+    return run(config)
+  subs = variants(config) if stage == "distill" else [config]
+  guard = bool(config.pipeline.stages) and bool(config.workdir)
+  for sub in subs:
+    if guard:
+      check_stage(sub, stage)
+      check_inputs(sub, stage)
+    if len(subs) > 1 and jax.process_index() == 0:
+      print(f"[pipeline] distill run {sub.distill.name}", flush=True)
+    sub = sub.copy_and_resolve_references()
+    sub.mode = stage
+    importlib.import_module(f"t3d_jax.modes.{stage}").run(resolve_paths(sub))
+    barrier(f"pipeline: {stage} done")  # process 0's files are complete for the next stage
+    if guard:
+      record_stage(sub, stage)
 
 
 def run(config) -> None:
@@ -156,12 +236,8 @@ def run(config) -> None:
   for i, s in enumerate(stages):
     if main:
       print(f"[pipeline] stage {i + 1}/{len(stages)}: {s}", flush=True)
-    sub = config.copy_and_resolve_references()
-    sub.mode = s
-    check_inputs(sub, s)
     t0 = time.time()
-    importlib.import_module(f"t3d_jax.modes.{s}").run(sub)
-    barrier(f"pipeline: {s} done")  # process 0's files are complete for the next stage
+    run_mode(config, s)
     times[s] = round(time.time() - t0, 1)
     if main:
       write_json_atomic(work / "pipeline.json", dict(stages=times, total_s=round(

@@ -29,7 +29,7 @@ from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig
-from t3d_jax.settings import content_digest, expand, model_dir, stage_seed
+from t3d_jax.settings import content_digest, model_dir, stage_seed
 from t3d_jax.train import loop, recipe
 from t3d_jax.train import pretrain as pt
 
@@ -41,9 +41,9 @@ DATA_KEYS = ("data", "question_field", "answer_field", "limit", "use_tfds", "tfd
 def _tokenizer_dir(config) -> Path:
   p = config.pretrain
   if config.tokenizer_dir:
-    return Path(expand(config.tokenizer_dir, config))
+    return Path(config.tokenizer_dir)
   if p.init:
-    return checkpoint.meta_dir_of(expand(p.init, config))
+    return checkpoint.meta_dir_of(p.init)
   return Path(config.workdir) / "tokenizer"
 
 
@@ -52,7 +52,7 @@ def _start(config, vocab_size: int) -> tuple[recipe.Start, Path | None]:
   and the meta dir to copy into the output (None: write one)."""
   p = config.pretrain
   if p.init:
-    src = Path(expand(p.init, config))
+    src = Path(p.init)
     if not src.exists():
       raise InputError(f"config pretrain.init: {src} does not exist")
     cfg = model_config(src, param_dtype=config.model.param_dtype)

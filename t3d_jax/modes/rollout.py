@@ -59,7 +59,7 @@ from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.sampling import DecodeConfig, batched
-from t3d_jax.settings import (as_json, content_digest, differences, expand, model_dir,
+from t3d_jax.settings import (as_json, content_digest, differences, model_dir,
                               stage_seed)
 from t3d_jax.settings import fingerprint as config_fingerprint
 from t3d_jax.tasks import Grader, load_grader
@@ -67,7 +67,7 @@ from t3d_jax.train.preemption import StopRequests
 
 
 def _paths(config) -> tuple[Path, Path, Path]:
-  out = Path(expand(config.rollout.output, config)) if config.rollout.output else \
+  out = Path(config.rollout.output) if config.rollout.output else \
       Path(config.workdir) / "trajectories.jsonl"
   return out, out.with_name(out.stem + ".meta.json"), out.with_name(out.stem + ".step_maps.png")
 
