@@ -74,6 +74,23 @@ def resolve_paths(config):
   return out
 
 
+def apply_overrides(config, overrides: Mapping, where: str = "") -> None:
+  """Sets each dotted key of ``overrides`` ("distill.max_steps", or "distill__max_steps"
+  from Python keyword arguments) in ``config``; a key the config lacks or a value of the
+  wrong type is an InputError naming ``where`` + the key."""
+  for key, value in overrides.items():
+    key = key.replace("__", ".")
+    section, _, leaf = key.rpartition(".")
+    try:
+      node = config[section] if section else config
+      if leaf not in node:
+        raise KeyError(leaf)
+      node[leaf] = value
+    except (KeyError, AttributeError, TypeError) as e:
+      raise InputError(f"config {where}{key}: not a config key or a bad value "
+                       f"({type(e).__name__}: {e})") from None
+
+
 def _expand_entry(entry: str, workdir: str) -> str:
   name, sep, path = str(entry).partition("=")
   return f"{name}={expand_workdir(path, workdir)}" if sep else expand_workdir(entry, workdir)

@@ -19,7 +19,7 @@ LAYERS = [
     ("distill",),
     ("evaluation", "tasks"),
     ("config_base",),
-    ("modes", "main"),
+    ("modes", "main", "api"),
     ("bench",),
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -37,6 +37,13 @@ def readme_command() -> list[str]:
   return shlex.split(cmd)
 
 
+def readme_python() -> str:
+  """The Python block of README's "From Python (notebooks)" section."""
+  text = (REPO / "README.md").read_text()
+  section = text.split("### From Python (notebooks)", 1)[1].split("\n#", 1)[0]
+  return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
 def test_own_task_end_to_end_as_in_readme(tmp_path):
   import random
   rng = random.Random(0)
@@ -66,6 +73,21 @@ def test_own_task_end_to_end_as_in_readme(tmp_path):
                (w / "eval" / "samples" / x["model"] / f"{x['setting']}.jsonl").open()]
     assert all(row["reason"].startswith("read ") for row in samples)
     assert x["accuracy"] == sum(row["correct"] for row in samples) / len(samples)
+  # README "From Python (notebooks)", as written, in the same directory after the command
+  (tmp_path / "nb.py").write_text(readme_python())
+  r = subprocess.run([sys.executable, "nb.py"], cwd=tmp_path, env=env, capture_output=True,
+                     text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-4000:]
+  nb = tmp_path / "runs" / "nb"
+  assert len((nb / "trajectories.jsonl").read_text().splitlines()) == 64
+  metrics = (nb / "distill" / "lr3" / "metrics.jsonl").read_text().splitlines()
+  assert json.loads(metrics[-1])["step"] == 100
+  s = json.loads((nb / "eval" / "summary.json").read_text())
+  assert {(x["model"], x["tokens_per_forward"]) for x in s["results"]} == {
+      (m, t) for m in ("base", "t3d") for t in (1, 2, 4)}
+  assert s["models"]["t3d"] == "runs/nb/distill/lr3/model"  # relative, as given
+  assert all(x["grader"] == "my_grader:grade" for x in s["results"])
+  assert "static_b4_tpf4" in r.stdout and r.stdout.splitlines()[0].strip()  # table, answer
 
 
 def test_a_character_the_tokenizer_lacks_is_an_error_naming_the_row(tmp_path):

@@ -32,8 +32,9 @@ import jax
 from t3d_jax.data.jsonl import write_json_atomic
 from t3d_jax.distributed import barrier
 from t3d_jax.errors import InputError
-from t3d_jax.settings import (as_json, differences, expand, model_dir, model_entries,
-                              old_distill_layout, resolve_paths, run_names, student_dir)
+from t3d_jax.settings import (apply_overrides, as_json, differences, expand, model_dir,
+                              model_entries, old_distill_layout, resolve_paths, run_names,
+                              student_dir)
 from t3d_jax.train.recipe import LOGGING_KEYS
 
 STAGES = ("task", "tokenizer", "pretrain", "rollout", "distill", "eval", "export")
@@ -181,17 +182,8 @@ def variants(config) -> list:
     with sub.unlocked():
       sub.pipeline.variants = {}
     sub.distill.name = name
-    for key, value in _flat(changes.to_dict() if hasattr(changes, "to_dict")
-                            else dict(changes)).items():
-      section, _, leaf = key.rpartition(".")
-      try:
-        node = sub[section] if section else sub
-        if leaf not in node:
-          raise KeyError(leaf)
-        node[leaf] = value
-      except (KeyError, AttributeError, TypeError) as e:
-        raise InputError(f"config pipeline.variants.{name}.{key}: not a config key or a "
-                         f"bad value ({type(e).__name__}: {e})") from None
+    apply_overrides(sub, _flat(changes.to_dict() if hasattr(changes, "to_dict")
+                               else dict(changes)), where=f"pipeline.variants.{name}.")
     out.append(sub)
   return out
 
