@@ -106,6 +106,19 @@ def test_a_character_the_tokenizer_lacks_is_an_error_naming_the_row(tmp_path):
   with pytest.raises(InputError, match=r"other.jsonl, row 2: character '5' is not in the "
                      r"tokenizer .*--config.mode=tokenizer"):
     pretrain.run(c)
+  # trajectories the tokenizer cannot encode (another task's): re-tokenised outputs and
+  # stored prompts are errors naming the row, never <unk> in training
+  from t3d_jax.data.tokenizer import load_tokenizer
+  from t3d_jax.distill.data import load_trajectory_samples
+  tok = load_tokenizer(tmp_path / "w" / "tokenizer")
+  traj = tmp_path / "traj.jsonl"
+  good = dict(question="1+2", answer="3", prompt="1+2=", step_map=[[1]], response_ids=[[4]],
+              full_output=["3"])
+  for row, where in ((dict(good, full_output=["35"]), "row 2, full_output 0"),
+                     (dict(good, prompt="5+2="), "row 2, prompt")):
+    traj.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(InputError, match=rf"traj.jsonl, {where}: character '5' is not in "):
+      load_trajectory_samples(traj, tok, retokenize=True)
   c.tokenizer.kind = "sentencepiece"
   with pytest.raises(InputError, match="tokenizer.kind='sentencepiece' is not one of char, bpe"):
     tokenizer.run(c)

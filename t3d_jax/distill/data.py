@@ -10,12 +10,14 @@ released code (chat template on the bare question; re-tokenised ``full_output``)
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 from typing import Sequence
 
 import numpy as np
 
 from t3d_jax.data import jsonl
-from t3d_jax.data.tokenizer import encode
+from t3d_jax.data.tokenizer import check_encodable, encode
 from t3d_jax.distill.examples import ExampleConfig, build_examples, example_seeds, pad_batch
 from t3d_jax.errors import InputError
 from t3d_jax.train.examples import check_batching, split_micro_batches
@@ -55,8 +57,6 @@ def _check_ranges(where: str, k: int, resp, step_map, vocab: int, nfe) -> None:
 def recorded_block_size(path) -> int | None:
   """The block size the rollout decoded ``path`` with (from its ``<stem>.meta.json``);
   None for a file without one (e.g. written by the released code)."""
-  import json
-  import pathlib
   meta = pathlib.Path(path).with_name(pathlib.Path(path).stem + ".meta.json")
   try:
     return int(json.loads(meta.read_text())["settings"]["decode"]["block_size"])
@@ -103,6 +103,8 @@ def load_trajectory_samples(path, tokenizer, *, original_prompts: bool = False,
         raise InputError(f"{where}: retokenize needs a 'full_output' field")
       outs = obj["full_output"] if isinstance(obj["full_output"], list) else [obj["full_output"]]
       resps = [encode(tokenizer, [t])[0] for t in outs]
+      check_encodable(tokenizer, outs, resps, [f"{where}, full_output {k}"
+                                               for k in range(len(outs))])
       # released behaviour: align by index, truncate or pad the step_map
       maps = [list(m[: len(r)]) + [-1] * (len(r) - len(m)) for m, r in zip(maps, resps)]
     else:
@@ -134,6 +136,8 @@ def load_trajectory_samples(path, tokenizer, *, original_prompts: bool = False,
     prompts_text.append(text)
     raw.append((row, resps, maps))
   prompt_ids = encode(tokenizer, prompts_text)
+  check_encodable(tokenizer, prompts_text, prompt_ids,
+                  [f"{path}, row {row}, prompt" for row, _, _ in raw])
   samples, dropped = [], 0
   for p, (row, resps, maps) in zip(prompt_ids, raw):
     if len(p) > max_prompt_len:
