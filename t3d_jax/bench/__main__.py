@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "convert": "t3d_jax.bench.convert",
     "memory": "t3d_jax.bench.memory",
     "load": "t3d_jax.bench.load",
+    "code_grader": "t3d_jax.bench.code_grader",
 }
 
 

@@ -19,7 +19,7 @@ import os
 import pathlib
 from typing import Optional, Union
 
-from t3d_jax.data import jsonl
+from t3d_jax.data import code_sets, jsonl
 from t3d_jax.errors import InputError
 from t3d_jax.settings import expand_workdir
 
@@ -62,6 +62,14 @@ def load_qa(name_or_path: Union[str, os.PathLike], question_field: str = "questi
                              limit=limit)
 
 
+def _code_data(data: str) -> bool:
+  """HumanEval, or a JSONL whose rows have the MBPP or HumanEval layout."""
+  if data == code_sets.HUMANEVAL:
+    return True
+  first = code_sets.first_object(data) if os.path.isfile(data) else None
+  return first is not None and code_sets.is_code_layout(first)
+
+
 # shipped set name -> (TFDS config of t3d_math_qa, split)
 _TFDS_SHIPPED = {"gsm8k_train": ("gsm8k", "train"), "gsm8k_test": ("gsm8k", "test"),
                  "math500": ("math500", "test")}
@@ -69,9 +77,11 @@ _TFDS_SHIPPED = {"gsm8k_train": ("gsm8k", "train"), "gsm8k_test": ("gsm8k", "tes
 
 def load_rows(d, workdir: str = "") -> list[dict]:
   """Question/answer rows ``{question, answer, index}`` of ``d.data`` (a shipped set
-  name or a JSONL path; "{workdir}" in it is replaced by ``workdir``), first ``d.limit`` rows (0 = all), directly from the JSONL or,
-  with ``d.use_tfds``, through the offline TFDS builder (prepared under ``d.tfds_dir``,
-  default <workdir>/tfds)."""
+  name, "humaneval", or a JSONL path; "{workdir}" in it is replaced by ``workdir``), first
+  ``d.limit`` rows (0 = all), directly from the JSONL or, with ``d.use_tfds``, through
+  the offline TFDS builder (prepared under ``d.tfds_dir``, default <workdir>/tfds). Code
+  data (HumanEval, MBPP- or HumanEval-layout JSONL) becomes rows with a test program as
+  the answer and a ``prefix`` (:mod:`t3d_jax.data.code_sets`)."""
   if not d.data:
     raise InputError("no dataset: set data to gsm8k_train, gsm8k_test, math500 or a "
                      "question/answer JSONL path")
@@ -79,7 +89,9 @@ def load_rows(d, workdir: str = "") -> list[dict]:
     raise InputError(f"limit must be >= 0 (0 = all rows), got {d.limit}")
   limit = d.limit or None
   data = expand_workdir(d.data, workdir)
-  if not d.use_tfds:
+  if not d.use_tfds and _code_data(data):
+    rows = code_sets.load_code_rows(data, limit=limit)
+  elif not d.use_tfds:
     rows = load_qa(data, d.question_field, d.answer_field, limit=limit)
   else:
     rows = _load_rows_tfds(d, data, workdir, limit)

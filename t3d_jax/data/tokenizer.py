@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from t3d_jax.data.tokenizer_build import (  # noqa: F401  (re-exported API)
     CHAT_TEMPLATE, MASK_TOKEN, build_sdar_tokenizer, train_tiny_bpe)
@@ -58,8 +58,11 @@ def math_user_message(question: str) -> str:
   return f"{question}\n{MATH_INSTRUCTION}"
 
 
-def math_prompt(tokenizer, question: str, prompt_template: Optional[str] = None) -> str:
-  """The exact prompt string decoded from (and stored in trajectory rows)."""
+def math_prompt(tokenizer, question: str, prompt_template: Optional[str] = None,
+                user_message: Callable[[str], str] = math_user_message) -> str:
+  """The exact prompt string decoded from (and stored in trajectory rows): the chat
+  template on ``user_message(question)`` (the task's instruction), or
+  ``prompt_template`` with the question in place."""
   if prompt_template:
     if "{question}" not in prompt_template:
       raise TokenizerError(f"prompt_template has no {{question}} placeholder: "
@@ -68,7 +71,7 @@ def math_prompt(tokenizer, question: str, prompt_template: Optional[str] = None)
   if not getattr(tokenizer, "chat_template", None):
     raise TokenizerError(f"{_dir(tokenizer)}: tokenizer has no chat_template; set "
                          f"prompt_template (a string with {{question}}) instead")
-  messages = [{"role": "user", "content": math_user_message(question)}]
+  messages = [{"role": "user", "content": user_message(question)}]
   return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -94,11 +97,14 @@ def check_encodable(tokenizer, texts: Sequence[str], ids: Sequence[Sequence[int]
 
 
 def build_prompts(tokenizer, rows: Sequence[dict], prompt_template: str, data_name: str,
-                  dcfg=None) -> tuple[list[str], list[list[int]]]:
-  """Prompt strings (chat template + math instruction, or ``prompt_template``) and their
-  ids; with a DecodeConfig ``dcfg``, a prompt that does not fit ``dcfg.max_length``
-  with ``max_new_tokens`` is an InputError naming the row."""
-  texts = [math_prompt(tokenizer, r["question"], prompt_template or None) for r in rows]
+                  dcfg=None, user_message: Callable[[str], str] = math_user_message
+                  ) -> tuple[list[str], list[list[int]]]:
+  """Prompt strings (chat template on the task's ``user_message``, or
+  ``prompt_template``), each followed by its row's ``prefix`` (code rows: the text the
+  response continues), and their ids; with a DecodeConfig ``dcfg``, a prompt that does
+  not fit ``dcfg.max_length`` with ``max_new_tokens`` is an InputError naming the row."""
+  texts = [math_prompt(tokenizer, r["question"], prompt_template or None, user_message)
+           + r.get("prefix", "") for r in rows]
   prompt_ids = encode(tokenizer, texts)
   check_encodable(tokenizer, texts, prompt_ids,
                   [f"{data_name}, row {r['index'] + 1}" for r in rows])

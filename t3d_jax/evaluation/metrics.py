@@ -109,3 +109,22 @@ def aup(tpf: Sequence[float], accuracy_pct: Sequence[float], y_max: Optional[flo
     total += 0.5 * (r1 - r0) * (y1 * aup_weight(y1, y_max, alpha)
                                 + y0 * aup_weight(y0, y_max, alpha))
   return total
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """The unbiased pass@k of one problem from n samples, c of them correct (Chen et al.,
+  2021): 1 - C(n - c, k) / C(n, k)."""
+  if not 0 < k <= n or not 0 <= c <= n:
+    raise ValueError(f"pass@{k} of {c} correct in {n} samples: need 0 < k <= n, 0 <= c <= n")
+  return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def pass_at_ks(samples: Sequence[Mapping], num_samples: int) -> dict:
+  """{"pass@k": mean over questions} for k = 1, 2, 5, 10, ... up to ``num_samples``, of
+  per-sample dicts with ``index`` (the question) and ``correct``."""
+  by_q: dict = {}
+  for s in samples:
+    by_q.setdefault(s["index"], []).append(bool(s["correct"]))
+  ks = [k for k in (1, 2, 5, 10, 20, 50, 100) if k < num_samples] + [num_samples]
+  return {f"pass@{k}": sum(pass_at_k(len(c), sum(c), k) for c in by_q.values()) / len(by_q)
+          for k in sorted(set(ks))}

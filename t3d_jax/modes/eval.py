@@ -52,7 +52,7 @@ from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import count_rows, write_json_atomic, write_jsonl_atomic
 from t3d_jax.distributed import broadcast_from_main
 from t3d_jax.errors import InputError, Interrupted
-from t3d_jax.evaluation.metrics import aup, summarize
+from t3d_jax.evaluation.metrics import aup, pass_at_ks, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
 from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
 from t3d_jax.settings import (content_digest, fingerprint, model_entries, old_distill_layout,
@@ -139,8 +139,12 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
                                                         skip_special_tokens=False),
                      response_ids=list(res["response_ids"]), step_map=res["step_map"],
                      response_length=res["length"], nfe=res["nfe"], prediction=g.prediction,
-                     reference=g.reference, correct=bool(g.correct), reason=g.reason))
+                     reference=g.reference, correct=bool(g.correct), reason=g.reason,
+                     **({"sample": q["sample"]} if "sample" in q else {})))
   summary = summarize(rows, wall_time_s=stats.decode_s)
+  if config.eval.num_samples > 1:  # accuracy is then the mean pass@1 estimate
+    summary.update(num_samples=config.eval.num_samples,
+                   **pass_at_ks(rows, config.eval.num_samples))
   summary.update(model=model.name, model_path=model.path, setting=setting.name,
                  strategy=setting.strategy, tokens_per_forward=setting.tokens_per_forward,
                  block_size=setting.block_size, denoising_steps=setting.steps,
@@ -160,8 +164,9 @@ def _fingerprint(config, model_digest: str, data_digest: str, dcfg) -> str:
   """What a reused (model, setting) result must share with this run: the weights, the
   prompts and answers, the grader and every decoding setting."""
   d = config.decode
+  extra = {"num_samples": config.eval.num_samples} if config.eval.num_samples > 1 else {}
   return fingerprint(dict(model=model_digest, data=data_digest, task=config.task.name,
-                          grade_timeout_s=config.eval.grade_timeout_s,
+                          grade_timeout_s=config.eval.grade_timeout_s, **extra,
                           decode=dataclasses.asdict(dcfg), batch_size=d.batch_size,
                           width_multiple=d.width_multiple,
                           seed=stage_seed(config, "eval")))
@@ -177,15 +182,18 @@ def _finished(summary_path: Path, samples_path: Path, n: int, fp: str):
 
 
 def format_table(results: list[dict], aups: dict, multi: bool) -> str:
+  ks = sorted({k for r in results for k in r if k.startswith("pass@") and k != "pass@1"},
+              key=lambda k: int(k[5:]))  # num_samples > 1
   head = (f"{'model':<14}{'setting':<22}{'acc %':>7}{'len':>8}{'NFE':>8}{'TPF':>7}"
-          f"{'tok/s':>9}{'AUP':>8}")
+          f"{'tok/s':>9}{'AUP':>8}" + "".join(f"{k:>9}" for k in ks))
   lines = [head, "-" * len(head)]
   for r in results:
     curve = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"],
                                        r["block_size"]), multi)
     lines.append(f"{r['model']:<14}{r['setting']:<22}{100 * r['accuracy']:>7.1f}"
                  f"{r['mean_response_length']:>8.1f}{r['nfe_mean']:>8.1f}{r['tpf']:>7.2f}"
-                 f"{r.get('tokens_per_s', 0.0):>9.1f}{aups.get(curve, float('nan')):>8.1f}")
+                 f"{r.get('tokens_per_s', 0.0):>9.1f}{aups.get(curve, float('nan')):>8.1f}"
+                 + "".join(f"{100 * r.get(k, float('nan')):>9.1f}" for k in ks))
   return "\n".join(lines)
 
 
@@ -203,6 +211,10 @@ def run(config) -> None:
   grader = load_grader(config.task.name)  # an unknown or broken grader: before decoding
   questions = load_rows(e, config.workdir or str(out))
   grader.check(questions, e.data)  # rows it cannot grade: before decoding
+  if e.num_samples < 1:
+    raise InputError(f"config eval.num_samples must be >= 1, got {e.num_samples}")
+  if e.num_samples > 1:  # every question num_samples times: rows carry their sample index
+    questions = [dict(q, sample=j) for q in questions for j in range(e.num_samples)]
   multi = len(set(s.strategy for s in settings)) > 1
   main = jax.process_index() == 0
   n = len(questions)
@@ -218,7 +230,8 @@ def run(config) -> None:
                            config.model.dtype)
         base_dcfg = DecodeConfig.from_config(d, model.ids)
         prompts, prompt_ids = tok_lib.build_prompts(model.tokenizer, questions,
-                                                    config.prompt_template, e.data, base_dcfg)
+                                                    config.prompt_template, e.data, base_dcfg,
+                                                    grader.user_message)
         digest = checkpoint.model_digest(path)  # a retrained model at the same path is new
         data_digest = content_digest((p, str(q["answer"])) for p, q in zip(prompts, questions))
         for s in settings:

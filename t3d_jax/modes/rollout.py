@@ -170,7 +170,8 @@ def run(config) -> None:
   mesh = batched.decode_mesh(d)
   questions = load_rows(r, config.workdir)
   prompts, prompt_ids = tok_lib.build_prompts(model.tokenizer, questions,
-                                              config.prompt_template, r.data, dcfg)
+                                              config.prompt_template, r.data, dcfg,
+                                              grader.user_message)
   out, meta, png = _paths(config)
   main = jax.process_index() == 0
   n, ns = len(questions), r.num_samples

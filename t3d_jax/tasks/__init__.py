@@ -7,6 +7,8 @@
 * ``words``: the demo's synthetic category-words task (:mod:`t3d_jax.tasks.words`);
 * ``exact``: the response equals the answer field after whitespace and case
   normalisation (several valid answers: write a function);
+* ``code``: HumanEval / MBPP-layout programs, run with their tests in a sandbox
+  (:mod:`t3d_jax.tasks.code`, :mod:`t3d_jax.tasks.sandbox`);
 * ``package.module:function``: a user function ``(question, answer, response) -> bool``
   or ``(bool, reason)``, imported by path (the current directory is importable).
 
@@ -24,10 +26,11 @@ import os
 import sys
 from typing import Callable, Optional
 
+from t3d_jax.data.tokenizer import math_user_message
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation.grading import GradeResult, extract_prediction, grade
 
-BUILTIN = ("math", "words", "exact")
+BUILTIN = ("math", "words", "exact", "code")
 ERROR_PREFIX = "grader raised: "
 
 
@@ -62,11 +65,19 @@ def _words_question_problem(question, answer) -> Optional[str]:
   return None
 
 
+def _code_question_problem(question, answer) -> Optional[str]:
+  del question
+  if "assert" not in str(answer) and "check(" not in str(answer):
+    return "its answer is no test program (code data: HumanEval, or MBPP-layout JSONL)"
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Grader:
   name: str
   fn: Callable[..., GradeResult]                    # (question, answer, response, timeout_s)
   question_problem: Callable[[str, object], Optional[str]] = lambda q, a: None
+  user_message: Callable[[str], str] = math_user_message   # the prompt's user turn
 
   def __call__(self, question, answer, response: str, timeout_s: float = 5.0) -> GradeResult:
     """Grades ``response`` (special tokens removed); an exception in the grader grades
@@ -126,6 +137,10 @@ def load_grader(name: str) -> Grader:
     return Grader(name, _words, _words_question_problem)
   if name == "exact":
     return Grader(name, _exact)
+  if name == "code":
+    from t3d_jax.data.code_sets import code_user_message
+    from t3d_jax.tasks.code import grade_code
+    return Grader(name, grade_code, _code_question_problem, code_user_message)
   if ":" in name and all(name.partition(":")[::2]):
     return _user(name)
   raise InputError(f"config task.name={name!r} is not one of {', '.join(BUILTIN)} or "
