@@ -123,6 +123,8 @@ HOSTILE = {
                         "import subprocess is not allowed"),
     "10 GB allocation": ("x = bytearray(10 * 1024 ** 3)\n", "memory limit"),
     "native code": ("import ctypes\n", "import ctypes is not allowed"),
+    "floods its output": ("import sys\nwhile True:\n  sys.stdout.write('x' * 65536)\n"
+                          "  sys.stderr.write('y' * 65536)\n", "limit"),
     "socket": ("import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 9))\n",
                "import socket is not allowed"),
 }

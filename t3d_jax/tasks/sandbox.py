@@ -42,7 +42,7 @@ class Limits:
   memory_mb: int = 1024         # RLIMIT_AS
   file_mb: int = 16             # RLIMIT_FSIZE
   processes: int = 16           # RLIMIT_NPROC (enforced for the nobody user when root)
-  output_kb: int = 64           # stdout / stderr kept
+  output_kb: int = 64           # the end of stderr read for the reason (stdout: discarded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,12 +140,13 @@ os.execv(sys.executable, [sys.executable, "-I", "-S", "-B"] + cfg["argv"])
 '''
 
 
-def _launch(limits: Limits, net: bool, user, cwd, argv=("guard.py",)) -> subprocess.Popen:
+def _launch(limits: Limits, net: bool, user, cwd, argv=("guard.py",), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE) -> subprocess.Popen:
   cfg = dict(dataclasses.asdict(limits), net=net, user=user, argv=list(argv))
   return subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg)],
                           cwd=cwd, env={"HOME": str(cwd), "PATH": "/usr/bin:/bin"},
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
+                          stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                          close_fds=True, start_new_session=True)
 
 
 def _probe(net: bool, user) -> str:
@@ -198,20 +199,27 @@ def run_program(source: str, limits: Limits = Limits()) -> Outcome:
       for p in (tmp, tmp / "program.py", tmp / "guard.py"):
         os.chown(p, *user)
     os.chmod(tmp, 0o700)
-    try:
-      proc = _launch(limits, not iso["net"], user, tmp)
+    err_path = tmp / ".stderr"  # a file, bounded by the file-size limit (not a pipe the
+    try:                        # parent would have to drain into its own memory)
+      with open(err_path, "wb") as err_file:
+        proc = _launch(limits, not iso["net"], user, tmp, stdout=subprocess.DEVNULL,
+                       stderr=err_file)
     except (OSError, subprocess.SubprocessError) as e:
       return Outcome(False, f"could not start the program ({type(e).__name__}: {e})")
     try:
-      _, err = proc.communicate(timeout=limits.wall_s)
+      proc.wait(timeout=limits.wall_s)
     except subprocess.TimeoutExpired:
-      _kill_group(proc)
-      proc.communicate()
       return Outcome(False, f"wall-time limit ({limits.wall_s:g} s) hit")
     finally:
-      _kill_group(proc)  # anything it left behind in its group
-    return _outcome(proc.returncode, err[-limits.output_kb * 1024:].decode(errors="replace"),
-                    limits)
+      _kill_group(proc)  # at the limit, or anything it left behind in its group
+      proc.wait()
+    size = err_path.stat().st_size
+    if proc.returncode and size >= limits.file_mb * 1024 * 1024:  # Python ignores SIGXFSZ
+      return Outcome(False, f"file-size limit ({limits.file_mb} MB) hit (stderr)")
+    with open(err_path, "rb") as f:
+      f.seek(max(0, size - limits.output_kb * 1024))
+      err = f.read().decode(errors="replace")
+    return _outcome(proc.returncode, err, limits)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
