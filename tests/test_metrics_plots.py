@@ -15,6 +15,8 @@ def test_summarize_hand_computed():
              {"correct": True, "response_length": 20, "nfe": 12},
              {"correct": True, "response_length": 0, "nfe": 0}]
   s = metrics.summarize(samples, wall_time_s=2.0)
+  lo, hi = s.pop("accuracy_ci95")
+  assert (lo, hi) == pytest.approx(metrics.wilson_interval(3, 4))
   assert s == {"n": 4, "accuracy": 0.75, "mean_response_length": 10.0, "nfe_total": 20,
                "nfe_mean": 5.0, "tpf": 2.0, "tokens_total": 40, "wall_time_s": 2.0,
                "tokens_per_s": 20.0}
@@ -63,6 +65,36 @@ def test_accuracy_vs_tpf_png(tmp_path):
   assert sorted(x.name for x in p.parent.iterdir()) == ["acc_tpf.png"]
   with pytest.raises(ValueError):
     plots.plot_accuracy_vs_tpf({}, tmp_path / "x.png")
+
+
+def _score_interval_by_bisection(k, n, z=1.959963984540054):
+  """The Wilson interval's definition solved numerically: the two p in [0, 1] where the
+  score statistic (k/n - p)^2 n / (p (1 - p)) equals z^2."""
+  phat = k / n
+  excess = lambda p: (phat - p) ** 2 * n - z * z * p * (1 - p)  # noqa: E731  (<= 0 inside)
+  def root(a, b):  # excess changes sign between a and b
+    for _ in range(200):
+      m = (a + b) / 2
+      a, b = (m, b) if (excess(m) > 0) == (excess(a) > 0) else (a, m)
+    return (a + b) / 2
+  lo = 0.0 if k == 0 else root(0.0, phat)
+  hi = 1.0 if k == n else root(phat, 1.0)
+  return lo, hi
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (3, 4), (37, 128), (128, 128), (1, 1), (500, 1000)])
+def test_wilson_interval_solves_the_score_test(k, n):
+  lo, hi = metrics.wilson_interval(k, n)
+  assert (lo, hi) == pytest.approx(_score_interval_by_bisection(k, n), abs=1e-9)
+  assert 0.0 <= lo <= k / n <= hi <= 1.0
+  with pytest.raises(ValueError):
+    metrics.wilson_interval(5, 4)
+
+
+def test_accuracy_vs_tpf_png_with_error_bars(tmp_path):
+  curves = {"base": [(1.0, 62.0, 55.0, 68.0), (4.0, 31.0, 24.0, 39.0)],
+            "t3d": [(1.0, 63.0, 56.0, 69.0), (4.0, 58.0, 50.0, 65.0)]}
+  _check_png(plots.plot_accuracy_vs_tpf(curves, tmp_path / "ci.png"), min_colors=10)
 
 
 def test_step_map_grid_and_png(tmp_path):

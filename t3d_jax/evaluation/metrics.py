@@ -11,7 +11,9 @@ Per-sample inputs (one dict per decoded prompt, as the eval mode writes them):
 
 Aggregates (:func:`summarize`):
 
-* accuracy = mean of ``correct`` (fraction in [0, 1]);
+* accuracy = mean of ``correct`` (fraction in [0, 1]), with its 95 % Wilson interval
+  ``accuracy_ci95`` (samples taken as independent: with several samples per question
+  the interval is narrower than the question-level uncertainty);
 * mean_response_length = mean of ``response_length``;
 * nfe_total = sum of ``nfe``; nfe_mean = nfe_total / n;
 * TPF (tokens per forward) = sum(response_length) / sum(nfe): tokens produced per
@@ -50,6 +52,21 @@ def accuracy(correct: Iterable[bool]) -> float:
   return sum(values) / len(values)
 
 
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+  """The Wilson score interval (default 95 %) of a binomial proportion correct / n:
+  the p whose score test |p_hat - p| / sqrt(p (1 - p) / n) <= z. Stays inside [0, 1]
+  and is not degenerate at 0 or n correct (the normal interval is)."""
+  if n <= 0 or not 0 <= correct <= n:
+    raise ValueError(f"wilson_interval of {correct} correct in {n}")
+  p = correct / n
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def tokens_per_forward(total_tokens: float, total_forwards: float) -> float:
   """TPF = tokens / forward passes (0 when no forward ran)."""
   return float(total_tokens) / float(total_forwards) if total_forwards > 0 else 0.0
@@ -68,9 +85,11 @@ def summarize(samples: Sequence[Mapping], wall_time_s: Optional[float] = None) -
   n = len(samples)
   tokens = sum(int(s["response_length"]) for s in samples)
   nfe = sum(int(s["nfe"]) for s in samples)
+  n_correct = sum(bool(s["correct"]) for s in samples)
   out = {
       "n": n,
-      "accuracy": accuracy(s["correct"] for s in samples),
+      "accuracy": n_correct / n,
+      "accuracy_ci95": list(wilson_interval(n_correct, n)),
       "mean_response_length": tokens / n,
       "nfe_total": nfe,
       "nfe_mean": nfe / n,

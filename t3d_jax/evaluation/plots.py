@@ -32,24 +32,30 @@ def _save(fig, path: PathLike) -> pathlib.Path:
   return atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def plot_accuracy_vs_tpf(curves: Mapping[str, Sequence[tuple[float, float]]],
-                         path: PathLike, title: str = "Accuracy vs tokens per forward",
+def plot_accuracy_vs_tpf(curves: Mapping[str, Sequence[tuple]], path: PathLike,
+                         title: str = "Accuracy vs tokens per forward",
                          aup: Optional[Mapping[str, float]] = None) -> pathlib.Path:
-  """``curves[model] = [(tpf, accuracy_fraction_or_pct), ...]``; fractions (all <= 1)
-  are shown in percent. Returns the PNG path."""
+  """``curves[model] = [(tpf, accuracy), ...]`` or ``[(tpf, accuracy, low, high), ...]``
+  (an interval: error bars), in percent, or all fractions (<= 1, shown in percent).
+  Returns the PNG path."""
   if not curves:
     raise ValueError("no curves to plot")
   fig = _figure(6.4, 4.4)
   ax = fig.add_subplot(1, 1, 1)
   for name, points in curves.items():
-    pts = sorted((float(t), float(a)) for t, a in points)
+    pts = sorted(tuple(float(v) for v in p) for p in points)
     if not pts:
       continue
-    xs, ys = zip(*pts)
-    if max(ys) <= 1.0:
-      ys = [100.0 * y for y in ys]
+    cols = list(zip(*pts))
+    if max(cols[1]) <= 1.0 and (len(cols) < 4 or max(cols[3]) <= 1.0):
+      cols[1:] = [[100.0 * v for v in c] for c in cols[1:]]
+    xs, ys = cols[0], cols[1]
     label = name if not aup or name not in aup else f"{name} (AUP {aup[name]:.1f})"
-    ax.plot(xs, ys, marker="o", label=label)
+    if len(cols) >= 4:  # asymmetric error bars: the interval around each point
+      err = [[y - lo for y, lo in zip(ys, cols[2])], [hi - y for y, hi in zip(ys, cols[3])]]
+      ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+    else:
+      ax.plot(xs, ys, marker="o", label=label)
   ax.set_xlabel("tokens per forward (TPF)")
   ax.set_ylabel("accuracy (%)")
   ax.set_title(title)

@@ -17,9 +17,10 @@ Outputs under <workdir>/eval (or ``eval.output_dir``):
   prompt, full_output, step_map, response_length, nfe, prediction, reference, correct,
   reason), and ``samples/<model>/<setting>.summary.json``, its metrics; a rerun with the
   same settings reuses a finished (model, setting) instead of decoding it again;
-* ``summary.json``: all metrics, AUP per curve, the decoding settings;
+* ``summary.json``: all metrics (accuracy with its 95 % Wilson interval ``accuracy_ci95``),
+  AUP per curve, the decoding settings;
 * ``accuracy_vs_tpf.png``: accuracy against measured TPF, one line per model (per model
-  and strategy when several strategies are evaluated), AUP in the legend;
+  and strategy when several strategies are evaluated), 95 % error bars, AUP in the legend;
 * ``tb/``: TensorBoard scalars ``<curve>/<metric>`` at step = nominal tokens per forward,
   and ``<curve>/aup``.
 
@@ -184,13 +185,15 @@ def _finished(summary_path: Path, samples_path: Path, n: int, fp: str):
 def format_table(results: list[dict], aups: dict, multi: bool) -> str:
   ks = sorted({k for r in results for k in r if k.startswith("pass@") and k != "pass@1"},
               key=lambda k: int(k[5:]))  # num_samples > 1
-  head = (f"{'model':<14}{'setting':<22}{'acc %':>7}{'len':>8}{'NFE':>8}{'TPF':>7}"
-          f"{'tok/s':>9}{'AUP':>8}" + "".join(f"{k:>9}" for k in ks))
+  head = (f"{'model':<14}{'setting':<22}{'acc %':>7}{'95% CI':>14}{'len':>8}{'NFE':>8}"
+          f"{'TPF':>7}{'tok/s':>9}{'AUP':>8}" + "".join(f"{k:>9}" for k in ks))
   lines = [head, "-" * len(head)]
   for r in results:
     curve = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"],
                                        r["block_size"]), multi)
-    lines.append(f"{r['model']:<14}{r['setting']:<22}{100 * r['accuracy']:>7.1f}"
+    lo, hi = r.get("accuracy_ci95", (float("nan"), float("nan")))
+    ci = f"{100 * lo:.1f}-{100 * hi:.1f}"
+    lines.append(f"{r['model']:<14}{r['setting']:<22}{100 * r['accuracy']:>7.1f}{ci:>14}"
                  f"{r['mean_response_length']:>8.1f}{r['nfe_mean']:>8.1f}{r['tpf']:>7.2f}"
                  f"{r.get('tokens_per_s', 0.0):>9.1f}{aups.get(curve, float('nan')):>8.1f}"
                  + "".join(f"{100 * r.get(k, float('nan')):>9.1f}" for k in ks))
@@ -274,10 +277,11 @@ def run(config) -> None:
   for r in results:
     c = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"], r["block_size"]),
                multi)
-    curves.setdefault(c, []).append((r["tpf"], 100.0 * r["accuracy"]))
-  y_max = max(y for pts in curves.values() for _, y in pts)
-  aups = {c: (aup([t for t, _ in pts], [y for _, y in pts], y_max=y_max or None)
-              if all(t > 0 for t, _ in pts) else 0.0) for c, pts in curves.items()}
+    lo, hi = r.get("accuracy_ci95", (r["accuracy"], r["accuracy"]))
+    curves.setdefault(c, []).append((r["tpf"], 100.0 * r["accuracy"], 100.0 * lo, 100.0 * hi))
+  y_max = max(p[1] for pts in curves.values() for p in pts)
+  aups = {c: (aup([p[0] for p in pts], [p[1] for p in pts], y_max=y_max or None)
+              if all(p[0] > 0 for p in pts) else 0.0) for c, pts in curves.items()}
   table = format_table(results, aups, multi)
   header = (f"[eval] {data}: {n} questions; block {d.block_size}, temperature "
             f"{d.temperature}, top_k {d.top_k}, top_p {d.top_p}, max_new_tokens "
