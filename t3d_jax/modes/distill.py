@@ -17,7 +17,6 @@ writes the student.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from absl import logging
 from t3d_jax import checkpoint, distributed
 from t3d_jax.convert import model_config
 from t3d_jax.data.tokenizer import load_tokenizer, special_ids
-from t3d_jax.distill import step as t3d_step
+from t3d_jax.distill import methods
 from t3d_jax.distill.data import (load_trajectory_samples, make_batch, recorded_block_size,
                                   training_block_size)
 from t3d_jax.distill.examples import ExampleConfig
@@ -37,6 +36,7 @@ from t3d_jax.errors import InputError
 from t3d_jax.settings import (content_digest, distill_dir, model_dir, old_distill_layout,
                               stage_seed, student_dir)
 from t3d_jax.train import loop, recipe
+from t3d_jax.train import pretrain as pt
 
 
 def run(config) -> None:
@@ -66,11 +66,24 @@ def run(config) -> None:
   ex_cfg = ExampleConfig.from_config(config.examples, block_size=block)
   loss_cfg = LossConfig.from_config(config.loss, block_size=ex_cfg.block_size)
 
+  if d.method not in methods.METHODS:
+    raise InputError(f"config distill.method={d.method!r} is not one of "
+                     f"{', '.join(methods.METHODS)}")
+  if d.method in methods.RANDOM_MASKS:  # the teacher's final outputs, random masks
+    pairs = [pt.Pair(s.prompt_ids, s.response_ids) for s in samples]
+    pt_cfg = pt.PretrainExamples(block_size=block, post_num=config.examples.post_num,
+                                 mask_eps=config.pretrain.mask_eps)
+
   def batch(idx, step):
-    b = make_batch(samples, idx, ex_cfg, micro_batch=d.micro_batch,
-                   length_bucket=d.length_bucket, pad_id=ids.pad_id, mask_id=ids.mask_id,
-                   vocab_size=tokenizer.vocab_size, seed=seed,
-                   noise_step=0 if d.fixed_noise else step)
+    noise_step = 0 if d.fixed_noise else step
+    if d.method in methods.RANDOM_MASKS:
+      b = pt.make_batch(pairs, idx, pt_cfg, micro_batch=d.micro_batch,
+                        length_bucket=d.length_bucket, pad_id=ids.pad_id,
+                        mask_id=ids.mask_id, seed=seed, step=noise_step)
+    else:
+      b = make_batch(samples, idx, ex_cfg, micro_batch=d.micro_batch,
+                     length_bucket=d.length_bucket, pad_id=ids.pad_id, mask_id=ids.mask_id,
+                     vocab_size=tokenizer.vocab_size, seed=seed, noise_step=noise_step)
     return b, dict(dropped=int(np.sum(b["weight"] == 0)))
 
   # what a resumed run must share with the run that wrote the checkpoints
@@ -82,14 +95,15 @@ def run(config) -> None:
                   optim=config.optim.to_dict(), seed=seed,
                   numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
                   special_ids=dict(mask=ids.mask_id, pad=ids.pad_id))
+  with_reference = d.method in methods.WITH_REFERENCE
   t0 = time.time()
   res = recipe.run(
       config, name="distill", section=d, optim_section=config.optim, out=work,
       n=len(samples), data=data, start=recipe.Start(mcfg, str(src)),
-      loss_fn=lambda m: functools.partial(t3d_step.micro_loss, model=m, loss_cfg=loss_cfg,
-                                          mask_id=ids.mask_id, pad_id=ids.pad_id),
-      make_batch=batch, settings=settings, reference=True,
-      round_interval=d.round_interval if d.multi_round else 0)
+      loss_fn=lambda m: methods.loss_fn(d.method, m, loss_cfg, mask_id=ids.mask_id,
+                                        pad_id=ids.pad_id),
+      make_batch=batch, settings=settings, reference=with_reference,
+      round_interval=d.round_interval if d.multi_round and with_reference else 0)
   student = student_dir(config)
   if distributed.is_main_process():  # only process 0 writes the student
     checkpoint.save_model_dir(student, res.params, mcfg.replace(remat="none"),
@@ -97,10 +111,12 @@ def run(config) -> None:
                               this_process_only=True)  # the others do not write it
   distributed.barrier("distill: student written")
   last = loop.last_metrics(work)
-  msg = (f"[distill] {d.name}: {res.total} updates on {len(samples)} trajectories; last logp_target_real "
-         f"{last.get('logp_target_real', float('nan')):.3f} vs logp_ref_real "
-         f"{last.get('logp_ref_real', float('nan')):.3f}; student {student} "
-         f"({time.time() - t0:.0f}s this run)")
+  versus = (f" vs logp_ref_real {last['logp_ref_real']:.3f}" if "logp_ref_real" in last
+            else "")
+  fit = (f"last logp_target_real {last['logp_target_real']:.3f}{versus}"
+         if "logp_target_real" in last else f"last loss {last.get('loss', float('nan')):.4f}")
+  msg = (f"[distill] {d.name} ({d.method}): {res.total} updates on {len(samples)} "
+         f"trajectories; {fit}; student {student} ({time.time() - t0:.0f}s this run)")
   if jax.process_index() == 0:
     print(msg, flush=True)
   logging.info(msg)

@@ -1,0 +1,160 @@
+"""distill.method: each objective's loss on a real micro-batch of a tiny model equals a
+numpy re-derivation from the same logits (written here, from the equations in
+t3d_jax/distill/methods.py), and each method trains through the CLI."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t3d_jax import masks
+from t3d_jax.distill import methods
+from t3d_jax.distill.examples import ExampleConfig, build_examples
+from t3d_jax.distill.losses import LossConfig
+from t3d_jax.models import SDARConfig, forward, init_params
+from t3d_jax.train import pretrain as pt
+
+V, PAD, MASK = 64, 0, 63
+MODEL = SDARConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_layers=2,
+                   num_heads=4, num_kv_heads=2, head_dim=8)
+LOSS = LossConfig(block_size=4, path_k_steps=2, alpha=0.7, beta=0.3)
+L0, L1 = 6, 8
+
+
+def _inputs(n=4, seed=0):
+  rng = np.random.RandomState(seed)
+  prompts = rng.randint(1, MASK, (n, L0))
+  prompts[0, :2] = PAD
+  resp = rng.randint(1, MASK, (n, L1))
+  resp[1, 6:] = PAD
+  step_map = np.stack([np.concatenate([rng.permutation(4) + 1 + 4 * k for k in range(2)])
+                       for _ in range(n)])
+  return prompts, resp, step_map
+
+
+def trajectory_batch():
+  prompts, resp, step_map = _inputs()
+  ex = build_examples(prompts, resp, step_map, np.arange(4), ExampleConfig(block_size=4),
+                      pad_id=PAD, mask_id=MASK, vocab_size=V)
+  mb = {k: ex[k] for k in ("ids", "positions", "labels", "p_mask", "step_map")}
+  mb["weight"] = np.array([1.0, 1.0, 0.0, 1.0], np.float32)  # a dropped example
+  return mb
+
+
+def random_mask_batch():
+  prompts, resp, _ = _inputs()
+  ex = pt.build_pretrain_examples(prompts, resp, np.arange(4), pt.PretrainExamples(
+      block_size=4), pad_id=PAD, mask_id=MASK)
+  mb = {k: ex[k] for k in pt.BATCH_KEYS}
+  mb["weight"] = np.ones(4, np.float32)
+  return mb
+
+
+def noisy_logits(params, mb):
+  """The full-layout forward (no row skipping) in numpy float64, noisy rows only."""
+  layout = masks.TrainingLayout.of_batch(mb["ids"].shape[-1], mb["labels"].shape[-1], 4)
+  out = forward(params, MODEL, jnp.asarray(mb["ids"]),
+                layout.batch_mask(jnp.asarray(mb["ids"]), PAD), jnp.asarray(mb["positions"]))
+  return np.asarray(out, np.float64)[:, L0 + L1:]
+
+
+def log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def picked(logits, targets):
+  return np.take_along_axis(log_softmax(logits), targets[..., None], -1)[..., 0]
+
+
+def masked_means(values, mask):
+  m = mask.astype(np.float64)
+  return np.where(m.sum(-1) > 0, (values * m).sum(-1) / np.maximum(m.sum(-1), 1), 0.0)
+
+
+def wmean(x, w):
+  return float((x * w).sum() / w.sum())
+
+
+def log_sigmoid(x):
+  return -np.log1p(np.exp(-x))
+
+
+def run(method, params, ref, mb):
+  fn = methods.loss_fn(method, MODEL, LOSS, mask_id=MASK, pad_id=PAD)
+  loss, metrics = jax.jit(fn)(params, ref, jax.tree.map(jnp.asarray, mb), jax.random.key(0))
+  return float(loss), metrics
+
+
+@pytest.fixture(scope="module")
+def models():
+  return init_params(MODEL, jax.random.key(0)), init_params(MODEL, jax.random.key(1))
+
+
+def test_ddo_is_the_ddo_loss_alone(models):
+  params, ref = models
+  mb = trajectory_batch()
+  tgt, rl = noisy_logits(params, mb), noisy_logits(ref, mb)
+  labels, pm, w = mb["labels"][:, L0:], mb["p_mask"][:, L0:], mb["weight"]
+  fake = rl.argmax(-1)
+  lt_real, lt_fake = masked_means(picked(tgt, labels), pm), masked_means(picked(tgt, fake), pm)
+  lr_real, lr_fake = masked_means(picked(rl, labels), pm), masked_means(picked(rl, fake), pm)
+  want = (wmean(-log_sigmoid(LOSS.beta * (lt_real - lr_real)), w)
+          + wmean(-LOSS.alpha * log_sigmoid(-LOSS.beta * (lt_fake - lr_fake)), w))
+  loss, m = run("ddo", params, ref, mb)
+  assert loss == pytest.approx(want, rel=1e-5)
+  t3d, mt = run("t3d", params, ref, mb)  # the same DDO term, plus lambda * path
+  assert float(mt["loss"]) == pytest.approx(want, rel=1e-5)
+  assert t3d == pytest.approx(want + LOSS.lambda_path * float(mt["loss_path"]), rel=1e-5)
+
+
+def test_naive_td_is_cross_entropy_on_the_teacher_tokens(models):
+  params, ref = models
+  mb = trajectory_batch()
+  lp = masked_means(picked(noisy_logits(params, mb), mb["labels"][:, L0:]),
+                    mb["p_mask"][:, L0:])
+  loss, m = run("naive_td", params, ref, mb)
+  assert loss == pytest.approx(wmean(-lp, mb["weight"]), rel=1e-5)
+  loss_other_ref, _ = run("naive_td", params, params, mb)  # no reference in it
+  assert loss_other_ref == loss
+
+
+def test_sft_is_the_masked_diffusion_objective(models):
+  params, ref = models
+  mb = random_mask_batch()
+  nll = -picked(noisy_logits(params, mb), mb["labels"][:, L0:]) * mb["p_mask"][:, L0:]
+  per = nll.sum(-1) / mb["t"] / np.maximum(mb["num_eligible"], 1)
+  loss, _ = run("sft", params, ref, mb)
+  assert loss == pytest.approx(float(per.mean()), rel=1e-5)
+  assert 0 < mb["p_mask"].sum() < mb["num_eligible"].sum() + 1  # random masks, some kept
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory):
+  from tiny_setup import make_model_dir, write_trajectories
+  root = tmp_path_factory.mktemp("methods_model")
+  make_model_dir(root)
+  write_trajectories(root / "traj.jsonl", root / "tokenizer", n=12)
+  return root
+
+
+@pytest.mark.parametrize("method", ["ddo", "naive_td", "sft"])
+def test_each_method_trains_through_the_cli(method, cli_model, tmp_path):
+  import json
+  from test_distill_mode import RUN, distill
+  w = tmp_path / "w"
+  r = distill(w, cli_model / "model", cli_model / "traj.jsonl",
+              f"--config.distill.method={method}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"[distill] student ({method}): 4 updates" in r.stdout
+  rows = [json.loads(x) for x in (w / RUN / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["step"] == 4 and np.isfinite(rows[-1]["loss"])
+  assert (w / RUN / "model" / "sdar_config.json").is_file()
+
+
+def test_an_unknown_method_is_one_line(cli_model, tmp_path):
+  from test_distill_mode import distill
+  r = distill(tmp_path / "w", cli_model / "model", cli_model / "traj.jsonl",
+              "--config.distill.method=dpo")
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1] == (
+      "error: config distill.method='dpo' is not one of t3d, ddo, naive_td, sft")
