@@ -147,6 +147,8 @@ def base_config() -> ml_collections.ConfigDict:
       num_samples=1,           # samples per question (> 1: pass@k, unbiased estimator)
       output_dir="",           # default <workdir>/eval
       seed=-1))
+  # compare: eval results of models named <method>_s<seed>, grouped (t3d_jax/modes/compare.py)
+  c.compare = ml_collections.ConfigDict(dict(base="base"))   # the base model's eval name
   # --- end decoding ---
 
   # distill: trajectories -> T3D student (docs/method.md §2-§3)

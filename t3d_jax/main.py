@@ -17,7 +17,7 @@ from ml_collections import config_flags
 from t3d_jax.errors import InputError, Interrupted
 
 MODES = ("convert", "export", "task", "tokenizer", "pretrain", "rollout", "distill", "eval",
-         "pipeline")
+         "compare", "pipeline")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)

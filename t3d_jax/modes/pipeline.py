@@ -37,7 +37,7 @@ from t3d_jax.settings import (apply_overrides, as_json, differences, expand, mod
                               student_dir)
 from t3d_jax.train.recipe import LOGGING_KEYS
 
-STAGES = ("task", "tokenizer", "pretrain", "rollout", "distill", "eval", "export")
+STAGES = ("task", "tokenizer", "pretrain", "rollout", "distill", "eval", "compare", "export")
 RECORD = "t3d_config.json"
 # the config keys (sections or dotted keys) that determine each stage's result
 STAGE_KEYS = {
@@ -52,6 +52,7 @@ STAGE_KEYS = {
                 "seed"),
     "eval": ("eval", "decode", "prompt_template", "task.name", "model_dir", "tokenizer_dir",
              "model", "seed"),
+    "compare": ("compare", "eval.output_dir"),
     "export": ("export_dir", "export_dtype", "max_shard_size", "model_dir"),
 }
 NOT_RESULT = LOGGING_KEYS + ("plot_trajectories", "chunk_prompts", "name")
@@ -134,7 +135,9 @@ def _outputs(config) -> dict:
           "pretrain": [Path(model_dir(config))],
           "rollout": [Path(expand(config.rollout.output, config)) if config.rollout.output
                       else work / "trajectories.jsonl"],
-          "distill": [student_dir(config, n) for n in run_names(config)]}
+          "distill": [student_dir(config, n) for n in run_names(config)],
+          "eval": [Path(expand(config.eval.output_dir, config) if config.eval.output_dir
+                        else work / "eval")]}
 
 
 def _inputs(config, stage: str) -> list[Path]:
@@ -150,6 +153,9 @@ def _inputs(config, stage: str) -> list[Path]:
     return [Path(p) for _, p in model_entries(config)] + data(config.eval.data)
   if stage == "export":
     return [Path(model_dir(config))]
+  if stage == "compare":
+    return [Path(expand(config.eval.output_dir, config) if config.eval.output_dir
+                 else Path(config.workdir) / "eval") / "summary.json"]
   return []
 
 
