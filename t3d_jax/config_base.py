@@ -155,7 +155,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill = ml_collections.ConfigDict(dict(
       data="",                 # trajectories JSONL (rollout output, dLLM-RL layout)
       name="student",          # the run: <workdir>/distill/<name>/ (checkpoints, tb, metrics)
-      method="t3d",            # t3d | ddo | naive_td | sft (t3d_jax/distill/methods.py)
+      method="t3d",            # t3d | ddo | naive_td | sft | dparallel (distill/methods.py)
       student_dir="",          # default <workdir>/distill/<name>/model: the student model dir
       original_prompts=False,  # True: chat template on the bare question (released code)
       retokenize=False,        # rows without response_ids: tokenize full_output (released)

@@ -128,6 +128,41 @@ def test_sft_is_the_masked_diffusion_objective(models):
   assert 0 < mb["p_mask"].sum() < mb["num_eligible"].sum() + 1  # random masks, some kept
 
 
+def test_dparallel_is_certainty_forcing_on_a_mask_and_its_complement(models):
+  params, ref = models
+  prompts, resp, _ = _inputs()
+  ex = methods.certainty_examples(prompts, resp, np.arange(4), ratio=0.5, post_num=2,
+                                  pad_id=PAD, mask_id=MASK)
+  pm = ex["p_mask"][:, L0:]
+  rlen = (resp != PAD).sum(1)  # example 1 ends at 6: 2 pads trained, none hidden
+  eligible = np.arange(L1)[None, :] < np.minimum(rlen + 2, L1)[:, None]
+  assert (pm[:4] ^ pm[4:] == eligible).all() and not (pm[:4] & pm[4:]).any()
+  mb = {k: ex[k] for k in ("ids", "positions", "labels", "p_mask")}
+  mb["weight"] = np.ones(8, np.float32)
+  logits = noisy_logits(params, mb)
+  labels = mb["labels"][:, L0:]
+  ce = -masked_means(picked(logits, labels), pm)
+  scaled = log_softmax(logits / LOSS.entropy_temperature)
+  entropy = -(np.exp(scaled) * scaled).sum(-1)
+  right = (logits.argmax(-1) == labels) & pm
+  h = masked_means(entropy, right)
+  per_example = (ce + LOSS.entropy_weight * h)[:4] + (ce + LOSS.entropy_weight * h)[4:]
+  loss, m = run("dparallel", params, ref, mb)
+  assert loss == pytest.approx(float(per_example.mean()), rel=1e-5)
+  assert float(m["entropy"]) == pytest.approx(float(h.mean()), rel=1e-5)
+  # the batch: both copies of an example in one micro-batch
+  from t3d_jax.distill.data import Sample
+  samples = [Sample(tuple(p[p != PAD]), tuple(r[r != PAD]), (), i)
+             for i, (p, r) in enumerate(zip(prompts, resp))]
+  b = methods.certainty_make_batch(samples, np.arange(4), block_size=4, ratio=0.5,
+                                   post_num=2, micro_batch=2, length_bucket=4, pad_id=PAD,
+                                   mask_id=MASK, seed=0, step=0)
+  assert b["ids"].shape[:2] == (2, 4)
+  for a in range(2):
+    p0, p1 = b["p_mask"][a, :2], b["p_mask"][a, 2:]
+    assert not (p0 & p1).any() and (b["labels"][a, :2] == b["labels"][a, 2:]).all()
+
+
 @pytest.fixture(scope="module")
 def cli_model(tmp_path_factory):
   from tiny_setup import make_model_dir, write_trajectories
@@ -137,7 +172,7 @@ def cli_model(tmp_path_factory):
   return root
 
 
-@pytest.mark.parametrize("method", ["ddo", "naive_td", "sft"])
+@pytest.mark.parametrize("method", ["ddo", "naive_td", "sft", "dparallel"])
 def test_each_method_trains_through_the_cli(method, cli_model, tmp_path):
   import json
   from test_distill_mode import RUN, distill
@@ -157,4 +192,4 @@ def test_an_unknown_method_is_one_line(cli_model, tmp_path):
               "--config.distill.method=dpo")
   assert r.returncode == 2
   assert r.stderr.strip().splitlines()[-1] == (
-      "error: config distill.method='dpo' is not one of t3d, ddo, naive_td, sft")
+      "error: config distill.method='dpo' is not one of t3d, ddo, naive_td, sft, dparallel")

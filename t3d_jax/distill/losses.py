@@ -38,6 +38,10 @@ class LossConfig:
   path_k_steps: int = 4
   block_size: int = 8
   reference_temp: float = 0.0
+  # distill.method=dparallel (t3d_jax/distill/methods.py), the release's values
+  certainty_mask_ratio: float = 0.5
+  entropy_weight: float = 2.0
+  entropy_temperature: float = 0.5
 
   def __post_init__(self):
     if self.path_k_steps <= 0:

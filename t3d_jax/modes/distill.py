@@ -69,17 +69,23 @@ def run(config) -> None:
   if d.method not in methods.METHODS:
     raise InputError(f"config distill.method={d.method!r} is not one of "
                      f"{', '.join(methods.METHODS)}")
-  if d.method in methods.RANDOM_MASKS:  # the teacher's final outputs, random masks
+  if d.method == "sft":  # the teacher's final outputs, random masks
     pairs = [pt.Pair(s.prompt_ids, s.response_ids) for s in samples]
     pt_cfg = pt.PretrainExamples(block_size=block, post_num=config.examples.post_num,
                                  mask_eps=config.pretrain.mask_eps)
 
   def batch(idx, step):
     noise_step = 0 if d.fixed_noise else step
-    if d.method in methods.RANDOM_MASKS:
+    if d.method == "sft":
       b = pt.make_batch(pairs, idx, pt_cfg, micro_batch=d.micro_batch,
                         length_bucket=d.length_bucket, pad_id=ids.pad_id,
                         mask_id=ids.mask_id, seed=seed, step=noise_step)
+    elif d.method == "dparallel":
+      b = methods.certainty_make_batch(
+          samples, idx, block_size=block, ratio=loss_cfg.certainty_mask_ratio,
+          post_num=config.examples.post_num, micro_batch=d.micro_batch,
+          length_bucket=d.length_bucket, pad_id=ids.pad_id, mask_id=ids.mask_id,
+          seed=seed, step=noise_step)
     else:
       b = make_batch(samples, idx, ex_cfg, micro_batch=d.micro_batch,
                      length_bucket=d.length_bucket, pad_id=ids.pad_id, mask_id=ids.mask_id,
