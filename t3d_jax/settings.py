@@ -108,16 +108,20 @@ def as_json(settings):
   return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 
-def differences(old: Mapping, new: Mapping, limit: int = 5) -> tuple[int, str]:
+def differences(old: Mapping, new: Mapping, limit: int = 5,
+                added_ok: bool = False) -> tuple[int, str]:
   """(number of differing keys, "key: old -> new, ..." for the first ``limit``) of two
-  nested JSON dicts, keys dotted (``distill.max_steps``)."""
+  nested JSON dicts, keys dotted (``distill.max_steps``). ``added_ok``: keys only ``new``
+  has do not count: a key added to the config since ``old`` was recorded (every new key
+  defaults to the behaviour before it existed) does not make a recorded run another."""
   def flat(d, prefix=""):
     out = {}
     for k, v in d.items():
       out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
     return out
   a, b = flat(old), flat(new)
-  keys = sorted((k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")),
+  keys = sorted((k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")
+                 and not (added_ok and k not in a)),
                 key=lambda k: (k not in a or k not in b, k))  # changed values first
   shown = ", ".join(f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}"
                     for k in keys[:limit])

@@ -111,6 +111,16 @@ def test_resume_refuses_another_run_and_survives_a_new_mesh(setup, tmp_path):
     assert "checkpoints: written by another run (" in err[-1] and f"differ: {msg}" in err[-1], err
     assert "--config.overwrite=True to start over" in err[-1]
 
+  # checkpoints written before a config key existed (here: as if loss.entropy_weight were
+  # new; its default is the old behaviour) resume: the run is the same
+  meta = w / RUN / "checkpoints" / "2" / "meta" / "metadata"
+  m = json.loads(meta.read_text())
+  del m["settings"]["loss"]["entropy_weight"]
+  m["fingerprint"] = "0" * 16
+  meta.write_text(json.dumps(m))
+  r = distill(w, model, data, "--config.distill.max_steps=2")
+  assert r.returncode == 0 and "distill: resuming from step 2" in r.stderr, r.stderr[-2000:]
+
   # overwrite: starts over, the same student as a fresh run with those settings
   r = distill(w, model, data, "--config.distill.max_steps=3", "--config.overwrite=True")
   assert r.returncode == 0 and "resuming" not in r.stderr, r.stderr[-3000:]

@@ -226,3 +226,25 @@ def test_a_record_of_the_older_format_is_read_as_stage_views(tmp_path):
   assert record["format"] == 2 and record["stages"]["pretrain"]["pretrain.max_steps"] == 7
   assert set(record["stages"]) == {"task", "pretrain", "rollout", "distill/student", "eval"}
   pipeline.check_stage(c, "pretrain")
+
+
+def test_keys_added_since_a_record_do_not_refuse(tmp_path):
+  """A per-stage record written before a config key existed (every new key defaults to
+  the behaviour before it): the stage is the same; a changed recorded key still refuses."""
+  from t3d_jax.config_base import config_module
+  from t3d_jax.errors import InputError
+  from t3d_jax.modes import pipeline
+  from t3d_jax.settings import differences
+  assert differences({"a": 1}, {"a": 1, "b": 2}) == (1, "b: '<unset>' -> 2")
+  assert differences({"a": 1}, {"a": 1, "b": 2}, added_ok=True) == (0, "")
+  assert differences({"a": 1, "c": 3}, {"a": 1}, added_ok=True)[0] == 1  # removed: counts
+  c = config_module(REPO / "configs/demo.py").get_config()
+  c.workdir = str(tmp_path)
+  pipeline.record_stage(c, "distill")
+  record = json.loads((tmp_path / "t3d_config.json").read_text())
+  del record["stages"]["distill/student"]["loss.entropy_weight"]
+  (tmp_path / "t3d_config.json").write_text(json.dumps(record))
+  pipeline.check_stage(c, "distill")
+  c.loss.alpha = 0.9
+  with pytest.raises(InputError, match="loss.alpha: 0.5 -> 0.9"):
+    pipeline.check_stage(c, "distill")

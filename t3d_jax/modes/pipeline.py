@@ -94,9 +94,8 @@ def _read_record(work: Path) -> dict:
   if old.get("format") == 2:
     return old["stages"]
   flat = _flat(old)  # the older format: every stage of its pipeline saw this config
-  views = {"distill/student" if s == "distill" else s: _view(flat, s)
-           for s in old.get("pipeline", {}).get("stages", ()) if s in STAGE_KEYS}
-  return dict(views, _partial=True)
+  return {"distill/student" if s == "distill" else s: _view(flat, s)
+          for s in old.get("pipeline", {}).get("stages", ()) if s in STAGE_KEYS}
 
 
 def check_stage(config, stage: str) -> None:
@@ -108,11 +107,8 @@ def check_stage(config, stage: str) -> None:
   key = record_key(config, stage)
   if key not in record:
     return
-  old, now = record[key], stage_view(config, stage)
-  if record.get("_partial"):  # keys added since that record was written are not compared
-    now = {k: v for k, v in now.items() if k in old}
-  if old != now:
-    n, shown = differences(old, now)
+  n, shown = differences(record[key], stage_view(config, stage), added_ok=True)
+  if n:  # keys added to the config since that record was written are not compared
     raise InputError(f"{config.workdir}: its {key} stage ran with a different config ({n} "
                      f"keys differ: {shown}); use another --config.workdir or "
                      "--config.force=True")
@@ -123,7 +119,7 @@ def record_stage(config, stage: str) -> None:
   if jax.process_index() != 0:
     return
   work = Path(config.workdir)
-  record = {k: v for k, v in _read_record(work).items() if k != "_partial"}
+  record = _read_record(work)
   record[record_key(config, stage)] = stage_view(config, stage)
   write_json_atomic(work / RECORD, dict(format=2, stages=record))
 

@@ -89,12 +89,13 @@ def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
   digest = config_fingerprint(fp)
   if count_rows(out) > 0:
     old = json.loads(meta.read_text()) if meta.is_file() else {}
-    if old.get("fingerprint") == digest:
+    if old.get("fingerprint") == digest or ("settings" in old and not differences(
+        old["settings"], as_json(fp), added_ok=True)[0]):  # at most keys added since
       return
     if not overwrite:
       why = (f"no {meta.name} found" if not old else
-             "other settings ({} differ: {})".format(*differences(old.get("settings", {}),
-                                                                   as_json(fp))))
+             "other settings ({} differ: {})".format(*differences(
+                 old.get("settings", {}), as_json(fp), added_ok=True)))
       raise InputError(f"{out}: already holds rows written by a run with {why}; use another "
                        "workdir / rollout.output or --config.overwrite=True to start over")
     out.unlink()

@@ -101,7 +101,7 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
       with_reference=reference is not None)
   ckpt = open_ckpt()
   meta = ckpt.latest_meta()  # checked before any array is read (shapes may differ too)
-  if meta is not None and meta.get("fingerprint") != fp:
+  if meta is not None and meta.get("fingerprint") != fp and _changed(meta, settings):
     ckpt.close()
     if not lc.overwrite:
       raise InputError(f"{lc.out / 'checkpoints'}: written by another run ("
@@ -192,10 +192,12 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
 
 
 def _changed(meta: dict, settings: dict) -> str:
+  """What differs between the checkpoints' recorded settings and this run's ('' when
+  only keys added since differ: the same run)."""
   if "settings" not in meta:  # written before checkpoints recorded their settings
     return "other data or settings: fingerprint differs"
-  n, shown = differences(meta["settings"], settings)
-  return f"{n} settings differ: {shown}"
+  n, shown = differences(meta["settings"], settings, added_ok=True)
+  return f"{n} settings differ: {shown}" if n else ""
 
 
 def start_over(out: Path) -> None:
