@@ -6,7 +6,7 @@ alone with --config.mode=<stage>:
   task      the synthetic category-words task (t3d_jax/tasks/words.py) + char tokenizer
   pretrain  a tiny SDAR-style model trained from scratch with the block-diffusion loss
   rollout   the base model's own full-step trajectories (1 token per forward, block 4)
-  distill   T3D (DDO + path loss, self-play rounds) on those trajectories -> <workdir>/distill/student/
+  distill   T3D (DDO + path loss, self-play rounds) on those trajectories (distill/student/)
   eval      base and student at 1, 2 and 4 tokens per forward on held-out questions:
             table, accuracy_vs_tpf.png
 """
