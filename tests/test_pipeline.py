@@ -165,7 +165,7 @@ def test_named_runs_and_variants_share_the_workdir(demo, tmp_path):
   r = main(work, "--config.mode=distill", "--config.distill.name=second",
            "--config.distill.seed=3")
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "[distill] second: 4 updates" in r.stdout
+  assert "[distill] second (t3d): 4 updates" in r.stdout
   second = work / "distill/second"
   assert (second / "model/params.sha256").read_text() != first
   assert rows(second / "metrics.jsonl")[-1]["step"] == 4
