@@ -33,7 +33,7 @@ from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.code_sets import prefix_of
 from t3d_jax.errors import InputError
 from t3d_jax.sampling import DecodeConfig, batched
-from t3d_jax.settings import apply_overrides, expand, student_dir
+from t3d_jax.settings import apply_overrides, eval_dir, expand, student_dir
 from t3d_jax.tasks import load_grader
 
 ConfigLike = Union[str, os.PathLike, Any, None]
@@ -221,7 +221,7 @@ def evaluate(models: Union[Mapping[str, Union[Model, str]], Sequence[Model]], da
   from t3d_jax import main
   from t3d_jax.modes.eval import format_table
   main.run(c)
-  out = Path(expand(c.eval.output_dir, c) if c.eval.output_dir else Path(c.workdir) / "eval")
+  out = eval_dir(c)
   summary = json.loads((out / "summary.json").read_text())
   multi = len(set(c.eval.strategies)) > 1
   return Report(format_table(summary["results"], summary["aup"], multi), summary["results"],

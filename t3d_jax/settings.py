@@ -108,18 +108,21 @@ def as_json(settings):
   return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 
+def flatten(d: Mapping, prefix: str = "") -> dict:
+  """A nested dict as one level of dotted keys ({"a": {"b": 1}} -> {"a.b": 1})."""
+  out = {}
+  for k, v in d.items():
+    out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+  return out
+
+
 def differences(old: Mapping, new: Mapping, limit: int = 5,
                 added_ok: bool = False) -> tuple[int, str]:
   """(number of differing keys, "key: old -> new, ..." for the first ``limit``) of two
   nested JSON dicts, keys dotted (``distill.max_steps``). ``added_ok``: keys only ``new``
   has do not count: a key added to the config since ``old`` was recorded (every new key
   defaults to the behaviour before it existed) does not make a recorded run another."""
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
-    return out
-  a, b = flat(old), flat(new)
+  a, b = flatten(old), flatten(new)
   keys = sorted((k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")
                  and not (added_ok and k not in a)),
                 key=lambda k: (k not in a or k not in b, k))  # changed values first
@@ -164,15 +167,18 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RUN_PREFIX = "distill:"   # eval.models entries "name=distill:<run>" / "distill:*"
 
 
+def _check_run_name(name) -> str:
+  if not RUN_NAME.fullmatch(str(name)):
+    raise InputError(f"config distill.name / pipeline.variants: run name {name!r} must be "
+                     "letters, digits, '_', '.' or '-' (it names <workdir>/distill/<name>)")
+  return name
+
+
 def run_names(config) -> list[str]:
   """The distill runs of this config: the names of ``pipeline.variants``, else
   ``distill.name``; each checked (letters, digits, ``_.-``)."""
-  names = list(config.pipeline.variants.keys()) or [config.distill.name]
-  for name in names:
-    if not RUN_NAME.fullmatch(str(name)):
-      raise InputError(f"config distill.name / pipeline.variants: run name {name!r} must be "
-                       "letters, digits, '_', '.' or '-' (it names <workdir>/distill/<name>)")
-  return names
+  return [_check_run_name(n) for n in
+          list(config.pipeline.variants.keys()) or [config.distill.name]]
 
 
 def distill_dir(config, name: str | None = None) -> Path:
@@ -180,9 +186,7 @@ def distill_dir(config, name: str | None = None) -> Path:
   student model dir ``model/`` of the distill run ``name`` (default ``distill.name``)."""
   if not config.workdir:
     raise InputError("distill runs live under <workdir>/distill/<name>: set --config.workdir")
-  name = config.distill.name if name is None else name
-  if not RUN_NAME.fullmatch(str(name)):
-    raise InputError(f"config distill.name={name!r}: use letters, digits, '_', '.' or '-'")
+  name = _check_run_name(config.distill.name if name is None else name)
   return Path(config.workdir) / "distill" / name
 
 
@@ -192,6 +196,15 @@ def student_dir(config, name: str | None = None) -> Path:
   if config.distill.student_dir and name in (None, config.distill.name):
     return Path(expand(config.distill.student_dir, config))
   return distill_dir(config, name) / "model"
+
+
+def eval_dir(config) -> Path:
+  """Where eval writes (``eval.output_dir``, default ``<workdir>/eval``)."""
+  if config.eval.output_dir:
+    return Path(expand(config.eval.output_dir, config))
+  if not config.workdir:
+    raise InputError("eval needs --config.workdir (or eval.output_dir)")
+  return Path(config.workdir) / "eval"
 
 
 def model_entries(config) -> list[tuple[str, str]]:

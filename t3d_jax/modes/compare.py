@@ -21,17 +21,13 @@ from t3d_jax.data.jsonl import write_json_atomic
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation.compare import aggregate, format_table
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
-
-
-def summary_path(config) -> Path:
-  out = Path(config.eval.output_dir or Path(config.workdir) / "eval")
-  return out / "summary.json"
+from t3d_jax.settings import eval_dir
 
 
 def run(config) -> None:
   if not config.workdir:
     raise InputError("compare mode needs --config.workdir")
-  path = summary_path(config)
+  path = eval_dir(config) / "summary.json"
   if not path.is_file():
     raise InputError(f"compare: {path} does not exist: run --config.mode=eval first")
   summary = json.loads(path.read_text())

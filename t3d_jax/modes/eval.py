@@ -56,8 +56,8 @@ from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.evaluation.metrics import aup, pass_at_ks, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
 from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
-from t3d_jax.settings import (content_digest, fingerprint, model_entries, old_distill_layout,
-                              stage_seed)
+from t3d_jax.settings import (content_digest, eval_dir, fingerprint, model_entries,
+                              old_distill_layout, stage_seed)
 from t3d_jax.tasks import ERROR_PREFIX, load_grader
 from t3d_jax.train.preemption import StopRequests
 
@@ -208,7 +208,7 @@ def run(config) -> None:
                      ("decode.width_multiple", d.width_multiple)):
     if value < 1:
       raise InputError(f"config {key} must be >= 1, got {value}")
-  out = Path(e.output_dir or Path(config.workdir) / "eval")
+  out = eval_dir(config)
   models = parse_models(config)
   settings = parse_settings(config)
   grader = load_grader(config.task.name)  # an unknown or broken grader: before decoding

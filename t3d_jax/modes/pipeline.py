@@ -32,9 +32,9 @@ import jax
 from t3d_jax.data.jsonl import write_json_atomic
 from t3d_jax.distributed import barrier
 from t3d_jax.errors import InputError
-from t3d_jax.settings import (apply_overrides, as_json, differences, expand, model_dir,
-                              model_entries, old_distill_layout, resolve_paths, run_names,
-                              student_dir)
+from t3d_jax.settings import (apply_overrides, as_json, differences, eval_dir, expand,
+                              flatten, model_dir, model_entries, old_distill_layout,
+                              resolve_paths, run_names, student_dir)
 from t3d_jax.train.recipe import LOGGING_KEYS
 
 STAGES = ("task", "tokenizer", "pretrain", "rollout", "distill", "eval", "compare", "export")
@@ -68,16 +68,9 @@ def _view(flat: dict, stage: str) -> dict:
           and k.rpartition(".")[2] not in NOT_RESULT and k not in SELECTS}
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
 def stage_view(config, stage: str) -> dict:
   """The dotted keys of STAGE_KEYS[stage] with their (JSON) values in ``config``."""
-  return _view(_flat(as_json(config.to_dict())), stage)
+  return _view(flatten(as_json(config.to_dict())), stage)
 
 
 def record_key(config, stage: str) -> str:
@@ -93,7 +86,7 @@ def _read_record(work: Path) -> dict:
   old = json.loads(path.read_text())
   if old.get("format") == 2:
     return old["stages"]
-  flat = _flat(old)  # the older format: every stage of its pipeline saw this config
+  flat = flatten(old)  # the older format: every stage of its pipeline saw this config
   return {"distill/student" if s == "distill" else s: _view(flat, s)
           for s in old.get("pipeline", {}).get("stages", ()) if s in STAGE_KEYS}
 
@@ -132,8 +125,7 @@ def _outputs(config) -> dict:
           "rollout": [Path(expand(config.rollout.output, config)) if config.rollout.output
                       else work / "trajectories.jsonl"],
           "distill": [student_dir(config, n) for n in run_names(config)],
-          "eval": [Path(expand(config.eval.output_dir, config) if config.eval.output_dir
-                        else work / "eval")]}
+          "eval": [eval_dir(config)]}
 
 
 def _inputs(config, stage: str) -> list[Path]:
@@ -150,8 +142,7 @@ def _inputs(config, stage: str) -> list[Path]:
   if stage == "export":
     return [Path(model_dir(config))]
   if stage == "compare":
-    return [Path(expand(config.eval.output_dir, config) if config.eval.output_dir
-                 else Path(config.workdir) / "eval") / "summary.json"]
+    return [eval_dir(config) / "summary.json"]
   return []
 
 
@@ -184,7 +175,7 @@ def variants(config) -> list:
     with sub.unlocked():
       sub.pipeline.variants = {}
     sub.distill.name = name
-    apply_overrides(sub, _flat(changes.to_dict() if hasattr(changes, "to_dict")
+    apply_overrides(sub, flatten(changes.to_dict() if hasattr(changes, "to_dict")
                                else dict(changes)), where=f"pipeline.variants.{name}.")
     out.append(sub)
   return out
