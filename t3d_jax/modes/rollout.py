@@ -59,8 +59,8 @@ from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.sampling import DecodeConfig, batched
-from t3d_jax.settings import (as_json, content_digest, differences, model_dir,
-                              stage_seed)
+from t3d_jax.settings import (as_json, content_digest, differences, library_defaults,
+                              model_dir, stage_seed)
 from t3d_jax.settings import fingerprint as config_fingerprint
 from t3d_jax.tasks import Grader, load_grader
 from t3d_jax.train.preemption import StopRequests
@@ -89,13 +89,12 @@ def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
   digest = config_fingerprint(fp)
   if count_rows(out) > 0:
     old = json.loads(meta.read_text()) if meta.is_file() else {}
-    if old.get("fingerprint") == digest or ("settings" in old and not differences(
-        old["settings"], as_json(fp), added_ok=True)[0]):  # at most keys added since
-      return
+    changed = differences(old.get("settings", {}), as_json(fp), defaults=library_defaults())
+    if old.get("fingerprint") == digest or ("settings" in old and not changed[0]):
+      return  # the same settings, or keys added since that hold their defaults
     if not overwrite:
       why = (f"no {meta.name} found" if not old else
-             "other settings ({} differ: {})".format(*differences(
-                 old.get("settings", {}), as_json(fp), added_ok=True)))
+             "other settings ({} differ: {})".format(*changed))
       raise InputError(f"{out}: already holds rows written by a run with {why}; use another "
                        "workdir / rollout.output or --config.overwrite=True to start over")
     out.unlink()

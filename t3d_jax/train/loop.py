@@ -40,7 +40,7 @@ from tqdm import tqdm
 from t3d_jax import checkpoint, distributed
 from t3d_jax.data.jsonl import JsonlAppender, write_jsonl_atomic
 from t3d_jax.errors import InputError, Interrupted
-from t3d_jax.settings import as_json, differences, fingerprint
+from t3d_jax.settings import as_json, differences, fingerprint, library_defaults
 from t3d_jax.train.preemption import StopRequests
 
 
@@ -83,18 +83,23 @@ class LoopConfig:
   keep_checkpoints: int = 3
   async_checkpoint: bool = True
   round_interval: int = 0     # > 0: reference <- params every this many updates (self-play)
+  data_every: int = 0         # > 0: on_data(done, state) every this many updates
   overwrite: bool = False
 
 
 def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callable,
         settings: dict, rng, refresh: Optional[Callable] = None,
+        on_data: Optional[Callable[[int, Any], None]] = None,
         extra: Optional[Callable[[int], dict]] = None) -> Any:
   """Runs the updates and returns the final state.
 
   ``step_fn(state, reference, batch, rng) -> (state, metrics)``; ``batch_fn(k) -> (batch,
   info)`` gives update k's global batch and a dict of scalars to log with it;
   ``refresh(params) -> reference`` (new buffers) is called every ``lc.round_interval``
-  updates; ``extra(done)`` adds keys to the checkpoint meta (data position, ...)."""
+  updates; ``on_data(done, state)`` (new training data from the params, e.g. on-policy
+  trajectories) is called before the first update with this run's start and after
+  every ``lc.data_every`` updates but the last, once those are known finite and before
+  their checkpoint; ``extra(done)`` adds keys to the checkpoint meta (data position, ...)."""
   fp, settings = fingerprint(settings), as_json(settings)
   open_ckpt = lambda: checkpoint.TrainCheckpointer(  # noqa: E731
       lc.out / "checkpoints", keep=lc.keep_checkpoints, async_save=lc.async_checkpoint,
@@ -146,6 +151,8 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
   try:
     with (JsonlAppender(lc.out / "metrics.jsonl") if main else contextlib.nullcontext()
           ) as rows, StopRequests() as stop:
+      if on_data is not None:
+        on_data(start, state)
       for step in tqdm(range(start, lc.total), initial=start, total=lc.total, desc=lc.name,
                        disable=not main):
         batch, info = batch_fn(step)
@@ -163,6 +170,12 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
           pending = None
         if refresh is not None and lc.round_interval and done % lc.round_interval == 0:
           reference = refresh(state.params)
+        if (on_data is not None and lc.data_every and done % lc.data_every == 0
+            and done < lc.total):
+          if pending is not None:
+            check(*pending)
+            pending = None
+          on_data(done, state)
         if log:
           m = {k: float(v) for k, v in jax.device_get(metrics).items()}
           m.update(info, step=done, round=rounds(done), elapsed_s=time.time() - t0)
@@ -193,10 +206,11 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
 
 def _changed(meta: dict, settings: dict) -> str:
   """What differs between the checkpoints' recorded settings and this run's ('' when
-  only keys added since differ: the same run)."""
+  only keys added since differ and they hold the library default: the same run; the
+  settings' config sections, distill, examples, loss, optim, are named as the config's)."""
   if "settings" not in meta:  # written before checkpoints recorded their settings
     return "other data or settings: fingerprint differs"
-  n, shown = differences(meta["settings"], settings, added_ok=True)
+  n, shown = differences(meta["settings"], settings, defaults=library_defaults())
   return f"{n} settings differ: {shown}" if n else ""
 
 
