@@ -169,6 +169,8 @@ def base_config() -> ml_collections.ConfigDict:
       multi_round=True,        # self-play: reference <- student every round_interval updates
       round_interval=10,
       fixed_noise=False,       # True: one mask draw per example for all epochs (released)
+      refresh_every=0,         # > 0: the student re-decodes the prompts every this many rounds
+      refresh_filter=False,    # True: a refreshed trajectory is kept only when graded correct
       allow_other_block=False,  # train at an examples.block_size the rollout did not use
       log_every=1,
       checkpoint_every=50,

@@ -27,12 +27,13 @@ from absl import logging
 from t3d_jax import checkpoint, distributed
 from t3d_jax.convert import model_config
 from t3d_jax.data.tokenizer import load_tokenizer, special_ids
-from t3d_jax.distill import methods
+from t3d_jax.distill import methods, refresh
 from t3d_jax.distill.data import (load_trajectory_samples, make_batch, recorded_block_size,
                                   training_block_size)
 from t3d_jax.distill.examples import ExampleConfig
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.errors import InputError
+from t3d_jax.sampling import DecodeConfig
 from t3d_jax.settings import (content_digest, distill_dir, model_dir, old_distill_layout,
                               stage_seed, student_dir)
 from t3d_jax.train import loop, recipe
@@ -69,28 +70,34 @@ def run(config) -> None:
   if d.method not in methods.METHODS:
     raise InputError(f"config distill.method={d.method!r} is not one of "
                      f"{', '.join(methods.METHODS)}")
-  if d.method == "sft":  # the teacher's final outputs, random masks
-    pairs = [pt.Pair(s.prompt_ids, s.response_ids) for s in samples]
-    pt_cfg = pt.PretrainExamples(block_size=block, post_num=config.examples.post_num,
-                                 mask_eps=config.pretrain.mask_eps)
+  pt_cfg = pt.PretrainExamples(block_size=block, post_num=config.examples.post_num,
+                               mask_eps=config.pretrain.mask_eps)  # sft: random masks
+  every = refresh.period(d.refresh_every, d.round_interval)
+  refresher = (refresh.Refresher(
+      out=work / "refresh", every=every, samples=samples, model=mcfg.replace(remat="none"),
+      dcfg=DecodeConfig.from_config(config.decode, ids), decode_section=config.decode,
+      tokenizer=tokenizer, seed=seed, max_gen_length=d.max_gen_length,
+      **refresh.filter_args(config, data)) if every else None)
 
   def batch(idx, step):
     noise_step = 0 if d.fixed_noise else step
-    if d.method == "sft":
-      b = pt.make_batch(pairs, idx, pt_cfg, micro_batch=d.micro_batch,
+    samples_now = refresher.samples_for(step) if refresher else samples
+    info = dict(refresher.last) if refresher else {}
+    if d.method == "sft":  # the teacher's final outputs (a Sample is a pt.Pair)
+      b = pt.make_batch(samples_now, idx, pt_cfg, micro_batch=d.micro_batch,
                         length_bucket=d.length_bucket, pad_id=ids.pad_id,
                         mask_id=ids.mask_id, seed=seed, step=noise_step)
     elif d.method == "dparallel":
       b = methods.certainty_make_batch(
-          samples, idx, block_size=block, ratio=loss_cfg.certainty_mask_ratio,
+          samples_now, idx, block_size=block, ratio=loss_cfg.certainty_mask_ratio,
           post_num=config.examples.post_num, micro_batch=d.micro_batch,
           length_bucket=d.length_bucket, pad_id=ids.pad_id, mask_id=ids.mask_id,
           seed=seed, step=noise_step)
     else:
-      b = make_batch(samples, idx, ex_cfg, micro_batch=d.micro_batch,
+      b = make_batch(samples_now, idx, ex_cfg, micro_batch=d.micro_batch,
                      length_bucket=d.length_bucket, pad_id=ids.pad_id, mask_id=ids.mask_id,
                      vocab_size=tokenizer.vocab_size, seed=seed, noise_step=noise_step)
-    return b, dict(dropped=int(np.sum(b["weight"] == 0)))
+    return b, dict(info, dropped=int(np.sum(b["weight"] == 0)))
 
   # what a resumed run must share with the run that wrote the checkpoints
   settings = dict(model=checkpoint.model_digest(src),
@@ -101,6 +108,10 @@ def run(config) -> None:
                   optim=config.optim.to_dict(), seed=seed,
                   numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
                   special_ids=dict(mask=ids.mask_id, pad=ids.pad_id))
+  if refresher:  # what the student re-decodes with
+    settings.update(refresh=dict(decode=dataclasses.asdict(refresher.dcfg),
+                                 batch_size=config.decode.batch_size,
+                                 task=config.task.name if d.refresh_filter else ""))
   with_reference = d.method in methods.WITH_REFERENCE
   t0 = time.time()
   res = recipe.run(
@@ -109,7 +120,8 @@ def run(config) -> None:
       loss_fn=lambda m: methods.loss_fn(d.method, m, loss_cfg, mask_id=ids.mask_id,
                                         pad_id=ids.pad_id),
       make_batch=batch, settings=settings, reference=with_reference,
-      round_interval=d.round_interval if d.multi_round and with_reference else 0)
+      round_interval=d.round_interval if d.multi_round and with_reference else 0,
+      on_data=refresher, data_every=every)
   student = student_dir(config)
   if distributed.is_main_process():  # only process 0 writes the student
     checkpoint.save_model_dir(student, res.params, mcfg.replace(remat="none"),

@@ -33,8 +33,8 @@ from t3d_jax.data.jsonl import write_json_atomic
 from t3d_jax.distributed import barrier
 from t3d_jax.errors import InputError
 from t3d_jax.settings import (apply_overrides, as_json, differences, eval_dir, expand,
-                              flatten, model_dir, model_entries, old_distill_layout,
-                              resolve_paths, run_names, student_dir)
+                              flatten, library_defaults, model_dir, model_entries,
+                              old_distill_layout, resolve_paths, run_names, student_dir)
 from t3d_jax.train.recipe import LOGGING_KEYS
 
 STAGES = ("task", "tokenizer", "pretrain", "rollout", "distill", "eval", "compare", "export")
@@ -55,22 +55,25 @@ STAGE_KEYS = {
     "compare": ("compare", "eval.output_dir"),
     "export": ("export_dir", "export_dtype", "max_shard_size", "model_dir"),
 }
+# what a distill run that re-decodes its questions (distill.refresh_every) also reads
+REFRESH_KEYS = ("decode", "task.name")
 NOT_RESULT = LOGGING_KEYS + ("plot_trajectories", "chunk_prompts", "name")
 # keys that choose which results eval computes, not how (each (model, setting) result is
 # keyed on its own settings): evaluating one more model or setting is not another config
 SELECTS = ("eval.models", "eval.tokens_per_forward", "eval.strategies", "eval.output_dir")
 
 
-def _view(flat: dict, stage: str) -> dict:
-  keys = STAGE_KEYS[stage]
+def _view(flat: dict, stage: str, refresh: bool = False) -> dict:
+  keys = STAGE_KEYS[stage] + (REFRESH_KEYS if stage == "distill" and refresh else ())
   return {k: v for k, v in flat.items()
           if any(k == p or k.startswith(p + ".") for p in keys)
           and k.rpartition(".")[2] not in NOT_RESULT and k not in SELECTS}
 
 
 def stage_view(config, stage: str) -> dict:
-  """The dotted keys of STAGE_KEYS[stage] with their (JSON) values in ``config``."""
-  return _view(flatten(as_json(config.to_dict())), stage)
+  """The dotted keys of STAGE_KEYS[stage] (and REFRESH_KEYS for a distill run that
+  refreshes its trajectories) with their (JSON) values in ``config``."""
+  return _view(flatten(as_json(config.to_dict())), stage, bool(config.distill.refresh_every))
 
 
 def record_key(config, stage: str) -> str:
@@ -87,7 +90,8 @@ def _read_record(work: Path) -> dict:
   if old.get("format") == 2:
     return old["stages"]
   flat = flatten(old)  # the older format: every stage of its pipeline saw this config
-  return {"distill/student" if s == "distill" else s: _view(flat, s)
+  return {"distill/student" if s == "distill" else s:
+          _view(flat, s, bool(flat.get("distill.refresh_every")))
           for s in old.get("pipeline", {}).get("stages", ()) if s in STAGE_KEYS}
 
 
@@ -100,8 +104,9 @@ def check_stage(config, stage: str) -> None:
   key = record_key(config, stage)
   if key not in record:
     return
-  n, shown = differences(record[key], stage_view(config, stage), added_ok=True)
-  if n:  # keys added to the config since that record was written are not compared
+  n, shown = differences(record[key], stage_view(config, stage),
+                         defaults=_view(flatten(library_defaults()), stage))
+  if n:  # keys added since that record was written count unless they hold their default
     raise InputError(f"{config.workdir}: its {key} stage ran with a different config ({n} "
                      f"keys differ: {shown}); use another --config.workdir or "
                      "--config.force=True")
@@ -162,21 +167,31 @@ def check_inputs(config, stage: str) -> None:
 
 def variants(config) -> list:
   """The configs of the distill stage: one per ``pipeline.variants`` entry (its keys
-  changed, ``distill.name`` = its name), or ``config`` itself."""
+  changed, ``distill.name`` = its name), or ``config`` itself. A ``distill.name`` other
+  than the default picks one: the variant of that name, else one run of that name with
+  the config's own keys (``--config.distill.name=t3d_s2`` reruns one seed)."""
   run_names(config)  # the names are checked
+  name, every = config.distill.name, library_defaults()["distill"]["name"]
   if not config.pipeline.variants:
+    return [config]
+  if name not in (every, *config.pipeline.variants):  # one run by name, no variant's keys
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.pipeline.variants = {}
     return [config]
   if config.distill.student_dir:
     raise InputError("config distill.student_dir names one dir: unset it with "
                      "pipeline.variants (each run writes <workdir>/distill/<name>/model)")
   out = []
-  for name, changes in config.pipeline.variants.items():
+  for run, changes in config.pipeline.variants.items():
+    if name not in (every, run):
+      continue
     sub = config.copy_and_resolve_references()
     with sub.unlocked():
       sub.pipeline.variants = {}
-    sub.distill.name = name
+    sub.distill.name = run
     apply_overrides(sub, flatten(changes.to_dict() if hasattr(changes, "to_dict")
-                               else dict(changes)), where=f"pipeline.variants.{name}.")
+                               else dict(changes)), where=f"pipeline.variants.{run}.")
     out.append(sub)
   return out
 

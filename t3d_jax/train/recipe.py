@@ -55,7 +55,8 @@ class Result:
 def run(config, *, name: str, section, optim_section, out: Path, n: int, data: str,
         start: Start, loss_fn: Callable[[SDARConfig], Callable],
         make_batch: Callable[[Any, int], tuple[dict, dict]], settings: dict,
-        reference: bool, round_interval: int = 0) -> Result:
+        reference: bool, round_interval: int = 0, on_data: Optional[Callable] = None,
+        data_every: int = 0) -> Result:
   """Trains and returns the final params.
 
   ``settings`` (plus the schedule length) are recorded in every checkpoint; a resumed
@@ -67,7 +68,8 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
   ``loss_fn(model) -> (params, ref, micro_batch, rng) -> (loss, metrics)``;
   ``make_batch(indices, step) -> (numpy batch [A, M, ...], scalars to log)``;
   ``reference``: keep a frozen copy of the start params, refreshed every
-  ``round_interval`` updates (0: never)."""
+  ``round_interval`` updates (0: never); ``on_data(done, state)``: new training data
+  every ``data_every`` updates (:func:`t3d_jax.train.loop.run`)."""
   per_epoch, total = loop.schedule(n, section, name, data)
   seed = stage_seed(config, name)
   optim = OptimConfig.from_config(optim_section, total_steps=total)
@@ -108,13 +110,14 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
                        keep_checkpoints=section.keep_checkpoints,
                        async_checkpoint=section.async_checkpoint,
                        round_interval=round_interval if reference else 0,
+                       data_every=data_every,
                        overwrite=config.overwrite)
   refresh: Optional[Callable] = None
   if reference:
     refresh = jax.jit(copy_tree, out_shardings=sh.reference)  # new buffers, never donated
   state = loop.run(lc, state=state, reference=ref, step_fn=step_fn, batch_fn=batch_fn,
                    settings=dict(settings, total=total), rng=jax.random.key(seed),
-                   refresh=refresh,
+                   refresh=refresh, on_data=on_data,
                    extra=lambda done: dict(epoch=done // per_epoch,
                                            index_in_epoch=(done % per_epoch)
                                            * section.global_batch))
