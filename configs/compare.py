@@ -1,5 +1,8 @@
 """T3D against the baselines at CPU scale (README "Baselines"): one base model, one
-trajectory set, every distill.method x 3 distill seeds, one table and one plot.
+trajectory set, every distill.method x 3 distill seeds offline (on the teacher's
+trajectories only, the paper's trajectory-state masks), T3D with random block masks
+offline (t3d_random) and the demo's recipe (random masks + on-policy refresh:
+t3d_refresh), one table and one plot.
 
   python -m t3d_jax.main --config configs/compare.py
 
@@ -20,7 +23,13 @@ def get_config():
   c = config_module("demo.py", relative_to=__file__).get_config()
   c.workdir = "workdir/compare"
   c.pipeline.stages = ("task", "pretrain", "rollout", "distill", "eval", "compare")
-  c.pipeline.variants = {f"{m}_s{k}": {"distill": {"method": m, "seed": k}}
-                         for m in METHODS for k in SEEDS}
+  c.examples.mask_strategy = "trace"   # the paper's trajectory states (offline rows)
+  offline = {"refresh_every": 0}
+  v = {f"{m}_s{k}": {"distill": dict(offline, method=m, seed=k)} for m in METHODS for k in SEEDS}
+  for k in SEEDS:  # T3D with random block masks, offline; and the demo's recipe
+    v[f"t3d_random_s{k}"] = {"distill": dict(offline, seed=k),
+                             "examples": {"mask_strategy": "random"}}
+    v[f"t3d_refresh_s{k}"] = {"distill": {"seed": k}, "examples": {"mask_strategy": "random"}}
+  c.pipeline.variants = v
   c.eval.models = ("base={workdir}/model", "distill:*")
   return c

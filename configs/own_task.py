@@ -10,7 +10,9 @@ reads <workdir>/data/train.jsonl and <workdir>/data/test.jsonl (one {"question":
   tokenizer  a character tokenizer over the data and the prompt (tokenizer.kind=bpe: BPE)
   pretrain   a small SDAR-style model trained from scratch on train.jsonl
   rollout    its own full-step trajectories on the training questions
-  distill    T3D on those trajectories -> <workdir>/distill/student/model
+  distill    T3D on those trajectories with the demo's recipe (random block masks, on-policy
+             refresh: the student's trajectories the grader passes replace the teacher's)
+             -> <workdir>/distill/student/model
   eval       base and student at 1, 2 and 4 tokens per forward on test.jsonl, graded by
              task.name (exact by default; package.module:function for your own grader)
 
@@ -23,6 +25,8 @@ def get_config():
   c = config_module("demo.py", relative_to=__file__).get_config()
   c.workdir = "runs/own_task"
   c.pipeline.stages = ("tokenizer", "pretrain", "rollout", "distill", "eval")
+  c.pipeline.variants = {}                   # one student (the demo distils 5 seeds)
+  c.eval.models = ("base={workdir}/model", "t3d=distill:student")
   c.task.name = "exact"
   c.tokenizer.kind = "char"
   c.prompt_template = "{question}="          # what the model sees before its answer

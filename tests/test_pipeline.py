@@ -71,21 +71,28 @@ def test_every_stage_writes_its_artefacts(demo):
     assert len(sm) == len(ids) == t["response_length"][0] <= 20
     assert t["nfe"][0] >= len(ids)  # one token per forward (at most)
     assert t["prompt"] == t["question"] + "="
-  # distill: student + metrics
-  d = rows(work / "distill/student/metrics.jsonl")
-  assert d[-1]["step"] == 4 and d[-1]["round"] == 2 and np.isfinite(d[-1]["loss"])
-  assert (work / "distill/student/model/sdar_config.json").is_file()
-  # eval: 2 models x 3 settings, accuracy in [0, 1], fewer forwards at higher TPF
+  # distill: one student per seed + metrics
+  for k in range(5):
+    d = rows(work / f"distill/t3d_s{k}/metrics.jsonl")
+    assert d[-1]["step"] == 4 and d[-1]["round"] == 2 and np.isfinite(d[-1]["loss"])
+    assert (work / f"distill/t3d_s{k}/model/sdar_config.json").is_file()
+  # eval: 6 models x 3 settings, accuracy in [0, 1], fewer forwards at higher TPF
   s = json.loads((work / "eval/summary.json").read_text())
   res = {(x["model"], x["tokens_per_forward"]): x for x in s["results"]}
-  assert set(res) == {(m, t) for m in ("base", "t3d") for t in (1, 2, 4)}
+  models = ["base"] + [f"t3d_s{k}" for k in range(5)]
+  assert set(res) == {(m, t) for m in models for t in (1, 2, 4)}
   for (model, t), x in res.items():
     assert 0.0 <= x["accuracy"] <= 1.0 and x["nfe_mean"] > 0
     if t > 1:
       assert x["nfe_mean"] < res[(model, 1)]["nfe_mean"]
   assert (work / "eval/accuracy_vs_tpf.png").stat().st_size > 1000
+  # compare: the seeds' mean and sd
+  c = json.loads((work / "compare/compare.json").read_text())["groups"]
+  assert set(c) == {"base", "t3d"} and c["t3d"]["seeds"] == [0, 1, 2, 3, 4]
+  acc = [100 * res[(f"t3d_s{k}", 4)]["accuracy"] for k in range(5)]
+  np.testing.assert_allclose(c["t3d"]["accuracy"]["4"]["mean"], np.mean(acc), atol=1e-6)
   times = json.loads((work / "pipeline.json").read_text())["stages"]
-  assert list(times) == ["task", "pretrain", "rollout", "distill", "eval"]
+  assert list(times) == ["task", "pretrain", "rollout", "distill", "eval", "compare"]
   assert "static_b4_tpf4" in r.stdout and "[pipeline] stage times" in r.stdout
 
 
@@ -135,9 +142,9 @@ def test_quiet_by_default(demo):
   work, r = demo
   lines = [x for x in (r.stdout + r.stderr).replace("\r", "\n").splitlines()
            if x.strip() and not re.match(r"^\w+:\s+\d+%\|", x)]  # tqdm frames aside
-  assert len(lines) <= 40, "\n".join(lines)
+  assert len(lines) <= 50, "\n".join(lines)  # 6 stages, 5 distill runs, 18 eval rows
   assert not [x for x in lines if re.match(r"^[IW]\d{4} ", x)], "\n".join(lines)
-  assert sum("[distill] " in x for x in lines) == 1
+  assert sum("[distill] " in x for x in lines) == 5  # one per seed
   assert f"[pipeline] config: {work}/last_run_config.json" in lines
   assert json.loads((work / "last_run_config.json").read_text())["workdir"] == str(work)
 
@@ -161,7 +168,7 @@ def test_named_runs_and_variants_share_the_workdir(demo, tmp_path):
   """A second student by name beside the first; a pipeline of two variants: each run in
   its own <workdir>/distill/<name>/, eval takes them by name, the first student untouched."""
   work, _ = demo
-  first = (work / "distill/student/model/params.sha256").read_text()
+  first = (work / "distill/t3d_s0/model/params.sha256").read_text()
   r = main(work, "--config.mode=distill", "--config.distill.name=second",
            "--config.distill.seed=3")
   assert r.returncode == 0, r.stderr[-3000:]
@@ -176,12 +183,12 @@ def test_named_runs_and_variants_share_the_workdir(demo, tmp_path):
   assert "[pipeline] distill run a" in r.stdout and "[pipeline] distill run b" in r.stdout
   sums = {n: (work / f"distill/{n}/model/params.sha256").read_text() for n in "ab"}
   assert len({first, sums["a"], sums["b"]}) == 3
-  assert (work / "distill/student/model/params.sha256").read_text() == first
+  assert (work / "distill/t3d_s0/model/params.sha256").read_text() == first
   s = json.loads((work / "eval_variants/summary.json").read_text())
   assert {x["model"] for x in s["results"]} == {"base", "a", "b"}
   assert s["models"]["a"] == str(work / "distill/a/model")
   record = json.loads((work / "t3d_config.json").read_text())["stages"]
-  assert {"distill/student", "distill/second", "distill/a", "distill/b"} <= set(record)
+  assert {"distill/t3d_s0", "distill/second", "distill/a", "distill/b"} <= set(record)
   assert record["distill/a"]["distill.seed"] == 5 and record["distill/b"]["optim.lr"] == 1e-4
 
 
@@ -224,27 +231,37 @@ def test_a_record_of_the_older_format_is_read_as_stage_views(tmp_path):
   pipeline.record_stage(c, "pretrain")
   record = json.loads((tmp_path / "t3d_config.json").read_text())
   assert record["format"] == 2 and record["stages"]["pretrain"]["pretrain.max_steps"] == 7
-  assert set(record["stages"]) == {"task", "pretrain", "rollout", "distill/student", "eval"}
+  assert set(record["stages"]) == {"task", "pretrain", "rollout", "distill/student", "eval",
+                                  "compare"}
   pipeline.check_stage(c, "pretrain")
 
 
-def test_keys_added_since_a_record_do_not_refuse(tmp_path):
-  """A per-stage record written before a config key existed (every new key defaults to
-  the behaviour before it): the stage is the same; a changed recorded key still refuses."""
+def test_keys_added_since_a_record_refuse_only_off_their_default(tmp_path):
+  """A per-stage record written before a config key existed: holding the library default
+  (the behaviour before the key existed), the stage is the same; set to anything else, the
+  record is another run's. A changed recorded key refuses."""
   from t3d_jax.config_base import config_module
   from t3d_jax.errors import InputError
   from t3d_jax.modes import pipeline
   from t3d_jax.settings import differences
   assert differences({"a": 1}, {"a": 1, "b": 2}) == (1, "b: '<unset>' -> 2")
-  assert differences({"a": 1}, {"a": 1, "b": 2}, added_ok=True) == (0, "")
-  assert differences({"a": 1, "c": 3}, {"a": 1}, added_ok=True)[0] == 1  # removed: counts
+  assert differences({"a": 1}, {"a": 1, "b": 2}, defaults={"b": 2}) == (0, "")
+  assert differences({"a": 1}, {"a": 1, "b": 3}, defaults={"b": 2})[0] == 1  # not default
+  assert differences({"a": 1}, {"a": 1, "b": {"c": 2}}, defaults={"b": {"c": 2}})[0] == 0
+  assert differences({"a": 1, "c": 3}, {"a": 1}, defaults={"c": 3})[0] == 1  # removed
   c = config_module(REPO / "configs/demo.py").get_config()
   c.workdir = str(tmp_path)
   pipeline.record_stage(c, "distill")
-  record = json.loads((tmp_path / "t3d_config.json").read_text())
-  del record["stages"]["distill/student"]["loss.entropy_weight"]
-  (tmp_path / "t3d_config.json").write_text(json.dumps(record))
+  path = tmp_path / "t3d_config.json"
+  record = json.loads(path.read_text())
+  assert record["stages"]["distill/student"]["decode.temperature"] == 0.1  # it re-decodes
+  del record["stages"]["distill/student"]["loss.entropy_weight"]  # demo: the default
+  path.write_text(json.dumps(record))
   pipeline.check_stage(c, "distill")
+  del record["stages"]["distill/student"]["distill.refresh_every"]  # demo: 4, not 0
+  path.write_text(json.dumps(record))
+  with pytest.raises(InputError, match=r"distill.refresh_every: '<unset>' -> 4"):
+    pipeline.check_stage(c, "distill")
   c.loss.alpha = 0.9
   with pytest.raises(InputError, match="loss.alpha: 0.5 -> 0.9"):
     pipeline.check_stage(c, "distill")
