@@ -143,6 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
       models=(),               # ("name=path", ...); () = ("model=<model_dir>",)
       tokens_per_forward=(1, 2, 4),            # with decode.block_size; each must divide it
       strategies=("low_confidence_static",),   # one curve per model x strategy
+      thresholds=(),           # low_confidence_dynamic sweep: one setting each (<= b steps)
       grade_timeout_s=5.0,     # per response (code: the program's CPU and wall limit)
       num_samples=1,           # samples per question (> 1: pass@k, unbiased estimator)
       output_dir="",           # default <workdir>/eval
@@ -193,3 +194,10 @@ def base_config() -> ml_collections.ConfigDict:
       coordinator_address="", num_processes=0, process_id=-1, local_device_ids=""))
   # --- end parallel ---
   return c
+
+
+def library_defaults() -> dict:
+  """Every config key's library default (:func:`base_config`) as JSON: the ``defaults``
+  of ``settings.differences`` for records whose sections are config sections."""
+  from t3d_jax.settings import as_json
+  return as_json(base_config().to_dict())

@@ -120,10 +120,10 @@ def differences(old: Mapping, new: Mapping, limit: int = 5,
                 defaults: Mapping | None = None) -> tuple[int, str]:
   """(number of differing keys, "key: old -> new, ..." for the first ``limit``) of two
   nested JSON dicts, keys dotted (``distill.max_steps``). With ``defaults`` (nested, the
-  same shape: the library's values), a key only ``new`` has does not count when its value
-  is the default: a key added to the config since ``old`` was recorded defaults to the
-  behaviour before it existed, so a recorded run is the same run; set to anything else
-  (or without a default), it makes the run another."""
+  same shape: the library's values, config_base.library_defaults), a key only ``new``
+  has does not count when its value is the default: a key added to the config since
+  ``old`` was recorded defaults to the behaviour before it existed, so a recorded run is
+  the same run; set to anything else (or without a default), it makes the run another."""
   a, b = flatten(old), flatten(new)
   base = flatten(defaults) if defaults is not None else {}
   keys = sorted((k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")
@@ -132,13 +132,6 @@ def differences(old: Mapping, new: Mapping, limit: int = 5,
   shown = ", ".join(f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}"
                     for k in keys[:limit])
   return len(keys), shown + (" ..." if len(keys) > limit else "")
-
-
-def library_defaults() -> dict:
-  """Every config key's library default (``config_base.base_config()``) as JSON: the
-  ``defaults`` of ``differences`` for records whose sections are config sections."""
-  from t3d_jax.config_base import base_config  # lazily: its defaults import our modules
-  return as_json(base_config().to_dict())
 
 
 def content_digest(rows: Iterable[Iterable]) -> str:

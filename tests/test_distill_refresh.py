@@ -182,10 +182,12 @@ def test_refresh_through_the_cli_resumes_bit_exactly(tmp_path):
 def test_a_key_added_since_a_checkpoint_is_the_same_run_only_at_its_default():
   """Checkpoints recorded before distill.refresh_every existed: resumed at its default
   (off) they are the same run; with it on, another run (it would train on other data)."""
+  from t3d_jax.config_base import library_defaults
   from t3d_jax.train.loop import _changed
   old = {"settings": {"distill": {"max_steps": 6}, "seed": 0}}
-  assert _changed(old, {"distill": {"max_steps": 6, "refresh_every": 0}, "seed": 0}) == ""
+  lib = library_defaults()
+  assert _changed(old, {"distill": {"max_steps": 6, "refresh_every": 0}, "seed": 0}, lib) == ""
   why = _changed(old, {"distill": {"max_steps": 6, "refresh_every": 2}, "seed": 0,
-                       "refresh": {"batch_size": 4}})
+                       "refresh": {"batch_size": 4}}, lib)
   assert why.startswith("2 settings differ: ") and "distill.refresh_every: '<unset>' -> 2" in why
   assert "refresh.batch_size: '<unset>' -> 4" in why

@@ -160,15 +160,3 @@ def counts(rows) -> dict:
 def row_questions(path) -> dict:
   """JSONL row (1-based) -> (question, answer) of a trajectories file, for the grader."""
   return {row: (obj.get("question", ""), obj["answer"]) for row, obj in iter_jsonl(path)}
-
-
-def filter_args(config, data: str) -> dict:
-  """Refresher's grader and questions with ``distill.refresh_filter`` (else none): the
-  task's grader, checked on every row before anything trains."""
-  if not config.distill.refresh_filter:
-    return {}
-  from t3d_jax.tasks import load_grader
-  grader = load_grader(config.task.name)
-  questions = row_questions(data)
-  grader.check([dict(question=q, answer=a) for q, a in questions.values()], data)
-  return dict(grader=grader, questions=questions)

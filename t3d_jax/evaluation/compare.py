@@ -83,11 +83,12 @@ def format_table(groups: Mapping[str, Mapping], base: str) -> str:
   tpfs = sorted(groups[base]["accuracy"])
   cols = ([f"TPF {t}" for t in tpfs] + [f"gap@{t} %" for t in tpfs[1:]]
           + ["full-step cost", "AUP"])
-  head = f"{'method':<12}{'seeds':>6}" + "".join(f"{c:>16}" for c in cols)
+  w = max([12] + [len(g) + 2 for g in groups])
+  head = f"{'method':<{w}}{'seeds':>6}" + "".join(f"{c:>16}" for c in cols)
   lines = [head, "-" * len(head)]
   for g, e in sorted(groups.items(), key=lambda kv: (kv[0] != base, kv[0])):
     cells = ([_cell(e["accuracy"].get(t)) for t in tpfs]
              + [_cell(e["gap_closure"].get(t), 100.0) if g != base else "-" for t in tpfs[1:]]
              + [_cell(e["full_step_cost"]) if g != base else "-", _cell(e["aup"])])
-    lines.append(f"{g:<12}{max(1, len(e['seeds'])):>6}" + "".join(f"{c:>16}" for c in cells))
+    lines.append(f"{g:<{w}}{max(1, len(e['seeds'])):>6}" + "".join(f"{c:>16}" for c in cells))
   return "\n".join(lines)

@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from t3d_jax import checkpoint, distributed
+from t3d_jax.config_base import library_defaults
 from t3d_jax.convert import model_config
 from t3d_jax.data.tokenizer import load_tokenizer, special_ids
 from t3d_jax.distill import methods, refresh
@@ -36,6 +37,7 @@ from t3d_jax.errors import InputError
 from t3d_jax.sampling import DecodeConfig
 from t3d_jax.settings import (content_digest, distill_dir, model_dir, old_distill_layout,
                               stage_seed, student_dir)
+from t3d_jax.tasks import load_grader
 from t3d_jax.train import loop, recipe
 from t3d_jax.train import pretrain as pt
 
@@ -77,7 +79,7 @@ def run(config) -> None:
       out=work / "refresh", every=every, samples=samples, model=mcfg.replace(remat="none"),
       dcfg=DecodeConfig.from_config(config.decode, ids), decode_section=config.decode,
       tokenizer=tokenizer, seed=seed, max_gen_length=d.max_gen_length,
-      **refresh.filter_args(config, data)) if every else None)
+      **_filter_args(config, data)) if every else None)
 
   def batch(idx, step):
     noise_step = 0 if d.fixed_noise else step
@@ -121,7 +123,7 @@ def run(config) -> None:
                                         pad_id=ids.pad_id),
       make_batch=batch, settings=settings, reference=with_reference,
       round_interval=d.round_interval if d.multi_round and with_reference else 0,
-      on_data=refresher, data_every=every)
+      on_data=refresher, data_every=every, defaults=library_defaults())
   student = student_dir(config)
   if distributed.is_main_process():  # only process 0 writes the student
     checkpoint.save_model_dir(student, res.params, mcfg.replace(remat="none"),
@@ -138,3 +140,14 @@ def run(config) -> None:
   if jax.process_index() == 0:
     print(msg, flush=True)
   logging.info(msg)
+
+
+def _filter_args(config, data: str) -> dict:
+  """Refresher's grader and questions with ``distill.refresh_filter`` (else none): the
+  task's grader, checked on every row before anything trains."""
+  if not config.distill.refresh_filter:
+    return {}
+  grader = load_grader(config.task.name)
+  questions = refresh.row_questions(data)
+  grader.check([dict(question=q, answer=a) for q, a in questions.values()], data)
+  return dict(grader=grader, questions=questions)

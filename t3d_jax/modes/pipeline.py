@@ -29,11 +29,12 @@ from pathlib import Path
 
 import jax
 
+from t3d_jax.config_base import library_defaults
 from t3d_jax.data.jsonl import write_json_atomic
 from t3d_jax.distributed import barrier
 from t3d_jax.errors import InputError
 from t3d_jax.settings import (apply_overrides, as_json, differences, eval_dir, expand,
-                              flatten, library_defaults, model_dir, model_entries,
+                              flatten, model_dir, model_entries,
                               old_distill_layout, resolve_paths, run_names, student_dir)
 from t3d_jax.train.recipe import LOGGING_KEYS
 
@@ -60,7 +61,8 @@ REFRESH_KEYS = ("decode", "task.name")
 NOT_RESULT = LOGGING_KEYS + ("plot_trajectories", "chunk_prompts", "name")
 # keys that choose which results eval computes, not how (each (model, setting) result is
 # keyed on its own settings): evaluating one more model or setting is not another config
-SELECTS = ("eval.models", "eval.tokens_per_forward", "eval.strategies", "eval.output_dir")
+SELECTS = ("eval.models", "eval.tokens_per_forward", "eval.strategies", "eval.thresholds",
+           "eval.output_dir")
 
 
 def _view(flat: dict, stage: str, refresh: bool = False) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 from absl import logging
 
 from t3d_jax import checkpoint, distributed
+from t3d_jax.config_base import library_defaults
 from t3d_jax.convert import count_params, hf_config_from, model_config
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
@@ -118,7 +119,7 @@ def run(config) -> None:
       n=len(pairs), data=p.data, start=recipe.Start(mcfg, start.path),
       loss_fn=lambda m: functools.partial(pt.micro_loss, model=m, block_size=ex_cfg.block_size,
                                           pad_id=ids.pad_id),
-      make_batch=batch, reference=False,
+      make_batch=batch, reference=False, defaults=library_defaults(),
       settings=dict(model=checkpoint.model_digest(start.path) if start.path else "random",
                     arch=None if start.path else config.arch.to_dict(),
                     data=content_digest((x.prompt_ids, x.response_ids) for x in pairs),

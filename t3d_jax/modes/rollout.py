@@ -59,8 +59,8 @@ from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.sampling import DecodeConfig, batched
-from t3d_jax.settings import (as_json, content_digest, differences, library_defaults,
-                              model_dir, stage_seed)
+from t3d_jax.config_base import library_defaults
+from t3d_jax.settings import (as_json, content_digest, differences, model_dir, stage_seed)
 from t3d_jax.settings import fingerprint as config_fingerprint
 from t3d_jax.tasks import Grader, load_grader
 from t3d_jax.train.preemption import StopRequests

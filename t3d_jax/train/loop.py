@@ -40,7 +40,7 @@ from tqdm import tqdm
 from t3d_jax import checkpoint, distributed
 from t3d_jax.data.jsonl import JsonlAppender, write_jsonl_atomic
 from t3d_jax.errors import InputError, Interrupted
-from t3d_jax.settings import as_json, differences, fingerprint, library_defaults
+from t3d_jax.settings import as_json, differences, fingerprint
 from t3d_jax.train.preemption import StopRequests
 
 
@@ -89,6 +89,7 @@ class LoopConfig:
 
 def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callable,
         settings: dict, rng, refresh: Optional[Callable] = None,
+        defaults: Optional[dict] = None,
         on_data: Optional[Callable[[int, Any], None]] = None,
         extra: Optional[Callable[[int], dict]] = None) -> Any:
   """Runs the updates and returns the final state.
@@ -99,18 +100,21 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
   updates; ``on_data(done, state)`` (new training data from the params, e.g. on-policy
   trajectories) is called before the first update with this run's start and after
   every ``lc.data_every`` updates but the last, once those are known finite and before
-  their checkpoint; ``extra(done)`` adds keys to the checkpoint meta (data position, ...)."""
+  their checkpoint; ``extra(done)`` adds keys to the checkpoint meta (data position, ...).
+  ``defaults``: the library's values of the settings' config sections (distill, examples,
+  loss, optim, ...: config_base.library_defaults): a key the checkpoints lack is the
+  same run only at its default."""
   fp, settings = fingerprint(settings), as_json(settings)
   open_ckpt = lambda: checkpoint.TrainCheckpointer(  # noqa: E731
       lc.out / "checkpoints", keep=lc.keep_checkpoints, async_save=lc.async_checkpoint,
       with_reference=reference is not None)
   ckpt = open_ckpt()
   meta = ckpt.latest_meta()  # checked before any array is read (shapes may differ too)
-  if meta is not None and meta.get("fingerprint") != fp and _changed(meta, settings):
+  if meta is not None and meta.get("fingerprint") != fp and _changed(meta, settings, defaults):
     ckpt.close()
     if not lc.overwrite:
       raise InputError(f"{lc.out / 'checkpoints'}: written by another run ("
-                       f"{_changed(meta, settings)}); use another workdir, or "
+                       f"{_changed(meta, settings, defaults)}); use another workdir, or "
                        "--config.overwrite=True to start over")
     start_over(lc.out)  # --config.overwrite: this run's outputs go, the run starts afresh
     ckpt, meta = open_ckpt(), None
@@ -204,13 +208,12 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
   return state
 
 
-def _changed(meta: dict, settings: dict) -> str:
+def _changed(meta: dict, settings: dict, defaults: Optional[dict] = None) -> str:
   """What differs between the checkpoints' recorded settings and this run's ('' when
-  only keys added since differ and they hold the library default: the same run; the
-  settings' config sections, distill, examples, loss, optim, are named as the config's)."""
+  only keys added since differ and they hold their ``defaults``: the same run)."""
   if "settings" not in meta:  # written before checkpoints recorded their settings
     return "other data or settings: fingerprint differs"
-  n, shown = differences(meta["settings"], settings, defaults=library_defaults())
+  n, shown = differences(meta["settings"], settings, defaults=defaults)
   return f"{n} settings differ: {shown}" if n else ""
 
 

@@ -56,7 +56,7 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
         start: Start, loss_fn: Callable[[SDARConfig], Callable],
         make_batch: Callable[[Any, int], tuple[dict, dict]], settings: dict,
         reference: bool, round_interval: int = 0, on_data: Optional[Callable] = None,
-        data_every: int = 0) -> Result:
+        data_every: int = 0, defaults: Optional[dict] = None) -> Result:
   """Trains and returns the final params.
 
   ``settings`` (plus the schedule length) are recorded in every checkpoint; a resumed
@@ -117,7 +117,7 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
     refresh = jax.jit(copy_tree, out_shardings=sh.reference)  # new buffers, never donated
   state = loop.run(lc, state=state, reference=ref, step_fn=step_fn, batch_fn=batch_fn,
                    settings=dict(settings, total=total), rng=jax.random.key(seed),
-                   refresh=refresh, on_data=on_data,
+                   refresh=refresh, on_data=on_data, defaults=defaults,
                    extra=lambda done: dict(epoch=done // per_epoch,
                                            index_in_epoch=(done % per_epoch)
                                            * section.global_batch))
