@@ -92,6 +92,32 @@ def test_eval_two_models_writes_everything_and_reuses_finished(setup, tmp_path):
   assert again["results"] == summary["results"]
 
 
+def test_a_threshold_sweep_is_its_own_curve_and_its_ends_equal_the_static_settings(setup,
+                                                                                   tmp_path):
+  """eval.thresholds: one low_confidence_dynamic setting per threshold (at most b steps per
+  block). Nothing passes threshold 2: the one-token-per-step static setting; everything
+  passes -1: one step per block, the 4-tokens-per-forward static setting (same draws)."""
+  root, student, data = setup
+  r = cli("eval", *eval_flags(tmp_path, root, student, data,
+                              "--config.eval.thresholds=(2.0, 0.5, -1.0)"))
+  assert r.returncode == 0, r.stderr[-4000:]
+  out = tmp_path / "eval"
+  summary = json.loads((out / "summary.json").read_text())
+  res = {x["setting"]: x for x in summary["results"] if x["model"] == "base"}
+  sweep = ["dynamic_b4_tpf1_th2", "dynamic_b4_tpf1_th0.5", "dynamic_b4_tpf1_th-1"]
+  assert sorted(res) == sorted(SETTINGS + sweep)
+  assert [res[s]["threshold"] for s in sweep] == [2.0, 0.5, -1.0]
+  assert "threshold" not in res[SETTINGS[0]]
+  assert set(summary["aup"]) == {f"{m}/{c}" for m in ("base", "student")
+                                 for c in ("static", "thresholds")}
+  rows = {s: read_jsonl(out / "samples" / "base" / f"{s}.jsonl") for s in res}
+  for swept, static in ((sweep[0], SETTINGS[0]), (sweep[2], SETTINGS[1])):
+    assert [(x["response_ids"], x["step_map"], x["nfe"]) for x in rows[swept]] == \
+        [(x["response_ids"], x["step_map"], x["nfe"]) for x in rows[static]]
+  assert res[sweep[2]]["nfe_total"] <= res[sweep[1]]["nfe_total"] <= res[sweep[0]]["nfe_total"]
+  assert "dynamic_b4_tpf1_th0.5" in r.stdout
+
+
 def test_timed_decode_equals_one_part_decode(setup):
   from t3d_jax.convert import load_model
   from t3d_jax.data import tokenizer as tok_lib

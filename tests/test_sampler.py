@@ -494,3 +494,55 @@ def test_unknown_strategy_names_the_known_ones():
                       threshold=0.9, bound=0.3)
   with pytest.raises(DecodeError, match="strategy 'greedy' is not one of"):
     DecodeConfig(mask_id=MASK, strategy="greedy").validate()
+
+
+class CompileCounter:
+  """Counts XLA backend compilations (jax.monitoring's compile-duration events)."""
+  EVENT = "/jax/core/compile/backend_compile_duration"
+
+  def __init__(self):
+    self.n = 0
+
+  def __call__(self, event, duration, **kw):
+    self.n += event == self.EVENT
+
+  def __enter__(self):
+    jax.monitoring.register_event_duration_secs_listener(self)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self)
+
+
+def test_traced_knobs_a_threshold_sweep_compiles_once(tiny, naive_refs):
+  """Threshold, entropy bound, temperature, top-p and stop ids are values of one compiled
+  decoder: after the first point of a sweep through batched decoding (timed, as eval
+  runs it) nothing compiles, and each point equals the naive decoder at its threshold.
+  A static field (denoising_steps) compiles anew: the counter counts."""
+  from t3d_jax.sampling.batched import DecodeStats, decode_part
+  _, params, cfg = tiny
+  prompts = make_prompts(PROMPT_LENS, seed=11)
+  base = DecodeConfig(mask_id=MASK, block_size=4, denoising_steps=4, max_new_tokens=N_NEW,
+                      strategy="low_confidence_dynamic")
+  run = lambda d: decode_part(params, cfg, prompts, d, jax.random.key(0),  # noqa: E731
+                              batch_size=len(prompts), width_multiple=16, stats=DecodeStats())
+  nfe = {}
+  with CompileCounter() as first:
+    rows = run(base.replace(threshold=0.3))
+  with CompileCounter() as sweep:
+    for t in (0.3, 0.5, 0.7, 0.9, 0.99):
+      rows = run(base.replace(threshold=t))
+      refs = naive_refs(prompts, block_size=4, steps=4, strategy="low_confidence_dynamic",
+                        max_new=N_NEW, threshold=t)
+      for row, ref in zip(rows, refs):
+        assert (row["response_ids"], row["step_map"], row["nfe"]) == \
+            (list(ref["ids"]), list(ref["step_map"]), ref["steps"])
+      nfe[t] = sum(r["nfe"] for r in rows)
+    for kw in (dict(temperature=0.7), dict(temperature=0.7, top_p=0.8),
+               dict(stop_ids=(3, 5, 7)), dict(entropy_bound=0.1)):
+      run(base.replace(**kw))
+  assert first.n >= 1 and sweep.n == 0, (first.n, sweep.n)
+  assert nfe[0.3] < nfe[0.99]  # the threshold did change the decoding
+  with CompileCounter() as other:
+    run(base.replace(denoising_steps=2))
+  assert other.n >= 1

@@ -56,7 +56,7 @@ def _naive_block(params, cfg: SDARConfig, dcfg: DecodeConfig, ctx: Context,
                        functools.partial(_write_tokens, blk, start))
 
 
-def _naive_generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
+def _naive_generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, knobs, *,
                     cfg: SDARConfig, dcfg: DecodeConfig) -> dict:
   """Traceable core of :func:`make_naive_generate`; the loop state's cache slot holds
   the token buffer [B, cache_length] instead of a KV cache."""
@@ -65,7 +65,7 @@ def _naive_generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *
   plen = prompt_lens.astype(jnp.int32)
   first, offset = prompt_layout(dcfg, plen)
   seq = jnp.zeros((bsz, cache_length(dcfg, width)), jnp.int32).at[:, :width].set(prompt_ids)
-  ctx, blk = init_state(dcfg, prompt_ids, plen, first, offset, rng, seq, fused=False)
+  ctx, blk = init_state(dcfg, knobs, prompt_ids, plen, first, offset, rng, seq, fused=False)
   blk = jax.lax.while_loop(functools.partial(blocks_left, dcfg),
                            functools.partial(_naive_block, params, cfg, dcfg, ctx), blk)
   return decode_outputs(dcfg, blk)
@@ -75,4 +75,5 @@ def make_naive_generate(cfg: SDARConfig, dcfg: DecodeConfig):
   """The no-cache decoder ``fn(params, prompt_ids [B, P], prompt_lens [B], rng) -> dict``
   (same call and outputs as :func:`t3d_jax.sampling.make_generate`; ``commit_mode`` is
   moot, nfe counts the denoising steps alone). ``fn.lower`` as there."""
-  return compile_decoder(functools.partial(_naive_generate, cfg=cfg, dcfg=dcfg), cfg, dcfg)
+  return compile_decoder(functools.partial(_naive_generate, cfg=cfg, dcfg=dcfg.static()), cfg,
+                         dcfg)

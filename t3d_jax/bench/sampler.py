@@ -67,7 +67,7 @@ def run_one(cfg, dcfg, params, ids, lens, make=make_generate):
   t0 = time.perf_counter()
   compiled = fn.lower(params, ids, lens, rng).compile()
   compile_s = time.perf_counter() - t0
-  out, run_s = _timed(compiled, params, ids, lens, rng)
+  out, run_s = _timed(compiled, params, ids, lens, rng, fn.knobs)
   return out, compile_s, run_s
 
 

@@ -5,7 +5,10 @@
         [--config.eval.data=gsm8k_test|math500|path.jsonl] [--config.eval.limit=N]
 
 Settings: every strategy of ``eval.strategies`` x every ``eval.tokens_per_forward`` value
-t (block ``decode.block_size`` = b, ``b / t`` denoising steps per block); the other
+t (block ``decode.block_size`` = b, ``b / t`` denoising steps per block), plus one
+``low_confidence_dynamic`` setting per ``eval.thresholds`` value (at most b steps per
+block; the threshold decides how many tokens each reveals: a curve of its own,
+``<model>/thresholds``, over one compiled decoder: the threshold is a traced value); the other
 decoding knobs (temperature 0.1 by default, top-k/p, threshold, max_new_tokens, ...) come
 from ``config.decode``. Each model decodes the same prompts (chat template + math
 instruction, or ``prompt_template``) with the same rng (``key(seed)``), and each
@@ -21,8 +24,8 @@ Outputs under <workdir>/eval (or ``eval.output_dir``):
   AUP per curve, the decoding settings;
 * ``accuracy_vs_tpf.png``: accuracy against measured TPF, one line per model (per model
   and strategy when several strategies are evaluated), 95 % error bars, AUP in the legend;
-* ``tb/``: TensorBoard scalars ``<curve>/<metric>`` at step = nominal tokens per forward,
-  and ``<curve>/aup``.
+* ``tb/``: TensorBoard scalars ``<curve>/<metric>`` at step = nominal tokens per forward
+  (the threshold sweep: 100 x threshold), and ``<curve>/aup``.
 
 tokens/s = generated tokens / seconds of the decoding calls (each batch shape compiled
 ahead of time, so compilation is excluded; it is reported as ``compile_s``).
@@ -40,6 +43,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 from pathlib import Path
 
 import jax
@@ -71,6 +75,12 @@ class Setting:
   strategy: str
   tokens_per_forward: int
   block_size: int
+  threshold: Optional[float] = None  # a point of the eval.thresholds sweep
+
+  @classmethod
+  def of(cls, summary: dict) -> "Setting":
+    return cls(summary["strategy"], summary["tokens_per_forward"], summary["block_size"],
+               summary.get("threshold"))
 
   @property
   def steps(self) -> int:
@@ -78,7 +88,9 @@ class Setting:
 
   @property
   def name(self) -> str:
-    return f"{SHORT.get(self.strategy, self.strategy)}_b{self.block_size}_tpf{self.tokens_per_forward}"
+    name = (f"{SHORT.get(self.strategy, self.strategy)}_b{self.block_size}"
+            f"_tpf{self.tokens_per_forward}")
+    return name if self.threshold is None else f"{name}_th{self.threshold:g}"
 
 
 def parse_models(config) -> list[tuple[str, str]]:
@@ -106,11 +118,21 @@ def parse_settings(config) -> list[Setting]:
     if not isinstance(t, int) or t < 1 or b % t:
       raise InputError(f"config eval.tokens_per_forward: {t!r} does not divide "
                        f"decode.block_size={b}")
-  return [Setting(s, t, b) for s in strategies for t in tpfs]
+  sweep = []
+  for h in config.eval.thresholds:
+    if not isinstance(h, (int, float)) or isinstance(h, bool):
+      raise InputError(f"config eval.thresholds: {h!r} is not a number")
+    sweep.append(Setting("low_confidence_dynamic", 1, b, float(h)))
+  return [Setting(s, t, b) for s in strategies for t in tpfs] + sweep
+
+
+def _family(setting: Setting) -> str:
+  return "thresholds" if setting.threshold is not None else \
+      SHORT.get(setting.strategy, setting.strategy)
 
 
 def _curve(model: str, setting: Setting, multi: bool) -> str:
-  return f"{model}/{SHORT.get(setting.strategy, setting.strategy)}" if multi else model
+  return f"{model}/{_family(setting)}" if multi else model
 
 
 def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng, bar,
@@ -149,6 +171,7 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
   summary.update(model=model.name, model_path=model.path, setting=setting.name,
                  strategy=setting.strategy, tokens_per_forward=setting.tokens_per_forward,
                  block_size=setting.block_size, denoising_steps=setting.steps,
+                 **({} if setting.threshold is None else {"threshold": setting.threshold}),
                  temperature=dcfg.temperature, compile_s=stats.compile_s,
                  grade_s=time.perf_counter() - t0, grader=grader.name,
                  grader_errors=sum(r["reason"].startswith(ERROR_PREFIX) for r in rows))
@@ -185,15 +208,15 @@ def _finished(summary_path: Path, samples_path: Path, n: int, fp: str):
 def format_table(results: list[dict], aups: dict, multi: bool) -> str:
   ks = sorted({k for r in results for k in r if k.startswith("pass@") and k != "pass@1"},
               key=lambda k: int(k[5:]))  # num_samples > 1
-  head = (f"{'model':<14}{'setting':<22}{'acc %':>7}{'95% CI':>14}{'len':>8}{'NFE':>8}"
+  w = max([14] + [len(r["model"]) + 2 for r in results])
+  head = (f"{'model':<{w}}{'setting':<22}{'acc %':>7}{'95% CI':>14}{'len':>8}{'NFE':>8}"
           f"{'TPF':>7}{'tok/s':>9}{'AUP':>8}" + "".join(f"{k:>9}" for k in ks))
   lines = [head, "-" * len(head)]
   for r in results:
-    curve = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"],
-                                       r["block_size"]), multi)
+    curve = _curve(r["model"], Setting.of(r), multi)
     lo, hi = r.get("accuracy_ci95", (float("nan"), float("nan")))
     ci = f"{100 * lo:.1f}-{100 * hi:.1f}"
-    lines.append(f"{r['model']:<14}{r['setting']:<22}{100 * r['accuracy']:>7.1f}{ci:>14}"
+    lines.append(f"{r['model']:<{w}}{r['setting']:<22}{100 * r['accuracy']:>7.1f}{ci:>14}"
                  f"{r['mean_response_length']:>8.1f}{r['nfe_mean']:>8.1f}{r['tpf']:>7.2f}"
                  f"{r.get('tokens_per_s', 0.0):>9.1f}{aups.get(curve, float('nan')):>8.1f}"
                  + "".join(f"{100 * r.get(k, float('nan')):>9.1f}" for k in ks))
@@ -218,7 +241,7 @@ def run(config) -> None:
     raise InputError(f"config eval.num_samples must be >= 1, got {e.num_samples}")
   if e.num_samples > 1:  # every question num_samples times: rows carry their sample index
     questions = [dict(q, sample=j) for q in questions for j in range(e.num_samples)]
-  multi = len(set(s.strategy for s in settings)) > 1
+  multi = len({_family(s) for s in settings}) > 1
   main = jax.process_index() == 0
   n = len(questions)
   seed = stage_seed(config, "eval")
@@ -238,8 +261,9 @@ def run(config) -> None:
         digest = checkpoint.model_digest(path)  # a retrained model at the same path is new
         data_digest = content_digest((p, str(q["answer"])) for p, q in zip(prompts, questions))
         for s in settings:
-          dcfg = DecodeConfig.from_config(d, model.ids, strategy=s.strategy,
-                                          denoising_steps=s.steps)
+          dcfg = DecodeConfig.from_config(
+              d, model.ids, strategy=s.strategy, denoising_steps=s.steps,
+              **({} if s.threshold is None else {"threshold": s.threshold}))
           fp = _fingerprint(config, digest, data_digest, dcfg)
           samples_path = out / "samples" / name / f"{s.name}.jsonl"
           summary_path = samples_path.with_suffix(".summary.json")
@@ -275,8 +299,7 @@ def run(config) -> None:
   data = e.data
   curves: dict[str, list] = {}
   for r in results:
-    c = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"], r["block_size"]),
-               multi)
+    c = _curve(r["model"], Setting.of(r), multi)
     lo, hi = r.get("accuracy_ci95", (r["accuracy"], r["accuracy"]))
     curves.setdefault(c, []).append((r["tpf"], 100.0 * r["accuracy"], 100.0 * lo, 100.0 * hi))
   y_max = max(p[1] for pts in curves.values() for p in pts)
@@ -295,11 +318,11 @@ def run(config) -> None:
   from tensorboardX import SummaryWriter
   with SummaryWriter(str(out / "tb")) as writer:
     for r in results:
-      c = _curve(r["model"], Setting(r["strategy"], r["tokens_per_forward"], r["block_size"]),
-                 multi)
+      c = _curve(r["model"], Setting.of(r), multi)
       for m in METRICS:
         if m in r:
-          writer.add_scalar(f"{c}/{m}", r[m], r["tokens_per_forward"])
+          writer.add_scalar(f"{c}/{m}", r[m], r["tokens_per_forward"] if "threshold" not in r
+                            else round(100 * r["threshold"]))
     for c, v in aups.items():
       writer.add_scalar(f"{c}/aup", v, 0)
   print(header + "\n" + table + f"\n[eval] written to {out}", flush=True)

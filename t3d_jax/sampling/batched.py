@@ -25,7 +25,7 @@ from t3d_jax import distributed
 from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.sampling.config import DecodeConfig, DecodeError
-from t3d_jax.sampling.sampler import cached_generate
+from t3d_jax.sampling.sampler import Knobs, cached_generate
 
 
 @dataclasses.dataclass
@@ -87,8 +87,9 @@ def decode_part(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg:
       if len(p) + dcfg.max_new_tokens > dcfg.max_length:
         raise DecodeError(f"prompt too long: prompt {i} has {len(p)} tokens + max_new_tokens="
                           f"{dcfg.max_new_tokens} > max_length={dcfg.max_length}")
-  run = cached_generate(cfg, dcfg, mesh, data_axis)  # one jit per setting: chunks reuse it
-  compiled: dict = {}  # (width) -> executable, when timing
+  dcfg.validate(cfg.vocab_size)
+  # one jit per static setting: chunks and other traced values (a threshold sweep) reuse it
+  run, knobs = cached_generate(cfg, dcfg.static(), mesh, data_axis), Knobs.of(dcfg)
   results: list[Optional[dict]] = [None] * len(prompts)
   done = 0
   for bi, idx in enumerate(plan_batches([len(p) for p in prompts], batch_size)):
@@ -101,14 +102,15 @@ def decode_part(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg:
     ids, lens = pad_prompts(group, batch_size, width)
     key = jax.random.fold_in(rng, bi)
     if stats is None:
-      out = run(params, ids, lens, key)
+      out = run(params, ids, lens, key, knobs)
     else:
-      if width not in compiled:
+      if (width, batch_size) not in run.executables:
         t0 = time.perf_counter()
-        compiled[width] = run.lower(params, ids, lens, key).compile()
+        run.executables[width, batch_size] = run.lower(params, ids, lens, key, knobs).compile()
         stats.compile_s += time.perf_counter() - t0
       t0 = time.perf_counter()
-      out = jax.block_until_ready(compiled[width](params, ids, lens, key))
+      out = jax.block_until_ready(run.executables[width, batch_size](params, ids, lens, key,
+                                                                     knobs))
       stats.decode_s += time.perf_counter() - t0
       stats.batches += 1
     out = {k: np.asarray(v) for k, v in out.items()}

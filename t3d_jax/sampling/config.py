@@ -32,6 +32,13 @@ BATCHING_DEFAULTS = dict(batch_size=8,          # sequences per decoding call
                          extra_stop_ids=())     # added to EOS/<|im_end|>/<|endoftext|>
 
 
+# the settings the compiled sampler takes as traced values (sampler.Knobs): changing them
+# reuses the compiled decoder (a threshold sweep compiles once); stop ids ride in a
+# fixed-width array, so at most MAX_STOP_IDS of them
+TRACED_FIELDS = ("threshold", "entropy_bound", "temperature", "top_p", "stop_ids")
+MAX_STOP_IDS = 8
+
+
 class DecodeError(InputError):
   """Bad decoding configuration or input; the message names the offending field."""
 
@@ -107,6 +114,12 @@ class DecodeConfig:
     except DecodeError as e:
       raise DecodeError(f"config.decode: {e}") from None
 
+  def static(self) -> "DecodeConfig":
+    """This config with TRACED_FIELDS at their defaults: what the compiled sampler is
+    keyed on (the traced values come from sampler.Knobs.of(self))."""
+    return dataclasses.replace(self, **{f.name: f.default for f in dataclasses.fields(self)
+                                        if f.name in TRACED_FIELDS})
+
   def prompt_tail(self, prompt_len: int) -> int:
     """Prompt tokens that sit in the first generated block (engine prompt mode)."""
     return prompt_len % self.block_size if self.prompt_mode == "engine" else 0
@@ -138,6 +151,9 @@ class DecodeConfig:
       bad(f"top_k must be >= 0 (0 = off), got {self.top_k}")
     if not 0.0 < self.top_p <= 1.0:
       bad(f"top_p must be in (0, 1], got {self.top_p}")
+    if len(self.stop_ids) > MAX_STOP_IDS:
+      bad(f"{len(self.stop_ids)} stop ids: at most {MAX_STOP_IDS} (a traced fixed-width "
+          "array of the compiled sampler)")
     if self.max_new_tokens < 1:
       bad(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
     if self.max_length is not None and self.max_length % self.block_size:

@@ -3,7 +3,9 @@
 Order as the original engine: divide by the temperature, keep the top-k logits, softmax,
 keep the top-p nucleus (the first token that crosses p is kept), renormalise, sample.
 Greedy (temperature 0) takes the argmax; its confidence and entropy come from the plain
-softmax at T = 1 (the original has no greedy path).
+softmax at T = 1 (the original has no greedy path). Temperature and top-p may be Python
+numbers (the path is chosen while tracing) or traced scalars (``lax.cond`` chooses at run
+time, the same operations: the compiled sampler takes them as values, sampler.Knobs).
 """
 from __future__ import annotations
 
@@ -22,11 +24,16 @@ def top_k_filter(logits: Array, k: int) -> Array:
   return jnp.where(logits < kth, NEG_INF, logits)
 
 
-def top_p_filter(logits: Array, p: float) -> Array:
+def top_p_filter(logits: Array, p) -> Array:
   """Nucleus filter: keep the most probable tokens until their mass reaches p, including
-  the token that crosses p; at least one token is always kept. Ties at the cut are kept."""
-  if p >= 1.0:
-    return logits
+  the token that crosses p; at least one token is always kept. Ties at the cut are kept.
+  p >= 1 keeps every token."""
+  if isinstance(p, (int, float)):
+    return logits if p >= 1.0 else _nucleus(logits, p)
+  return jax.lax.cond(p < 1.0, _nucleus, lambda x, _: x, logits, p)
+
+
+def _nucleus(logits: Array, p) -> Array:
   srt = jnp.sort(logits, axis=-1)[..., ::-1]
   probs = jax.nn.softmax(srt, axis=-1)
   before = jnp.cumsum(probs, axis=-1) - probs              # mass strictly before each token
@@ -37,8 +44,7 @@ def top_p_filter(logits: Array, p: float) -> Array:
   return jnp.where(logits < cutoff, NEG_INF, logits)
 
 
-def process_logits(logits: Array, temperature: float, top_k: int = 0,
-                   top_p: float = 1.0) -> Array:
+def process_logits(logits: Array, temperature, top_k: int = 0, top_p=1.0) -> Array:
   """Processed float32 logits whose softmax is the sampling distribution (T > 0)."""
   x = logits.astype(jnp.float32) / temperature
   return top_p_filter(top_k_filter(x, top_k), top_p)
@@ -50,19 +56,26 @@ def entropy(probs: Array) -> Array:
                             0.0), axis=-1)
 
 
-def choose_tokens(logits: Array, key: Array, temperature: float, top_k: int = 0,
-                  top_p: float = 1.0, with_entropy: bool = False):
+def choose_tokens(logits: Array, key: Array, temperature, top_k: int = 0, top_p=1.0,
+                  with_entropy: bool = False):
   """Draw x0 at every position of ``logits`` [..., V].
 
   Returns (x0 int32 [...], confidence float32 [...], entropy float32 [...] or None).
   Greedy ties go to the lowest token id."""
-  if temperature == 0:
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    x0 = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  def greedy(x):
+    return jnp.argmax(x, axis=-1).astype(jnp.int32), jax.nn.softmax(x.astype(jnp.float32), -1)
+
+  def sample(x):
+    t = temperature if isinstance(temperature, (int, float)) else \
+        jnp.where(temperature > 0, temperature, 1.0)  # the branch not taken stays finite
+    proc = process_logits(x, t, top_k, top_p)
+    return (jax.random.categorical(key, proc, axis=-1).astype(jnp.int32),
+            jax.nn.softmax(proc, axis=-1))
+
+  if isinstance(temperature, (int, float)):
+    x0, probs = (greedy if temperature == 0 else sample)(logits)
   else:
-    proc = process_logits(logits, temperature, top_k, top_p)
-    probs = jax.nn.softmax(proc, axis=-1)
-    x0 = jax.random.categorical(key, proc, axis=-1).astype(jnp.int32)
+    x0, probs = jax.lax.cond(temperature > 0, sample, greedy, logits)
   conf = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
   ent = entropy(probs) if with_entropy else None
   return x0, conf, ent

@@ -17,7 +17,10 @@ strategy's reveal), then :func:`finish_block`: the cut (stop ids, max_new_tokens
 the :func:`_commit`: 'separate' runs one more forward of the final block to write its KV;
 'fused' defers that write to the next block's first step, whose query is [finished block
 | new block]. The loop carries are typed pytrees (:class:`BlockState`, :class:`StepState`)
-and the per-call constants a :class:`Context`, all passed explicitly. The forward is a
+and the per-call constants a :class:`Context`, all passed explicitly. The settings that
+only change values (threshold, entropy bound, temperature, top-p, stop ids:
+``config.TRACED_FIELDS``) are a traced argument, :class:`Knobs`: the decoder is compiled
+per ``DecodeConfig.static()`` and a sweep over them reuses it. The forward is a
 callable argument of the steps, so the no-cache baseline (t3d_jax.bench.naive_decode)
 reuses them.
 
@@ -40,10 +43,28 @@ from t3d_jax import masks
 from t3d_jax.models.sdar import KVCache, SDARConfig, forward_with_cache, write_cache
 from t3d_jax.sampling import logits as logits_lib
 from t3d_jax.sampling import strategies
-from t3d_jax.sampling.config import (DecodeConfig, DecodeError, cache_length, check_inputs,
-                                     transfer_schedule)
+from t3d_jax.sampling.config import (MAX_STOP_IDS, DecodeConfig, DecodeError, cache_length,
+                                     check_inputs, transfer_schedule)
 
 Array = jax.Array
+
+
+class Knobs(struct.PyTreeNode):
+  """The traced decoding settings (``config.TRACED_FIELDS``) of one call."""
+  temperature: Array  # f32 scalar; 0 = greedy
+  top_p: Array        # f32 scalar; >= 1 = off
+  threshold: Array    # f32 scalar (low_confidence_dynamic)
+  entropy_bound: Array  # f32 scalar (entropy_bounded)
+  stop_ids: Array     # int32 [MAX_STOP_IDS], -1 past the stop ids (never a token)
+
+  @classmethod
+  def of(cls, dcfg: DecodeConfig) -> "Knobs":
+    dcfg.validate()  # the values' ranges (the vocabulary: by the decoder's own check)
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    stops = list(dcfg.stop_ids) + [-1] * (MAX_STOP_IDS - len(dcfg.stop_ids))
+    return cls(temperature=f32(dcfg.temperature), top_p=f32(dcfg.top_p),
+               threshold=f32(dcfg.threshold), entropy_bound=f32(dcfg.entropy_bound),
+               stop_ids=jnp.asarray(stops, jnp.int32))
 
 
 class Context(struct.PyTreeNode):
@@ -53,7 +74,7 @@ class Context(struct.PyTreeNode):
   plen: Array        # [B] prompt lengths
   offset: Array      # [B] staircase alignment of the prompt
   sched: Array       # [s] tokens to reveal per step
-  stop_ids: Array    # [n_stop]
+  knobs: Knobs
   j: Array           # [1, b] positions within a block
   fused: bool = struct.field(pytree_node=False)
 
@@ -149,8 +170,8 @@ def scatter_rows(buf: Array, window: Array, offset: Array, write: Array) -> Arra
   return jnp.where(inside, vals, buf)
 
 
-def init_state(dcfg: DecodeConfig, prompt_ids, plen, first, offset, rng, cache, *,
-               fused: bool):
+def init_state(dcfg: DecodeConfig, knobs: Knobs, prompt_ids, plen, first, offset, rng, cache,
+               *, fused: bool):
   """(Context, BlockState before block 0); block 0 holds the engine-mode prompt tail."""
   bsz, width = prompt_ids.shape
   b = dcfg.block_size
@@ -162,8 +183,7 @@ def init_state(dcfg: DecodeConfig, prompt_ids, plen, first, offset, rng, cache, 
     tail = jnp.zeros((bsz, b), jnp.int32)
   block0 = jnp.where(from_prompt, tail, dcfg.mask_id)
   ctx = Context(rng=rng, first=first, plen=plen, offset=offset, j=j, fused=fused,
-                sched=jnp.asarray(transfer_schedule(b, dcfg.denoising_steps)),
-                stop_ids=jnp.asarray(dcfg.stop_ids, jnp.int32))
+                sched=jnp.asarray(transfer_schedule(b, dcfg.denoising_steps)), knobs=knobs)
   zeros = jnp.zeros((bsz,), jnp.int32)
   buf_w = dcfg.max_new_tokens + 2 * b
   blk = BlockState(k=jnp.int32(0), cache=cache, block=block0, masked=~from_prompt,
@@ -182,12 +202,13 @@ def _denoise_step(dcfg: DecodeConfig, ctx: Context, blk: BlockState, logits_fn: 
   active = ~blk.done & jnp.any(st.masked, axis=-1)
   logits, cache = logits_fn(st)
   key = jax.random.fold_in(jax.random.fold_in(ctx.rng, blk.k), st.t)
+  kn = ctx.knobs
   x0, conf, ent = logits_lib.choose_tokens(
-      logits, key, dcfg.temperature, dcfg.top_k, dcfg.top_p,
+      logits, key, kn.temperature, dcfg.top_k, kn.top_p,
       with_entropy=dcfg.strategy == "entropy_bounded")
   n = jnp.minimum(ctx.sched[st.t], jnp.sum(st.masked, axis=-1))
   transfer = strategies.select(dcfg.strategy, st.masked, conf, ent, n,
-                               threshold=dcfg.threshold, bound=dcfg.entropy_bound)
+                               threshold=kn.threshold, bound=kn.entropy_bound)
   if dcfg.reveal_all_on_last_step:
     transfer = jnp.where(st.t == s - 1, st.masked, transfer)
   transfer &= active[:, None]
@@ -229,7 +250,7 @@ def finish_block(dcfg: DecodeConfig, ctx: Context, blk: BlockState, start, st: S
   block, j = st.block, ctx.j
   gen = start[:, None] + j - ctx.plen[:, None]                          # generated index
   in_range = (gen >= 0) & (gen < n_new)
-  is_stop = in_range & jnp.isin(block, ctx.stop_ids)
+  is_stop = in_range & jnp.isin(block, ctx.knobs.stop_ids)
   first_stop = jnp.where(jnp.any(is_stop, -1), jnp.argmax(is_stop, -1), b)
   keep = in_range & (j <= first_stop[:, None]) & ~done[:, None]
   woff = start - ctx.plen + b
@@ -268,7 +289,7 @@ def decode_outputs(dcfg: DecodeConfig, blk: BlockState) -> dict:
               lengths=blk.length, nfe=blk.nfe)
 
 
-def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
+def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, knobs: Knobs, *,
               cfg: SDARConfig, dcfg: DecodeConfig) -> dict:
   """Traceable core of :func:`generate` (see the module docstring)."""
   bsz, width = prompt_ids.shape
@@ -277,7 +298,7 @@ def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
   first, offset = prompt_layout(dcfg, plen)
   cache = _prefill(params, cfg, dcfg, prompt_ids, first, offset,
                    KVCache.zeros(cfg, bsz, cache_length(dcfg, width)))
-  ctx, blk = init_state(dcfg, prompt_ids, plen, first, offset, rng, cache,
+  ctx, blk = init_state(dcfg, knobs, prompt_ids, plen, first, offset, rng, cache,
                         fused=dcfg.commit_mode == "fused")
   blk = jax.lax.while_loop(functools.partial(blocks_left, dcfg),
                            functools.partial(_block_body, params, cfg, dcfg, ctx), blk)
@@ -287,8 +308,9 @@ def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, *,
 def compile_decoder(core: Callable, cfg: SDARConfig, dcfg: DecodeConfig,
                     mesh: Optional[Mesh] = None, data_axis: str = "data",
                     param_sharding=None):
-  """Jit ``core(params, prompt_ids, prompt_lens, rng) -> dict`` behind eager input
-  checks (see :func:`make_generate`); shared with the benchmark's naive decoder."""
+  """Jit ``core(params, prompt_ids, prompt_lens, rng, knobs) -> dict`` behind eager input
+  checks (see :func:`make_generate`); shared with the benchmark's naive decoder. ``dcfg``'s
+  traced fields are the default knobs (``run.knobs``); ``core`` sees ``dcfg.static()``."""
   dcfg.validate(cfg.vocab_size)
   if mesh is None:
     jitted = jax.jit(core)
@@ -300,34 +322,42 @@ def compile_decoder(core: Callable, cfg: SDARConfig, dcfg: DecodeConfig,
     rows = NamedSharding(mesh, PartitionSpec(data_axis))
     rep = NamedSharding(mesh, PartitionSpec())
     jitted = jax.jit(core, in_shardings=(rep if param_sharding is None else param_sharding,
-                                         rows, rows, rep), out_shardings=rows)
+                                         rows, rows, rep, rep), out_shardings=rows)
+  default = Knobs.of(dcfg)
 
-  def run(params, prompt_ids, prompt_lens, rng) -> dict:
+  def run(params, prompt_ids, prompt_lens, rng, knobs: Optional[Knobs] = None) -> dict:
     check_inputs(dcfg, cfg.vocab_size, prompt_ids, prompt_lens)
     if prompt_ids.shape[0] % n_data:
       raise DecodeError(f"batch {prompt_ids.shape[0]} is not a multiple of the mesh's "
                         f"{data_axis!r} axis ({n_data})")
-    return jitted(params, prompt_ids, prompt_lens, rng)
+    return jitted(params, prompt_ids, prompt_lens, rng, default if knobs is None else knobs)
 
-  run.lower = jitted.lower  # for cost analysis / AOT compilation
+  # for cost analysis / AOT compilation: the executable takes the knobs as a 5th argument
+  run.lower = lambda params, ids, lens, rng, knobs=None: jitted.lower(
+      params, ids, lens, rng, default if knobs is None else knobs)
+  run.knobs = default
+  run.executables = {}  # the timed callers' AOT executables by (width, batch): compiled once
   return run
 
 
 def make_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh] = None,
                   data_axis: str = "data", param_sharding=None):
-  """Compile-once decoder ``fn(params, prompt_ids [B, P], prompt_lens [B], rng) -> dict``.
+  """Compile-once decoder ``fn(params, prompt_ids [B, P], prompt_lens [B], rng,
+  knobs=None) -> dict``: ``knobs`` (:class:`Knobs`, default ``Knobs.of(dcfg)``) sets the
+  traced fields without recompiling, for any config with the same ``dcfg.static()``.
 
   With ``mesh`` the batch is sharded over ``data_axis`` (B must be a multiple of its
   size); params are replicated unless ``param_sharding`` (a sharding or a pytree of
   them) says otherwise. Inputs are validated eagerly (DecodeError names the problem)."""
-  return compile_decoder(functools.partial(_generate, cfg=cfg, dcfg=dcfg), cfg, dcfg, mesh,
-                         data_axis, param_sharding)
+  return compile_decoder(functools.partial(_generate, cfg=cfg, dcfg=dcfg.static()), cfg, dcfg,
+                         mesh, data_axis, param_sharding)
 
 
 @functools.lru_cache(maxsize=32)
 def cached_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh],
                     data_axis: str):
-  """:func:`make_generate` memoised per (cfg, dcfg, mesh, data_axis): one jit each."""
+  """:func:`make_generate` memoised per (cfg, dcfg, mesh, data_axis): one jit each. Pass
+  ``dcfg.static()`` and ``Knobs.of(dcfg)`` per call to share it across traced values."""
   return make_generate(cfg, dcfg, mesh, data_axis)
 
 
@@ -336,7 +366,8 @@ def generate(params, cfg: SDARConfig, prompt_ids, prompt_lens, rng, dcfg: Decode
   """Decode right-padded prompts ``prompt_ids`` [B, P] of lengths ``prompt_lens`` [B].
 
   Returns {ids [B, max_new], step_map [B, max_new], lengths [B], nfe [B]} (int32). Each
-  row's result is that of decoding its prompt alone. Compiled once per (cfg, dcfg, mesh,
-  shapes); use :func:`make_generate` to hold the compiled function yourself."""
+  row's result is that of decoding its prompt alone. Compiled once per (cfg,
+  dcfg.static(), mesh, shapes); use :func:`make_generate` to hold the compiled function."""
   dcfg.validate(cfg.vocab_size)
-  return cached_generate(cfg, dcfg, mesh, data_axis)(params, prompt_ids, prompt_lens, rng)
+  return cached_generate(cfg, dcfg.static(), mesh, data_axis)(
+      params, prompt_ids, prompt_lens, rng, Knobs.of(dcfg))
