@@ -265,3 +265,19 @@ def test_keys_added_since_a_record_refuse_only_off_their_default(tmp_path):
   c.loss.alpha = 0.9
   with pytest.raises(InputError, match="loss.alpha: 0.5 -> 0.9"):
     pipeline.check_stage(c, "distill")
+
+
+def test_distill_name_picks_one_variant():
+  """With pipeline.variants: the default name runs every variant, a variant's name only
+  that one (its keys applied), any other name one run with the config's own keys."""
+  from t3d_jax.config_base import config_module
+  from t3d_jax.modes import pipeline
+  c = config_module(REPO / "configs/demo.py").get_config()
+  assert [(s.distill.name, s.distill.seed) for s in pipeline.variants(c)] == \
+      [(f"t3d_s{k}", k) for k in range(5)]
+  c.distill.name = "t3d_s2"
+  (one,) = pipeline.variants(c)
+  assert (one.distill.name, one.distill.seed, dict(one.pipeline.variants)) == ("t3d_s2", 2, {})
+  c.distill.name, c.distill.seed = "mine", 7
+  (own,) = pipeline.variants(c)
+  assert (own.distill.name, own.distill.seed, dict(own.pipeline.variants)) == ("mine", 7, {})
