@@ -10,8 +10,8 @@ dtype float32 and once with ``--dtype`` (bfloat16: ``model.dtype=bfloat16``; the
 are cast too with ``--cast-params``). Reported per s: the fraction of sequences whose
 tokens are identical, the fraction of token positions that agree (over the longer of
 the two responses: a position one of them lacks disagrees), the mean position of the
-first difference among the sequences that differ, and each dtype's tokens/s (the decoding calls
-alone, each batch shape compiled ahead of time; both dtypes in the same run).
+first difference among the sequences that differ, and each dtype's tokens/s (the
+decoding calls alone, each batch shape compiled ahead of time; both dtypes in one run).
 """
 from __future__ import annotations
 
@@ -110,8 +110,7 @@ def _decode_section(a, steps: int):
   """A ``config.decode``-shaped section: greedy, this block and step count."""
   d = base_config().decode
   d.update(block_size=a.block, denoising_steps=steps, temperature=0.0,
-           prompt_mode=a.prompt_mode,
-           max_new_tokens=a.max_new, batch_size=a.batch)
+           prompt_mode=a.prompt_mode, max_new_tokens=a.max_new, batch_size=a.batch)
   return d
 
 

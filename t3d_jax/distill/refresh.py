@@ -9,9 +9,9 @@ new trajectory replaces the current one only when the task's grader says it is c
 (the teacher's, or an earlier refresh's, stays otherwise).
 
 Resumable and deterministic: refresh p (after update p) decodes with
-``fold_in(key(seed), p)`` and is written to ``<run>/refresh/<p>.jsonl`` (temp path, then
-rename) before the checkpoint of update p, so a resumed run reads the set its updates
-used; files past the resumed step (a killed run's) are removed and redone.
+``fold_in(fold_in(key(seed), _STREAM), p)`` and is written to ``<run>/refresh/<p>.jsonl``
+(temp path, then rename) before the checkpoint of update p, so a resumed run reads the
+set its updates used; files past the resumed step (a killed run's) are removed and redone.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def period(refresh_every: int, round_interval: int) -> int:
 @dataclasses.dataclass
 class Refresher:
   """The training samples over the run: ``samples_for(step)`` gives the set update
-  ``step`` (0-based) trains on; ``__call__(done, params)`` is the loop's hook, called
+  ``step`` (0-based) trains on; ``__call__(done, state)`` is the loop's hook, called
   before the first update of this run (done = its start) and after every update."""
   out: Path                       # <run>/refresh/
   every: int                      # updates between refreshes (> 0)
@@ -104,18 +104,16 @@ class Refresher:
                          mesh=batched.decode_mesh(d))
     rows, new = [], []
     for k, (s, r) in enumerate(zip(current, res)):
-      cap = len(r["response_ids"]) if self.max_gen_length is None else self.max_gen_length
+      ids, steps = r["response_ids"][:self.max_gen_length], r["step_map"][:self.max_gen_length]
       ok = None
       if self.grader is not None:
         q, a = self.questions[s.row]
         text = self.tokenizer.decode(r["response_ids"], skip_special_tokens=True)
         ok = bool(self.grader(q, a, text).correct)
       keep = self.grader is None or ok
-      rows.append(dict(sample=k, row=s.row, response_ids=r["response_ids"][:cap],
-                       step_map=r["step_map"][:cap], nfe=r["nfe"], correct=ok,
-                       replaced=bool(keep)))
-      new.append(Sample(s.prompt_ids, tuple(r["response_ids"][:cap]),
-                        tuple(r["step_map"][:cap]), s.row) if keep else s)
+      rows.append(dict(sample=k, row=s.row, response_ids=ids, step_map=steps, nfe=r["nfe"],
+                       correct=ok, replaced=bool(keep)))
+      new.append(Sample(s.prompt_ids, tuple(ids), tuple(steps), s.row) if keep else s)
     if jax.process_index() == 0:
       self.out.mkdir(parents=True, exist_ok=True)
       write_jsonl_atomic(self.path(p), rows)
@@ -127,9 +125,8 @@ class Refresher:
   def _load(self, p: int) -> list:
     """The set of refresh ``p`` from its file: the previous set with the replaced
     samples swapped in (files are read in order from the teacher's set)."""
-    points = [q for q in range(self.every, p + 1, self.every)]
     cur = list(self._initial)
-    for q in points:
+    for q in range(self.every, p + 1, self.every):
       path = self.path(q)
       if not path.is_file():
         raise InputError(f"{path}: missing; the run's refresh files are incomplete (rerun "

@@ -89,8 +89,10 @@ def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
   digest = config_fingerprint(fp)
   if count_rows(out) > 0:
     old = json.loads(meta.read_text()) if meta.is_file() else {}
+    if old.get("fingerprint") == digest:
+      return
     changed = differences(old.get("settings", {}), as_json(fp), defaults=library_defaults())
-    if old.get("fingerprint") == digest or ("settings" in old and not changed[0]):
+    if "settings" in old and not changed[0]:
       return  # the same settings, or keys added since that hold their defaults
     if not overwrite:
       why = (f"no {meta.name} found" if not old else

@@ -110,11 +110,13 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
       with_reference=reference is not None)
   ckpt = open_ckpt()
   meta = ckpt.latest_meta()  # checked before any array is read (shapes may differ too)
-  if meta is not None and meta.get("fingerprint") != fp and _changed(meta, settings, defaults):
+  changed = meta is not None and meta.get("fingerprint") != fp and \
+      _changed(meta, settings, defaults)
+  if changed:
     ckpt.close()
     if not lc.overwrite:
       raise InputError(f"{lc.out / 'checkpoints'}: written by another run ("
-                       f"{_changed(meta, settings, defaults)}); use another workdir, or "
+                       f"{changed}); use another workdir, or "
                        "--config.overwrite=True to start over")
     start_over(lc.out)  # --config.overwrite: this run's outputs go, the run starts afresh
     ckpt, meta = open_ckpt(), None
