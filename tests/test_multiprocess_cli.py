@@ -2,8 +2,9 @@
 CPU collectives, 4 fake devices each) equals one process:
 
 * rollout: the processes split every chunk's batches; process 0's trajectories JSONL is
-  byte-identical to a one-process run (sampled decoding: each batch's rng is fixed by its
-  index), and a run killed mid-chunk resumes to the same file;
+  byte-identical to a one-process run with other batches and chunks (sampled decoding:
+  each sequence's key is fixed by its question and sample index), and a run killed
+  mid-chunk resumes to the same file;
 * distill: a (data=2, fsdp=2, tensor=2) mesh spanning both processes writes checkpoints
   and the student; a run that lost its newest checkpoint resumes to the same student,
   and the losses and student equal one 8-device process's.
@@ -71,14 +72,14 @@ def model_root(tmp_path_factory):
 def test_rollout_two_processes_equal_one_and_resume(model_root, tmp_path):
   data = write_questions(tmp_path / "q.jsonl", N_QUESTIONS)
 
-  def flags(work):
+  def flags(work, chunk=3, batch=4):
     return (f"--config.workdir={work}", f"--config.model_dir={model_root / 'model'}",
             f"--config.rollout.data={data}", f"--config.rollout.num_samples={SAMPLES}",
-            "--config.rollout.chunk_prompts=3", "--config.decode.batch_size=4",
+            f"--config.rollout.chunk_prompts={chunk}", f"--config.decode.batch_size={batch}",
             "--config.decode.max_new_tokens=10", *DECODE_FLAGS)
 
   wall = launch(tmp_path / "logs_mp", "rollout", *flags(tmp_path / "mp"))
-  one = cli("rollout", *flags(tmp_path / "one"))
+  one = cli("rollout", *flags(tmp_path / "one", chunk=N_QUESTIONS, batch=7))
   assert one.returncode == 0, one.stderr[-4000:]
   want = (tmp_path / "one" / "trajectories.jsonl").read_bytes()
   assert len(want.splitlines()) == N_QUESTIONS

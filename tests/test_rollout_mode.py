@@ -94,17 +94,32 @@ def test_rollout_writes_trajectories_and_resumes_exactly(setup, tmp_path):
   assert list(samples[1].step_map) == rows[0]["step_map"][1]
   assert list(samples[0].prompt_ids) == tok_lib.encode(tok, [rows[0]["prompt"]])[0]
 
-  # killed while writing row 5 (chunk 1 half done): rerun continues, same file
+  # killed while writing row 5 (chunk 1 half done): rerun continues, same file, even
+  # with other batches and chunks (sampled at T 0.1: per-sequence keys)
   b = tmp_path / "b"
   shutil.copytree(a, b)
   lines = (a / "trajectories.jsonl").read_bytes().split(b"\n")
   (b / "trajectories.jsonl").write_bytes(b"\n".join(lines[:4]) + b"\n" + lines[4][:50])
   (b / "trajectories.step_maps.png").unlink()
-  r = cli("rollout", *rollout_flags(b, root, data))
+  r = cli("rollout", *rollout_flags(b, root, data, "--config.decode.batch_size=1",
+                                    "--config.rollout.chunk_prompts=2"))
   assert r.returncode == 0, r.stderr[-4000:]
   assert f"resuming: 4 of {N} rows" in r.stderr
   assert (b / "trajectories.jsonl").read_bytes() == (a / "trajectories.jsonl").read_bytes()
   assert (b / "trajectories.step_maps.png").is_file()
+
+  # rows sampled before per-sequence keys (their record lists the grouping instead):
+  # not resumed onto, the line names the key
+  meta = json.loads((b / "trajectories.meta.json").read_text())
+  old = dict(meta["settings"], batch_size=4, chunk_prompts=3, width_multiple=192)
+  del old["sample_keys"]
+  c = tmp_path / "c"
+  c.mkdir()
+  (c / "trajectories.meta.json").write_text(json.dumps(dict(fingerprint="old", settings=old)))
+  (c / "trajectories.jsonl").write_bytes(b"\n".join(lines[:4]) + b"\n")
+  r = cli("rollout", *rollout_flags(c, root, data))
+  assert r.returncode == 2
+  assert "(1 differ: sample_keys: '<unset>' -> 'fold_in(" in r.stderr, r.stderr
 
   # other decoding settings onto those rows: refused, naming the key
   r = cli("rollout", *rollout_flags(b, root, data, "--config.decode.temperature=0.5"))

@@ -486,6 +486,43 @@ def test_batched_decode_parts_together_equal_the_whole(tiny):
     rollout(params, cfg, prompts, dcfg, jax.random.key(3), part=(2, 2), **kw)
 
 
+def test_sampling_is_batch_invariant(tiny):
+  """At T > 0 (top-p on) a sequence's tokens depend on (rng, question, sample) alone: batch
+  1, 7 and 16, another padding width, a data-parallel mesh and split parts all give the
+  same ids and step maps; another sample index or rng gives others (the check can fail)."""
+  from t3d_jax.sampling.batched import decode_part
+  from t3d_jax.sampling.sampler import row_keys
+  _, params, cfg = tiny
+  prompts = make_prompts([7, 2, 12, 5, 9, 3, 11, 4, 6, 8, 1, 10, 2, 7, 5, 9], seed=12)
+  ids_of = [(i // 2, i % 2) for i in range(len(prompts))]
+  dcfg = DecodeConfig(mask_id=MASK, block_size=4, denoising_steps=2, max_new_tokens=N_NEW,
+                      temperature=1.0, top_p=0.95, strategy="low_confidence_dynamic")
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+
+  def run(batch_size, width_multiple=8, rng=3, sample_ids=ids_of, **kw):
+    rows = decode_part(params, cfg, prompts, dcfg, jax.random.key(rng), batch_size=batch_size,
+                       width_multiple=width_multiple, sample_ids=sample_ids, **kw)
+    return [r and (r["response_ids"], r["step_map"]) for r in rows]
+
+  want = run(1)
+  assert run(7) == want and run(16) == want and run(7, width_multiple=32) == want
+  assert run(16, mesh=mesh) == want
+  halves = [run(7, part=(i, 2)) for i in range(2)]  # what each of 2 processes decodes
+  assert [a or b for a, b in zip(*halves)] == want and None in halves[0]
+  assert run(7, rng=4) != want
+  other = run(7, sample_ids=[(q, s + 1) for q, s in ids_of])
+  assert sum(a != b for a, b in zip(other, want)) >= len(want) // 2
+  # the sampler's own call: one key per row, a single key meaning fold_in(key, row)
+  ids, lens = pad_batch(prompts[:4])
+  one = generate(params, cfg, ids, lens, jax.random.key(5), dcfg)
+  rows = generate(params, cfg, ids, lens, row_keys(jax.random.key(5), np.arange(4)), dcfg)
+  np.testing.assert_array_equal(np.asarray(one["ids"]), np.asarray(rows["ids"]))
+  with pytest.raises(DecodeError, match=r"expected one key or 4 keys"):
+    generate(params, cfg, ids, lens, row_keys(jax.random.key(5), np.arange(3)), dcfg)
+  with pytest.raises(DecodeError, match=r"sample_ids: 2 \(question, sample\) pairs for 16"):
+    run(4, sample_ids=[(0, 0), (1, 0)])
+
+
 def test_unknown_strategy_names_the_known_ones():
   from t3d_jax.sampling import STRATEGIES, strategies
   masked = jnp.ones((1, 4), bool)

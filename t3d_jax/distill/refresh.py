@@ -8,8 +8,9 @@ in the epoch order), only its response and step_map change. With ``refresh_filte
 new trajectory replaces the current one only when the task's grader says it is correct
 (the teacher's, or an earlier refresh's, stays otherwise).
 
-Resumable and deterministic: refresh p (after update p) decodes with
-``fold_in(fold_in(key(seed), _STREAM), p)`` and is written to ``<run>/refresh/<p>.jsonl``
+Resumable and deterministic: refresh p (after update p) decodes training sample k with
+``fold_in(fold_in(key(seed), _STREAM), p)`` folded with (k, 0) (the sampler's
+per-sequence keys: the same whatever the decode batch size) and is written to ``<run>/refresh/<p>.jsonl``
 (temp path, then rename) before the checkpoint of update p, so a resumed run reads the
 set its updates used; files past the resumed step (a killed run's) are removed and redone.
 """

@@ -11,7 +11,8 @@ block; the threshold decides how many tokens each reveals: a curve of its own,
 ``<model>/thresholds``, over one compiled decoder: the threshold is a traced value); the other
 decoding knobs (temperature 0.1 by default, top-k/p, threshold, max_new_tokens, ...) come
 from ``config.decode``. Each model decodes the same prompts (chat template + math
-instruction, or ``prompt_template``) with the same rng (``key(seed)``), and each
+instruction, or ``prompt_template``) with the same keys (sample j of question i:
+``fold_in(fold_in(key(seed), i), j)``, whatever the batch), and each
 response is graded (last \\boxed{}, GSM8K ``####`` references, math_verify).
 
 Outputs under <workdir>/eval (or ``eval.output_dir``):
@@ -146,9 +147,11 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
     bar.update(base + k - bar.n)
 
   stats = DecodeStats()  # compilation kept out of the timing
+  ns = config.eval.num_samples  # questions holds each question ns times in a row
   results = batched.decode(model.params, model.cfg, prompt_ids, dcfg, rng,
                            batch_size=d.batch_size, width_multiple=d.width_multiple,
-                           mesh=batched.decode_mesh(d), progress=progress, stats=stats)
+                           mesh=batched.decode_mesh(d), progress=progress, stats=stats,
+                           sample_ids=[(i // ns, i % ns) for i in range(len(prompt_ids))])
   if not main:
     return None, None
   t0 = time.perf_counter()
@@ -189,6 +192,8 @@ def _fingerprint(config, model_digest: str, data_digest: str, dcfg) -> str:
   prompts and answers, the grader and every decoding setting."""
   d = config.decode
   extra = {"num_samples": config.eval.num_samples} if config.eval.num_samples > 1 else {}
+  if dcfg.temperature > 0:  # sampled with per-sequence keys: older results are not reused
+    extra["sample_keys"] = batched.SAMPLE_KEYS
   return fingerprint(dict(model=model_digest, data=data_digest, task=config.task.name,
                           grade_timeout_s=config.eval.grade_timeout_s, **extra,
                           decode=dataclasses.asdict(dcfg), batch_size=d.batch_size,

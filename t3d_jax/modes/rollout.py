@@ -21,13 +21,15 @@ was revealed; ``extracted_output`` is the grader's answer part (math: the last
 Batching and resume. Questions are processed in chunks of ``rollout.chunk_prompts``; in
 a chunk the (question, sample) sequences are sorted by prompt length into batches of
 ``decode.batch_size`` (t3d_jax.sampling.batched), and the chunk's rows are appended in
-input order when it finishes. Chunk c is decoded with ``fold_in(key(seed), c)`` (batch
-b of the chunk with a further ``fold_in(., b)``), so the samples depend only on the data,
-the settings and the seed: rerunning the same command skips the rows already written
-(a torn last line is cut) and the final file equals that of an uninterrupted run. The
-settings are fingerprinted in <output stem>.meta.json; resuming onto a file written with
-other settings is refused, naming the keys, unless ``--config.overwrite=True`` (which
-starts over). SIGTERM / SIGINT: the chunk in flight is finished and written, then the run
+input order when it finishes. Sample j of question i is decoded with
+``fold_in(fold_in(key(seed), i), j)`` whatever its chunk, batch or process, so the
+samples depend only on the data, the settings and the seed, not on ``chunk_prompts``,
+``decode.batch_size``, ``decode.width_multiple`` or the process count: rerunning the same
+command, or resuming with another batch size, skips the rows already written (a torn last
+line is cut) and the final file equals that of an uninterrupted run. The settings that
+decide the samples are fingerprinted in <output stem>.meta.json; resuming onto a file
+written with other settings is refused, naming the keys, unless
+``--config.overwrite=True`` (which starts over). SIGTERM / SIGINT: the chunk in flight is finished and written, then the run
 stops (exit 128 + the signal) with one line saying where to resume; a second signal
 stops it at once (the rows written so far stay valid).
 
@@ -75,13 +77,17 @@ def _paths(config) -> tuple[Path, Path, Path]:
 def fingerprint(config, model_path: str, dcfg, prompts, questions) -> dict:
   """What a resumed run must share with the run that wrote the rows: the model's and the
   questions' content, and every decoding setting."""
-  r, d = config.rollout, config.decode
-  return dict(model=checkpoint.model_digest(model_path),
-              data=content_digest((p, str(q["answer"])) for p, q in zip(prompts, questions)),
-              num_samples=r.num_samples, chunk_prompts=r.chunk_prompts,
-              batch_size=d.batch_size, width_multiple=d.width_multiple,
-              seed=stage_seed(config, "rollout"),
-              decode=dataclasses.asdict(dcfg))
+  fp = dict(model=checkpoint.model_digest(model_path),
+            data=content_digest((p, str(q["answer"])) for p, q in zip(prompts, questions)),
+            num_samples=config.rollout.num_samples, seed=stage_seed(config, "rollout"),
+            decode=dataclasses.asdict(dcfg))
+  # sampled rows: per-sequence keys; rows sampled before them (a key per batch) differ
+  return dict(fp, sample_keys=batched.SAMPLE_KEYS) if dcfg.temperature > 0 else fp
+
+
+# how sequences are grouped, which older records list: it never decides a row (greedy
+# rows never depended on it, sampled ones since per-sequence keys, recorded as sample_keys)
+_GROUPING = ("chunk_prompts", "batch_size", "width_multiple")
 
 
 def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
@@ -91,7 +97,8 @@ def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
     old = json.loads(meta.read_text()) if meta.is_file() else {}
     if old.get("fingerprint") == digest:
       return
-    changed = differences(old.get("settings", {}), as_json(fp), defaults=library_defaults())
+    recorded = {k: v for k, v in old.get("settings", {}).items() if k not in _GROUPING}
+    changed = differences(recorded, as_json(fp), defaults=library_defaults())
     if "settings" in old and not changed[0]:
       return  # the same settings, or keys added since that hold their defaults
     if not overwrite:
@@ -197,16 +204,17 @@ def run(config) -> None:
         stop = min(n, start + r.chunk_prompts)
         if stop <= done:
           continue
-        seqs = [prompt_ids[i] for i in range(start, stop) for _ in range(ns)]
+        pairs = [(i, j) for i in range(start, stop) for j in range(ns)]
+        seqs = [prompt_ids[i] for i, _ in pairs]
         base = bar.n
 
         def progress(k, base=base, first=max(0, done - start) * ns):
           bar.update(max(0, base + max(0, k - first) - bar.n))
 
         # collective: every process decodes its batches, every one gets all results
-        res = batched.decode(model.params, model.cfg, seqs, dcfg, jax.random.fold_in(key, c),
+        res = batched.decode(model.params, model.cfg, seqs, dcfg, key,
                              batch_size=d.batch_size, width_multiple=d.width_multiple,
-                             mesh=mesh, progress=progress)
+                             mesh=mesh, progress=progress, sample_ids=pairs)
         for j, i in enumerate(range(start, stop)):
           if i < done:
             continue

@@ -5,6 +5,11 @@ call :func:`decode` and write JSONL. Prompts are sorted by length and grouped in
 fixed-size batches (less padding); widths are rounded up to ``width_multiple`` and the
 last batch is filled with copies of a real prompt, so only a few shapes compile.
 
+Randomness is per sequence: prompt i (question q, sample s: ``sample_ids[i]``, by
+default (i, 0)) draws with ``fold_in(fold_in(rng, q), s)`` (sampler.row_keys), so at any
+temperature its tokens do not depend on the batch size, the padding width, which batch
+or process decodes it, or the other prompts.
+
 Several processes share one decode: :func:`decode_part` decodes every ``count``-th
 batch, :func:`pack_results` / :func:`unpack_results` carry the results between the
 processes as one int32 array, and :func:`decode` does the whole split (partition,
@@ -25,7 +30,10 @@ from t3d_jax import distributed
 from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.sampling.config import DecodeConfig, DecodeError
-from t3d_jax.sampling.sampler import Knobs, cached_generate
+from t3d_jax.sampling.sampler import Knobs, cached_generate, row_keys
+
+# the key scheme above, recorded by the modes' fingerprints of sampled (T > 0) results
+SAMPLE_KEYS = "fold_in(fold_in(rng, question), sample)"
 
 
 @dataclasses.dataclass
@@ -59,16 +67,17 @@ def decode_part(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg:
             data_axis: str = "data",
             progress: Optional[Callable[[int], None]] = None,
             stats: Optional[DecodeStats] = None,
-            part: tuple[int, int] = (0, 1)) -> list[Optional[dict]]:
+            part: tuple[int, int] = (0, 1),
+            sample_ids: Optional[Sequence[tuple[int, int]]] = None) -> list[Optional[dict]]:
   """Decode every prompt; returns, in input order, dicts with ``response_ids`` (list of
   generated ids, cut after the stop token), ``step_map`` (same length), ``length`` and
-  ``nfe``. Batch b uses ``fold_in(rng, b)``: results are deterministic given prompts,
-  batch_size and rng (greedy results do not depend on the grouping at all).
-  ``progress(n)`` is called with the number of prompts finished after each batch. With
-  ``stats``, each batch shape is compiled ahead of time and the clock covers only the
-  decoding calls. With ``part=(index, count)`` only the batches b with
-  ``b % count == index`` are decoded (the other prompts' entries are None); batch b still
-  uses ``fold_in(rng, b)``, so the parts together equal one whole rollout."""
+  ``nfe``. Prompt i draws with ``fold_in(fold_in(rng, q), s)`` for ``(q, s) =
+  sample_ids[i]`` (default (i, 0)): its result depends on its prompt, (q, s) and rng
+  alone, not on the grouping. ``progress(n)`` is called with the number of prompts
+  finished after each batch. With ``stats``, each batch shape is compiled ahead of time
+  and the clock covers only the decoding calls. With ``part=(index, count)`` only the
+  batches b with ``b % count == index`` are decoded (the other prompts' entries are
+  None), so the parts together equal one whole rollout."""
   index, count = part
   if not 0 <= index < count:
     raise DecodeError(f"part {part}: expected (index, count) with 0 <= index < count")
@@ -79,6 +88,11 @@ def decode_part(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg:
   prompts = [list(map(int, p)) for p in prompts]
   if not prompts:
     return []
+  ids_of = np.asarray([(i, 0) for i in range(len(prompts))] if sample_ids is None else
+                      sample_ids, np.int32).reshape(-1, 2)
+  if len(ids_of) != len(prompts):
+    raise DecodeError(f"sample_ids: {len(ids_of)} (question, sample) pairs for "
+                      f"{len(prompts)} prompts")
   if mesh is not None and batch_size % mesh.shape[data_axis]:
     raise DecodeError(f"batch_size {batch_size} is not a multiple of the mesh's "
                       f"{data_axis!r} axis ({mesh.shape[data_axis]})")
@@ -100,7 +114,8 @@ def decode_part(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg:
     if dcfg.max_length is not None:
       width = min(width, dcfg.max_length)
     ids, lens = pad_prompts(group, batch_size, width)
-    key = jax.random.fold_in(rng, bi)
+    qs = ids_of[idx + [idx[0]] * (batch_size - len(idx))]  # filler rows copy the first
+    key = row_keys(rng, qs[:, 0], qs[:, 1])
     if stats is None:
       out = run(params, ids, lens, key, knobs)
     else:
@@ -156,16 +171,18 @@ def unpack_results(packed: np.ndarray) -> list[Optional[dict]]:
 def decode(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig, rng, *,
            batch_size: int, width_multiple: int, mesh=None,
            progress: Optional[Callable[[int], None]] = None,
-           stats: Optional[DecodeStats] = None) -> list[dict]:
+           stats: Optional[DecodeStats] = None,
+           sample_ids: Optional[Sequence[tuple[int, int]]] = None) -> list[dict]:
   """:func:`decode_part` with its batches split over the processes:
   process p decodes the batches b with ``b % process_count == p`` and every process gets
-  every result (one all-gather), in input order, equal to a one-process rollout (batch b
-  uses ``fold_in(rng, b)`` whichever process decodes it). Every process must call it with
-  the same arguments. ``progress`` sees this process's count times the process count
+  every result (one all-gather), in input order, equal to a one-process rollout (each
+  sequence's key comes from ``sample_ids``, whichever process decodes it). Every process
+  must call it with the same arguments. ``progress`` sees this process's count times the process count
   (an estimate) and then the total. With ``stats``: compile_s and decode_s of the
   slowest process (decode_s is then the wall time of the parallel decode), batches of all."""
   count, index = jax.process_count(), jax.process_index()
-  kw = dict(batch_size=batch_size, width_multiple=width_multiple, mesh=mesh)
+  kw = dict(batch_size=batch_size, width_multiple=width_multiple, mesh=mesh,
+            sample_ids=sample_ids)
   if count == 1 or not prompts:
     return decode_part(params, cfg, prompts, dcfg, rng, progress=progress, stats=stats, **kw)
   n = len(prompts)

@@ -9,6 +9,8 @@ time, the same operations: the compiled sampler takes them as values, sampler.Kn
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -58,7 +60,8 @@ def entropy(probs: Array) -> Array:
 
 def choose_tokens(logits: Array, key: Array, temperature, top_k: int = 0, top_p=1.0,
                   with_entropy: bool = False):
-  """Draw x0 at every position of ``logits`` [..., V].
+  """Draw x0 at every position of ``logits`` [..., V] with ``key``: one key, or one per
+  row ([B] for logits [B, ..., V]: row r's draws depend on key[r] and its own logits only).
 
   Returns (x0 int32 [...], confidence float32 [...], entropy float32 [...] or None).
   Greedy ties go to the lowest token id."""
@@ -69,8 +72,9 @@ def choose_tokens(logits: Array, key: Array, temperature, top_k: int = 0, top_p=
     t = temperature if isinstance(temperature, (int, float)) else \
         jnp.where(temperature > 0, temperature, 1.0)  # the branch not taken stays finite
     proc = process_logits(x, t, top_k, top_p)
-    return (jax.random.categorical(key, proc, axis=-1).astype(jnp.int32),
-            jax.nn.softmax(proc, axis=-1))
+    draw = functools.partial(jax.random.categorical, axis=-1)
+    x0 = draw(key, proc) if key.ndim == 0 else jax.vmap(draw)(key, proc)
+    return x0.astype(jnp.int32), jax.nn.softmax(proc, axis=-1)
 
   if isinstance(temperature, (int, float)):
     x0, probs = (greedy if temperature == 0 else sample)(logits)

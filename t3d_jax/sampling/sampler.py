@@ -24,6 +24,12 @@ per ``DecodeConfig.static()`` and a sweep over them reuses it. The forward is a
 callable argument of the steps, so the no-cache baseline (t3d_jax.bench.naive_decode)
 reuses them.
 
+Randomness is per row: ``rng`` is one key per row ([B]; a single key stands for
+``fold_in(rng, r)`` of row r) and step t of block k draws with
+``fold_in(fold_in(row_key, k), t)``, so at any temperature a row's tokens depend on its
+own key, never on which rows share its batch (:func:`row_keys`: the batched callers
+derive each sequence's key from (seed, question, sample)).
+
 Outputs: ids [B, max_new] (pad_id past each length), step_map [B, max_new] (1-based
 global denoising step of each token's first reveal, 0 past the length), lengths [B],
 nfe [B] (forwards run for that row: denoising steps + separate commits; the prompt
@@ -36,6 +42,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -67,9 +74,36 @@ class Knobs(struct.PyTreeNode):
                stop_ids=jnp.asarray(stops, jnp.int32))
 
 
+def row_keys(rng: Array, questions, samples=None) -> Array:
+  """One key per sequence [B]: ``fold_in(fold_in(rng, question), sample)`` (sample 0
+  when ``samples`` is None), the key a sequence draws with whatever batch it rides in."""
+  q = jnp.asarray(questions, jnp.int32)
+  s = jnp.zeros_like(q) if samples is None else jnp.asarray(samples, jnp.int32)
+  return _row_keys(rng, q, s)
+
+
+@jax.jit
+def _row_keys(rng, q, s):
+  return jax.vmap(lambda a, b: jax.random.fold_in(jax.random.fold_in(rng, a), b))(q, s)
+
+
+def as_row_keys(rng, rows: int) -> Array:
+  """``rng`` as [rows] typed keys: a [rows] key array as is, a single key (typed, or a
+  raw uint32 [2]) as ``fold_in(rng, r)`` for row r."""
+  rng = jnp.asarray(rng)
+  if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng) if rng.shape[-1:] == (2,) else rng
+  if rng.shape == ():
+    return row_keys(rng, np.arange(rows))
+  if rng.shape != (rows,):
+    raise DecodeError(f"rng: expected one key or {rows} keys (one per row), got shape "
+                      f"{rng.shape}")
+  return rng
+
+
 class Context(struct.PyTreeNode):
   """Per-call constants of one decode, passed explicitly to the step functions."""
-  rng: Array
+  rng: Array         # [B] one key per row
   first: Array       # [B] start of block 0 (prefilled length)
   plen: Array        # [B] prompt lengths
   offset: Array      # [B] staircase alignment of the prompt
@@ -196,15 +230,15 @@ def init_state(dcfg: DecodeConfig, knobs: Knobs, prompt_ids, plen, first, offset
 
 def _denoise_step(dcfg: DecodeConfig, ctx: Context, blk: BlockState, logits_fn: Callable,
                   st: StepState) -> StepState:
-  """One step: forward (``logits_fn(st) -> (logits, cache)``), draw x0 with key
-  fold_in(fold_in(rng, k), t), reveal the strategy's positions in the active rows."""
+  """One step: forward (``logits_fn(st) -> (logits, cache)``), draw row r's x0 with key
+  fold_in(fold_in(rng[r], k), t), reveal the strategy's positions in the active rows."""
   s = dcfg.denoising_steps
   active = ~blk.done & jnp.any(st.masked, axis=-1)
   logits, cache = logits_fn(st)
-  key = jax.random.fold_in(jax.random.fold_in(ctx.rng, blk.k), st.t)
+  keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(r, blk.k), st.t))(ctx.rng)
   kn = ctx.knobs
   x0, conf, ent = logits_lib.choose_tokens(
-      logits, key, kn.temperature, dcfg.top_k, kn.top_p,
+      logits, keys, kn.temperature, dcfg.top_k, kn.top_p,
       with_entropy=dcfg.strategy == "entropy_bounded")
   n = jnp.minimum(ctx.sched[st.t], jnp.sum(st.masked, axis=-1))
   transfer = strategies.select(dcfg.strategy, st.masked, conf, ent, n,
@@ -322,7 +356,7 @@ def compile_decoder(core: Callable, cfg: SDARConfig, dcfg: DecodeConfig,
     rows = NamedSharding(mesh, PartitionSpec(data_axis))
     rep = NamedSharding(mesh, PartitionSpec())
     jitted = jax.jit(core, in_shardings=(rep if param_sharding is None else param_sharding,
-                                         rows, rows, rep, rep), out_shardings=rows)
+                                         rows, rows, rows, rep), out_shardings=rows)
   default = Knobs.of(dcfg)
 
   def run(params, prompt_ids, prompt_lens, rng, knobs: Optional[Knobs] = None) -> dict:
@@ -330,11 +364,12 @@ def compile_decoder(core: Callable, cfg: SDARConfig, dcfg: DecodeConfig,
     if prompt_ids.shape[0] % n_data:
       raise DecodeError(f"batch {prompt_ids.shape[0]} is not a multiple of the mesh's "
                         f"{data_axis!r} axis ({n_data})")
-    return jitted(params, prompt_ids, prompt_lens, rng, default if knobs is None else knobs)
+    return jitted(params, prompt_ids, prompt_lens, as_row_keys(rng, prompt_ids.shape[0]),
+                  default if knobs is None else knobs)
 
-  # for cost analysis / AOT compilation: the executable takes the knobs as a 5th argument
+  # for cost analysis / AOT compilation: the executable takes [B] row keys and the knobs
   run.lower = lambda params, ids, lens, rng, knobs=None: jitted.lower(
-      params, ids, lens, rng, default if knobs is None else knobs)
+      params, ids, lens, as_row_keys(rng, ids.shape[0]), default if knobs is None else knobs)
   run.knobs = default
   run.executables = {}  # the timed callers' AOT executables by (width, batch): compiled once
   return run
