@@ -10,9 +10,10 @@ new trajectory replaces the current one only when the task's grader says it is c
 
 Resumable and deterministic: refresh p (after update p) decodes training sample k with
 ``fold_in(fold_in(key(seed), _STREAM), p)`` folded with (k, 0) (the sampler's
-per-sequence keys: the same whatever the decode batch size) and is written to ``<run>/refresh/<p>.jsonl``
-(temp path, then rename) before the checkpoint of update p, so a resumed run reads the
-set its updates used; files past the resumed step (a killed run's) are removed and redone.
+per-sequence keys: the same whatever the decode batch size) and is written to
+``<run>/refresh/<p>.jsonl`` (temp path, then rename) before the checkpoint of update p,
+so a resumed run reads the set its updates used; files past the resumed step (a killed
+run's) are removed and redone.
 """
 from __future__ import annotations
 

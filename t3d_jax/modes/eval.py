@@ -192,8 +192,7 @@ def _fingerprint(config, model_digest: str, data_digest: str, dcfg) -> str:
   prompts and answers, the grader and every decoding setting."""
   d = config.decode
   extra = {"num_samples": config.eval.num_samples} if config.eval.num_samples > 1 else {}
-  if dcfg.temperature > 0:  # sampled with per-sequence keys: older results are not reused
-    extra["sample_keys"] = batched.SAMPLE_KEYS
+  extra.update(batched.key_record(dcfg))  # older sampled results are not reused
   return fingerprint(dict(model=model_digest, data=data_digest, task=config.task.name,
                           grade_timeout_s=config.eval.grade_timeout_s, **extra,
                           decode=dataclasses.asdict(dcfg), batch_size=d.batch_size,

@@ -29,9 +29,9 @@ command, or resuming with another batch size, skips the rows already written (a 
 line is cut) and the final file equals that of an uninterrupted run. The settings that
 decide the samples are fingerprinted in <output stem>.meta.json; resuming onto a file
 written with other settings is refused, naming the keys, unless
-``--config.overwrite=True`` (which starts over). SIGTERM / SIGINT: the chunk in flight is finished and written, then the run
-stops (exit 128 + the signal) with one line saying where to resume; a second signal
-stops it at once (the rows written so far stay valid).
+``--config.overwrite=True`` (which starts over). SIGTERM / SIGINT: the chunk in flight
+is finished and written, then the run stops (exit 128 + the signal) with one line saying
+where to resume; a second signal stops it at once (the rows written so far stay valid).
 
 With several processes (multi-host, or launch/cpu_multiprocess.sh) each one loads the
 whole model and decodes its share of every chunk's batches (batch b on process
@@ -77,12 +77,10 @@ def _paths(config) -> tuple[Path, Path, Path]:
 def fingerprint(config, model_path: str, dcfg, prompts, questions) -> dict:
   """What a resumed run must share with the run that wrote the rows: the model's and the
   questions' content, and every decoding setting."""
-  fp = dict(model=checkpoint.model_digest(model_path),
-            data=content_digest((p, str(q["answer"])) for p, q in zip(prompts, questions)),
-            num_samples=config.rollout.num_samples, seed=stage_seed(config, "rollout"),
-            decode=dataclasses.asdict(dcfg))
-  # sampled rows: per-sequence keys; rows sampled before them (a key per batch) differ
-  return dict(fp, sample_keys=batched.SAMPLE_KEYS) if dcfg.temperature > 0 else fp
+  return dict(model=checkpoint.model_digest(model_path),
+              data=content_digest((p, str(q["answer"])) for p, q in zip(prompts, questions)),
+              num_samples=config.rollout.num_samples, seed=stage_seed(config, "rollout"),
+              decode=dataclasses.asdict(dcfg), **batched.key_record(dcfg))
 
 
 # how sequences are grouped, which older records list: it never decides a row (greedy

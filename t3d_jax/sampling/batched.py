@@ -36,6 +36,12 @@ from t3d_jax.sampling.sampler import Knobs, cached_generate, row_keys
 SAMPLE_KEYS = "fold_in(fold_in(rng, question), sample)"
 
 
+def key_record(dcfg: DecodeConfig) -> dict:
+  """What a fingerprint of results decoded with ``dcfg`` records of the key scheme:
+  sampled results depend on it (older ones drew a key per batch), greedy ones do not."""
+  return {"sample_keys": SAMPLE_KEYS} if dcfg.temperature > 0 else {}
+
+
 @dataclasses.dataclass
 class DecodeStats:
   """Where a rollout's time went (filled in when passed to :func:`rollout`)."""
@@ -177,8 +183,8 @@ def decode(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig, rn
   process p decodes the batches b with ``b % process_count == p`` and every process gets
   every result (one all-gather), in input order, equal to a one-process rollout (each
   sequence's key comes from ``sample_ids``, whichever process decodes it). Every process
-  must call it with the same arguments. ``progress`` sees this process's count times the process count
-  (an estimate) and then the total. With ``stats``: compile_s and decode_s of the
+  must call it with the same arguments. ``progress`` sees this process's count times the
+  process count (an estimate) and then the total. With ``stats``: compile_s and decode_s of the
   slowest process (decode_s is then the wall time of the parallel decode), batches of all."""
   count, index = jax.process_count(), jax.process_index()
   kw = dict(batch_size=batch_size, width_multiple=width_multiple, mesh=mesh,
