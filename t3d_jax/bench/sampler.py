@@ -8,7 +8,8 @@ each commit mode: compile time, wall time of one decode, tokens/s (generated tok
 wall time) and forwards per sequence (NFE, TPF = tokens / NFE). The naive baseline
 (t3d_jax.bench.naive_decode: jitted full-sequence recompute, no KV cache) runs on the
 same prompts for each s in --naive-steps; its outputs are compared token for token with
-the cached decoder's.
+the cached decoder's. ``--peer sdar`` runs t3d_jax.bench.peer instead (SDAR's generate.py,
+the machine's limits and decode MFU).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import time
 import jax
 import numpy as np
 
+from t3d_jax.bench import peer
 from t3d_jax.bench.naive_decode import make_naive_generate
 from t3d_jax.models.sdar import SDARConfig, init_params
 from t3d_jax.sampling import DecodeConfig, make_generate
@@ -50,6 +52,7 @@ def parse(argv):
   p.add_argument("--strategy", default="low_confidence_static")
   p.add_argument("--prompt-mode", default="engine")
   p.add_argument("--seed", type=int, default=0)
+  peer.add_flags(p)
   return p.parse_args(argv)
 
 
@@ -78,6 +81,10 @@ def main(argv=None) -> int:
                    head_dim=a.head_dim, dtype=a.dtype, param_dtype=a.dtype)
   params = init_params(cfg, jax.random.key(a.seed))
   n_params = sum(x.size for x in jax.tree.leaves(params))
+  if a.peer:
+    print(f"# {jax.devices()[0].platform} x{jax.device_count()}, {n_params / 1e6:.1f}M params "
+          f"({a.layers} layers, hidden {a.hidden}, vocab {a.vocab}, {a.dtype})", flush=True)
+    return peer.run(a, cfg, params, make_generate)
   rs = np.random.RandomState(a.seed)
   lens = rs.randint(a.prompt_min, a.prompt_max + 1, size=a.batch).astype(np.int32)
   ids = rs.randint(0, a.vocab - 1, size=(a.batch, int(lens.max()))).astype(np.int32)

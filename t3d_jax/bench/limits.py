@@ -1,0 +1,58 @@
+"""The machine's two physical limits, and a model's demand on them.
+
+Decoding a block is bound by reading the weights at small batch (each forward streams
+every weight once) and by matmul throughput at large batch. ``stream_bandwidth`` and
+``matmul_peak`` measure the two on the device at hand; ``weight_bytes`` and
+``forward_flops`` say what one forward of the model needs of each.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t3d_jax.models.sdar import SDARConfig
+
+
+def _best_seconds(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))  # compile + warm
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def stream_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 10) -> float:
+  """Bytes/s of a jitted full reduction over an fp32 array of ``nbytes`` (well beyond the
+  caches): the rate at which this device can stream weights from memory."""
+  x = jnp.ones((nbytes // 4,), jnp.float32)
+  return nbytes / _best_seconds(jax.jit(jnp.sum), x, repeats=repeats)
+
+
+def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 5) -> float:
+  """FLOP/s of a jitted [n, n] @ [n, n] matmul (2 n^3 FLOPs): the compute roof."""
+  a = jnp.ones((n, n), dtype)
+  return 2 * n ** 3 / _best_seconds(jax.jit(jnp.matmul), a, a, repeats=repeats)
+
+
+def weight_bytes(params, cfg: SDARConfig) -> int:
+  """Bytes one forward must read: every parameter, except that an untied input embedding
+  is gathered row by row (only the rows of the tokens in the batch are read)."""
+  total = sum(int(x.size) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
+  if not cfg.tie_word_embeddings:
+    emb = params["embedding"]
+    total -= int(emb.size) * np.dtype(emb.dtype).itemsize
+  return total
+
+
+def forward_flops(cfg: SDARConfig, tokens: int, context: float) -> float:
+  """Model FLOPs of one forward of ``tokens`` query tokens attending to ``context`` keys
+  each: 2 per multiply-add of the projections, MLP and LM head, plus QK^T and AV."""
+  h, q_dim, kv_dim = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+  per_layer = 2 * tokens * (h * q_dim + 2 * h * kv_dim + q_dim * h + 3 * h * cfg.intermediate_size)
+  attention = 2 * 2 * tokens * context * q_dim
+  return cfg.num_layers * (per_layer + attention) + 2 * tokens * h * cfg.vocab_size

@@ -1,0 +1,203 @@
+"""``python -m t3d_jax.bench sampler --peer sdar``: t3d_jax against SDAR's generate.py.
+
+The peer is t3d_jax.bench.sdar_port (the release's algorithm on stock transformers Qwen3,
+same weights, greedy). Settings, each at every s in --peer-steps (block --block,
+low_confidence_static, --max-new tokens):
+
+  batch 1         --peer-single prompts of ~--peer-prompt tokens, one call each on both
+  N prompts       --peer-batch prompts of ~--peer-prompt tokens: the port one call each
+                  (the release decodes one prompt per call), t3d_jax one batched call
+  N equal-length  --peer-batch prompts of exactly --peer-prompt tokens: the port patched
+                  to batch them (x of shape [N, ...]), t3d_jax one batched call
+
+Each repeat times every setting on both decoders back to back (interleaved); the ratio is
+the median of the per-repeat ratios, with their range. Outputs are compared row by row; a
+row that differs is explained when the port overwrote prompt-tail tokens (the release's
+unclamped reveal count) and flagged UNEXPLAINED otherwise (exit 1).
+
+The same run measures the limits (t3d_jax.bench.limits): the streaming bandwidth, which
+bounds a batch-1 forward at weight bytes / bandwidth, and the matmul peak, against which
+decode MFU (model FLOPs of the decode over its wall time) is given at --mfu-batches.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from t3d_jax.bench import limits, sdar_port
+from t3d_jax.sampling import DecodeConfig
+
+
+def add_flags(p) -> None:
+  p.add_argument("--peer", choices=["sdar"], default=None,
+                 help="compare with a peer decoder instead of the standard table")
+  p.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
+  p.add_argument("--peer-steps", default="4,1", help="comma list of s for the peer table")
+  p.add_argument("--peer-prompt", type=int, default=64, help="prompt tokens (about)")
+  p.add_argument("--peer-single", type=int, default=4, help="prompts of the batch-1 rows")
+  p.add_argument("--peer-batch", type=int, default=16, help="prompts of the batched rows")
+  p.add_argument("--mfu-batches", default="16,64", help="batches of the decode-MFU rows")
+
+
+def _ints(text):
+  return [int(x) for x in text.split(",") if x]
+
+
+class T3D:
+  """One compiled t3d_jax decoder for prompt groups of one shape: ``()`` decodes every
+  group -> (ids, nfe, seconds)."""
+
+  def __init__(self, make, cfg, dcfg, params, groups):
+    self.fn = make(cfg, dcfg)
+    self.params, self.groups = params, groups
+    self.rng = jax.random.split(jax.random.key(0), groups[0][0].shape[0])
+    self.compiled = self.fn.lower(params, *groups[0], self.rng).compile()
+    self()  # warm
+
+  def __call__(self):
+    ids, nfe, t0 = [], [], time.perf_counter()
+    for g in self.groups:
+      out = jax.block_until_ready(self.compiled(self.params, *g, self.rng, self.fn.knobs))
+      ids.append(out["ids"])
+      nfe.append(out["nfe"])
+    sec = time.perf_counter() - t0
+    return np.concatenate(ids), np.concatenate(nfe), sec
+
+
+def _prompts(rs, n, around, vocab, equal):
+  lens = (np.full(n, around) if equal else rs.randint(around - 3, around + 4, size=n))
+  return [rs.randint(0, vocab - 1, size=int(p)).astype(np.int32) for p in lens]
+
+
+def _padded(prompts, mask_id, width=0):
+  lens = np.array([len(p) for p in prompts], np.int32)
+  ids = np.full((len(prompts), max(width, int(lens.max()))), mask_id, np.int32)
+  for i, p in enumerate(prompts):
+    ids[i, :len(p)] = p
+  return ids, lens
+
+
+class Setting:
+  """One table row: the two decoders' timed calls on the same prompts."""
+
+  def __init__(self, name, s, prompts, per_prompt_t3d, batched_port, make, cfg, dcfg, params,
+               model):
+    self.name, self.s, self.prompts, self.cfg, self.dcfg = name, s, prompts, cfg, dcfg
+    self.model, self.batched_port = model, batched_port
+    groups = [[p] for p in prompts] if per_prompt_t3d else [prompts]
+    width = max(len(p) for p in prompts)  # one width: one compile for the batch-1 calls
+    self.t3d = T3D(make, cfg, dcfg, params, [_padded(g, dcfg.mask_id, width) for g in groups])
+    self.times = {"port": [], "t3d_jax": []}
+
+  def run_port(self):
+    groups = [self.prompts] if self.batched_port else [[p] for p in self.prompts]
+    t0, ids, wrote = time.perf_counter(), [], []
+    for g in groups:
+      out, _, ow = sdar_port.generate(self.model, np.stack(g), self.dcfg.mask_id,
+                                      self.dcfg.max_new_tokens, self.dcfg.block_size, self.s)
+      ids.append(out)
+      wrote.append(ow)
+    self.times["port"].append(time.perf_counter() - t0)
+    self.port_ids, self.overwrote = np.concatenate(ids), np.concatenate(wrote)
+
+  def run_t3d(self):
+    self.t3d_ids, self.nfe, sec = self.t3d()
+    self.times["t3d_jax"].append(sec)
+
+  def row(self):
+    tokens = len(self.prompts) * self.dcfg.max_new_tokens
+    port, ours = (np.median(self.times[k]) for k in ("port", "t3d_jax"))
+    ratios = np.array(self.times["port"]) / np.array(self.times["t3d_jax"])
+    same = (self.port_ids == self.t3d_ids).all(axis=1)
+    differ = np.flatnonzero(~same)
+    unexplained = [int(r) for r in differ if not self.overwrote[r]]
+    note = "all" if same.all() else (
+        f"{same.sum()}/{len(same)}; rows {differ.tolist()} differ: the port overwrote their "
+        f"prompt tail" + (f"; UNEXPLAINED {unexplained}" if unexplained else ""))
+    cells = [self.name, str(self.s), f"{tokens / port:.0f}", f"{tokens / ours:.0f}",
+             f"{np.median(ratios):.1f}x ({ratios.min():.1f}-{ratios.max():.1f})", note]
+    return cells, not unexplained
+
+
+def decode_flops(cfg, dcfg: DecodeConfig, lens, nfe) -> float:
+  """Model FLOPs of decoding rows of prompt lengths ``lens`` with ``nfe`` denoising
+  forwards each: the whole-block prefill, every denoising forward and every commit but the
+  last block's (t3d_jax skips it), each of b tokens against the keys up to its block's end;
+  a row's forwards are spread evenly over its blocks."""
+  b, total = dcfg.block_size, 0.0
+  for plen, n in zip(lens, nfe):
+    pre = int(plen) // b * b
+    blocks = -(-(int(plen) + dcfg.max_new_tokens) // b) - pre // b
+    total += limits.forward_flops(cfg, pre, pre / 2) if pre else 0.0
+    for k in range(blocks):
+      fwd = n / blocks + (1 if k < blocks - 1 else 0)
+      total += fwd * limits.forward_flops(cfg, b, pre + (k + 1) * b)
+  return total
+
+
+def run(a, cfg, params, make) -> int:
+  import torch
+  rs = np.random.RandomState(a.seed)
+  model = sdar_port.torch_model(params, cfg)
+  base = DecodeConfig(block_size=a.block, max_new_tokens=a.max_new, mask_id=a.vocab - 1,
+                      strategy="low_confidence_static")
+  print(f"# peer: SDAR generate.py port (transformers Qwen3 + DynamicCache, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads), greedy, b={a.block}, "
+        f"{a.max_new} new tokens, {a.repeats} interleaved repeats", flush=True)
+  single = _prompts(rs, a.peer_single, a.peer_prompt, a.vocab, equal=False)
+  many = _prompts(rs, a.peer_batch, a.peer_prompt, a.vocab, equal=False)
+  equal = _prompts(rs, a.peer_batch, a.peer_prompt, a.vocab, equal=True)
+  settings = []
+  for s in _ints(a.peer_steps):
+    dcfg = base.replace(denoising_steps=s)
+    common = dict(make=make, cfg=cfg, dcfg=dcfg, params=params, model=model)
+    settings += [Setting("batch 1", s, single, True, False, **common),
+                 Setting(f"{a.peer_batch} prompts (port: one call each)", s, many, False, False,
+                         **common),
+                 Setting(f"{a.peer_batch} equal-length prompts (port batched)", s, equal, False,
+                         True, **common)]
+  sdar_port.generate(model, np.stack(single[:1]), base.mask_id, base.block_size * 2,
+                     base.block_size)  # warm torch
+  for r in range(a.repeats):
+    for st in settings:
+      st.run_port()
+      st.run_t3d()
+    print(f"  repeat {r + 1}/{a.repeats} done", flush=True)
+  header = ["setting", "s", "port tok/s", "t3d_jax tok/s", "ratio (range)", "identical rows"]
+  print(" | ".join(header))
+  print(" | ".join("---" for _ in header))
+  ok = True
+  for st in settings:
+    cells, fine = st.row()
+    ok &= fine
+    print(" | ".join(cells))
+  _limits(a, cfg, params, make, settings, base, rs)
+  return 0 if ok else 1
+
+
+def _limits(a, cfg, params, make, settings, base, rs) -> None:
+  bw = limits.stream_bandwidth()
+  peak = limits.matmul_peak()
+  wbytes = limits.weight_bytes(params, cfg)
+  print(f"# limits: streaming bandwidth {bw / 1e9:.1f} GB/s, matmul peak {peak / 1e9:.0f} "
+        f"GFLOP/s (fp32 2048^2); weights read per forward {wbytes / 1e6:.1f} MB -> "
+        f"weight-stream limit {wbytes / bw * 1e3:.2f} ms per forward")
+  for st in settings:
+    if st.name == "batch 1":
+      forwards = st.nfe.sum() + len(st.prompts)  # + each prompt's prefill
+      per = np.median(st.times["t3d_jax"]) / forwards
+      print(f"  batch 1, s={st.s}: {per * 1e3:.2f} ms per forward = "
+            f"{per / (wbytes / bw):.2f}x the weight-stream limit")
+  dcfg = base.replace(denoising_steps=_ints(a.peer_steps)[0])
+  for batch in _ints(a.mfu_batches):
+    prompts = _prompts(rs, batch, a.peer_prompt, a.vocab, equal=False)
+    ids, lens = _padded(prompts, dcfg.mask_id)
+    dec = T3D(make, cfg, dcfg, params, [(ids, lens)])
+    runs = [dec() for _ in range(a.repeats)]
+    sec = float(np.median([r[2] for r in runs]))
+    flops = decode_flops(cfg, dcfg, lens, runs[0][1])
+    print(f"  decode MFU, batch {batch}, s={dcfg.denoising_steps}: {flops / sec / 1e9:.0f} "
+          f"GFLOP/s = {flops / sec / peak:.0%} of the matmul peak "
+          f"({batch * dcfg.max_new_tokens / sec:.0f} tok/s)")
