@@ -28,21 +28,21 @@ import numpy as np
 
 from t3d_jax.bench import limits, sdar_port
 from t3d_jax.sampling import DecodeConfig
+from t3d_jax.sampling.batched import pad_prompts
 
 
-def add_flags(p) -> None:
+def add_flags(p, ints) -> None:
+  """The peer's flags on the sampler bench's parser ``p``; ``ints`` parses a comma list."""
   p.add_argument("--peer", choices=["sdar"], default=None,
                  help="compare with a peer decoder instead of the standard table")
   p.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
-  p.add_argument("--peer-steps", default="4,1", help="comma list of s for the peer table")
+  p.add_argument("--peer-steps", type=ints, default=[4, 1],
+                 help="comma list of s for the peer table")
   p.add_argument("--peer-prompt", type=int, default=64, help="prompt tokens (about)")
   p.add_argument("--peer-single", type=int, default=4, help="prompts of the batch-1 rows")
   p.add_argument("--peer-batch", type=int, default=16, help="prompts of the batched rows")
-  p.add_argument("--mfu-batches", default="16,64", help="batches of the decode-MFU rows")
-
-
-def _ints(text):
-  return [int(x) for x in text.split(",") if x]
+  p.add_argument("--mfu-batches", type=ints, default=[16, 64],
+                 help="batches of the decode-MFU rows")
 
 
 class T3D:
@@ -71,24 +71,16 @@ def _prompts(rs, n, around, vocab, equal):
   return [rs.randint(0, vocab - 1, size=int(p)).astype(np.int32) for p in lens]
 
 
-def _padded(prompts, mask_id, width=0):
-  lens = np.array([len(p) for p in prompts], np.int32)
-  ids = np.full((len(prompts), max(width, int(lens.max()))), mask_id, np.int32)
-  for i, p in enumerate(prompts):
-    ids[i, :len(p)] = p
-  return ids, lens
-
-
 class Setting:
   """One table row: the two decoders' timed calls on the same prompts."""
 
   def __init__(self, name, s, prompts, per_prompt_t3d, batched_port, make, cfg, dcfg, params,
                model):
-    self.name, self.s, self.prompts, self.cfg, self.dcfg = name, s, prompts, cfg, dcfg
+    self.name, self.s, self.prompts, self.dcfg = name, s, prompts, dcfg
     self.model, self.batched_port = model, batched_port
     groups = [[p] for p in prompts] if per_prompt_t3d else [prompts]
     width = max(len(p) for p in prompts)  # one width: one compile for the batch-1 calls
-    self.t3d = T3D(make, cfg, dcfg, params, [_padded(g, dcfg.mask_id, width) for g in groups])
+    self.t3d = T3D(make, cfg, dcfg, params, [pad_prompts(g, len(g), width) for g in groups])
     self.times = {"port": [], "t3d_jax": []}
 
   def run_port(self):
@@ -150,7 +142,7 @@ def run(a, cfg, params, make) -> int:
   many = _prompts(rs, a.peer_batch, a.peer_prompt, a.vocab, equal=False)
   equal = _prompts(rs, a.peer_batch, a.peer_prompt, a.vocab, equal=True)
   settings = []
-  for s in _ints(a.peer_steps):
+  for s in a.peer_steps:
     dcfg = base.replace(denoising_steps=s)
     common = dict(make=make, cfg=cfg, dcfg=dcfg, params=params, model=model)
     settings += [Setting("batch 1", s, single, True, False, **common),
@@ -190,10 +182,10 @@ def _limits(a, cfg, params, make, settings, base, rs) -> None:
       per = np.median(st.times["t3d_jax"]) / forwards
       print(f"  batch 1, s={st.s}: {per * 1e3:.2f} ms per forward = "
             f"{per / (wbytes / bw):.2f}x the weight-stream limit")
-  dcfg = base.replace(denoising_steps=_ints(a.peer_steps)[0])
-  for batch in _ints(a.mfu_batches):
+  dcfg = base.replace(denoising_steps=a.peer_steps[0])
+  for batch in a.mfu_batches:
     prompts = _prompts(rs, batch, a.peer_prompt, a.vocab, equal=False)
-    ids, lens = _padded(prompts, dcfg.mask_id)
+    ids, lens = pad_prompts(prompts, batch, max(len(p) for p in prompts))
     dec = T3D(make, cfg, dcfg, params, [(ids, lens)])
     runs = [dec() for _ in range(a.repeats)]
     sec = float(np.median([r[2] for r in runs]))

@@ -52,7 +52,7 @@ def parse(argv):
   p.add_argument("--strategy", default="low_confidence_static")
   p.add_argument("--prompt-mode", default="engine")
   p.add_argument("--seed", type=int, default=0)
-  peer.add_flags(p)
+  peer.add_flags(p, _ints)
   return p.parse_args(argv)
 
 
