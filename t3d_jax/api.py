@@ -138,10 +138,10 @@ class Model:
 
 def load(path, *, config: ConfigLike = None, name: str = "", **overrides) -> Model:
   """A model dir (convert / pretrain / distill output) or an HF dir, with ``config``;
-  the config's tokenizer_dir and model.param_dtype / model.dtype apply."""
+  the config's tokenizer_dir and model.param_dtype / dtype / attention apply."""
   c = make_config(config, overrides)
   m = convert.load_model(path, name or Path(path).name or "model", c.tokenizer_dir,
-                         c.model.param_dtype, c.model.dtype)
+                         c.model.param_dtype, c.model.dtype, c.model.attention)
   return Model(m.name, m.path, m.params, m.cfg, m.tokenizer, m.ids, c)
 
 

@@ -170,7 +170,9 @@ def save_model_dir(model_dir, params, cfg: SDARConfig, meta_dir=None, overwrite=
   with atomic_dir(model_dir) as tmp:
     save_params(tmp / PARAMS, params, this_process_only=this_process_only)
     (tmp / DIGEST).write_text(params_digest(params) + "\n")
-    (tmp / CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    arch = dataclasses.asdict(cfg)
+    arch.pop("attention")  # a choice of the run that loads it, not of the weights
+    (tmp / CONFIG).write_text(json.dumps(arch, indent=2) + "\n")
     (tmp / HF_META).mkdir()
     if meta_dir is not None:
       copy_meta_files(meta_dir, tmp / HF_META)

@@ -26,6 +26,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.p
 def run(config) -> None:
   if config.mode not in MODES:
     raise InputError(f"config.mode={config.mode!r} is not one of {', '.join(MODES)}")
+  check_numerics(config)
   from t3d_jax.distributed import initialize_from_config
   initialize_from_config(config)  # only when jax_distributed or a multi-process env
   from t3d_jax.modes.pipeline import run_mode
@@ -34,6 +35,19 @@ def run(config) -> None:
     run_mode(config)  # pipeline configs: the workdir guard and input checks around it
   if recorded:  # after the summary, so that an error stays the only line of a failed run
     print(f"[{config.mode}] config: {recorded}", file=sys.stderr, flush=True)
+
+
+def check_numerics(config) -> None:
+  """config.model's dtype / param_dtype / remat / attention, as one line each."""
+  if "model" not in config:
+    return
+  from t3d_jax.models.sdar import SDARConfig
+  m = config.model
+  try:
+    SDARConfig(1, 1, 1, 1, 1, 1, 1, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+               attention=m.attention)
+  except (TypeError, ValueError) as e:
+    raise InputError(f"config.model: {e}") from None
 
 
 def _local_workdir(config) -> bool:

@@ -22,26 +22,28 @@ import dataclasses
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _training_blocks(prompt_len: int, response_len: int, block_size: int):
-  """Per position of [prompt | x0 | xt]: (segment 0/1/2, block index).
+  """Per position of [prompt | x0 | xt]: (segment 0/1/2, block index), numpy (static).
 
   Prompt block ids are negative, aligned so that block -1 ends at position L0."""
   if block_size <= 0:
     raise ValueError(f"block_size must be positive, got {block_size}")
   if prompt_len < 0 or response_len < 0:
     raise ValueError(f"negative length: prompt_len={prompt_len}, response_len={response_len}")
-  p = jnp.arange(prompt_len)
-  r = jnp.arange(response_len)
-  seg = jnp.concatenate([jnp.zeros(prompt_len, jnp.int32), jnp.ones(response_len, jnp.int32),
-                         jnp.full(response_len, 2, jnp.int32)])
-  blk = jnp.concatenate([(p - prompt_len) // block_size, r // block_size, r // block_size])
+  p = np.arange(prompt_len)
+  r = np.arange(response_len)
+  seg = np.concatenate([np.zeros(prompt_len, np.int32), np.ones(response_len, np.int32),
+                        np.full(response_len, 2, np.int32)])
+  blk = np.concatenate([(p - prompt_len) // block_size, r // block_size, r // block_size])
   return seg, blk
 
 
-def training_mask(prompt_len: int, response_len: int, block_size: int) -> jnp.ndarray:
-  """The T3D training mask [N, N], N = prompt_len + 2*response_len, without padding."""
+def training_mask(prompt_len: int, response_len: int, block_size: int) -> np.ndarray:
+  """The T3D training mask [N, N], N = prompt_len + 2*response_len, without padding
+  (numpy: a static function of the three numbers)."""
   seg, blk = _training_blocks(prompt_len, response_len, block_size)
   qs, qb = seg[:, None], blk[:, None]
   ks, kb = seg[None, :], blk[None, :]
@@ -107,12 +109,57 @@ def decode_mask(cache_valid: jnp.ndarray, query_len: int,
 
 
 class LayoutMask(flax.struct.PyTreeNode):
-  """A dense training mask [B, N, N] with the layout facts the model may exploit (static):
-  rows before ``context_len`` see only keys before it; a later row sees those and the
-  keys of its own ``noisy_block``-row block. Built only by :meth:`TrainingLayout.attention`."""
+  """A T3D training mask, three ways: ``dense`` [B, N, N]; the layout (static), whose
+  ``pattern`` [N, N] is the mask without pads and whose facts the model may exploit
+  (rows before ``context_len`` see only keys before it; a later row sees those and the
+  keys of its own ``noisy_block``-row block); and ``segments`` [B, N] (0 = prompt pad,
+  1 = any other token): a kernel masks ``pattern & same segment``, which equals ``dense``
+  on every row but the prompt pads' (see :mod:`t3d_jax.models.attention`). Built only by
+  :meth:`TrainingLayout.attention`."""
   dense: jax.Array
-  context_len: int = flax.struct.field(pytree_node=False)
-  noisy_block: int = flax.struct.field(pytree_node=False)
+  segments: jax.Array
+  layout: "TrainingLayout" = flax.struct.field(pytree_node=False)
+
+  @property
+  def context_len(self) -> int:
+    return self.layout.noisy_start
+
+  @property
+  def noisy_block(self) -> int:
+    return self.layout.block_size
+
+  @property
+  def pattern(self) -> np.ndarray:
+    return self.layout.mask()
+
+
+class CacheMask(flax.struct.PyTreeNode):
+  """Decode mask of a T-row query block against [cache (S slots) | the block itself]:
+  every row sees the valid cache slots (``cache_valid`` [B, S]) and the query keys that
+  the static ``own`` pattern [T, T] allows (nested tuples of bools, so it is hashable)."""
+  cache_valid: jax.Array
+  own: tuple = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def of(cls, cache_valid: jax.Array, own) -> "CacheMask":
+    return cls(cache_valid, tuple(tuple(bool(x) for x in row) for row in np.asarray(own)))
+
+  @property
+  def pattern(self) -> np.ndarray:
+    """[T, S+T]: every cache column, then ``own``."""
+    own = np.asarray(self.own, bool)
+    return np.concatenate([np.ones((own.shape[0], self.cache_valid.shape[1]), bool), own], 1)
+
+  @property
+  def segments(self) -> jax.Array:
+    """[B, S+T] int32: 1 for a valid cache slot and every query key, else 0."""
+    b, t = self.cache_valid.shape[0], len(self.own)
+    return jnp.concatenate([self.cache_valid, jnp.ones((b, t), bool)], 1).astype(jnp.int32)
+
+  @property
+  def dense(self) -> jax.Array:
+    """[B, T, S+T] bool."""
+    return self.pattern[None] & (self.segments[:, None, :] == 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,8 +200,8 @@ class TrainingLayout:
 
   def attention(self, ids: jnp.ndarray, pad_id: int) -> LayoutMask:
     """The pad-aware mask of ``ids`` with its fast-path hints, from the same numbers."""
-    return LayoutMask(self.batch_mask(ids, pad_id), context_len=self.noisy_start,
-                      noisy_block=self.block_size)
+    prompt_pad = (jnp.arange(self.length)[None, :] < self.prompt_len) & (ids == pad_id)
+    return LayoutMask(self.batch_mask(ids, pad_id), (~prompt_pad).astype(jnp.int32), self)
 
   def _check(self, ids) -> None:
     if ids.shape[-1] != self.length:

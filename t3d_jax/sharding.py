@@ -13,6 +13,7 @@ the jitted update step live in :mod:`t3d_jax.train.sharded`; the multi-process r
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Mapping, Optional, Sequence, Union
 
@@ -87,6 +88,13 @@ def make_abstract_mesh(shape: Mapping[str, int], n_devices: int) -> AbstractMesh
 
 def mesh_from_config(config, devices: Optional[Sequence] = None) -> Mesh:
   return make_mesh(dict(config.mesh.shape), devices)
+
+
+def in_mesh(mesh: Optional[Mesh]):
+  """Context in which ``mesh`` is JAX's current mesh (``jax.set_mesh``) while a jitted
+  function traces and runs, so that kernels XLA cannot partition (the splash attention
+  Pallas call) can shard_map themselves over it; no mesh: nothing."""
+  return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def axis_sizes(mesh: AnyMesh) -> dict[str, int]:

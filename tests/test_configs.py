@@ -118,6 +118,11 @@ def test_aot_without_tpu_compiler_says_why():
   assert memory.topology_name(memory.tpu_slice("v5litepod-8")) == "v5e:2x4"
   msg = memory.aot_compile(c)
   assert msg.startswith("AOT compile for 'v5p:2x2x2' unavailable here: RuntimeError")
+  out = subprocess.run([sys.executable, "-m", "t3d_jax.bench", "memory", "--config",
+                        str(ROOT / "configs" / "sdar_4b_math.py"), "--aot", "--fit", "seq_len"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2 and "unavailable here" in out.stderr, out.stderr
 
 
 def test_base_config_defaults_are_the_dataclasses():
@@ -148,8 +153,8 @@ def test_base_config_defaults_are_the_dataclasses():
   # arch: every architecture field of SDARConfig (numerics live in config.model)
   import dataclasses
   from t3d_jax.models.sdar import SDARConfig
-  assert set(c.arch) == ({f.name for f in dataclasses.fields(SDARConfig)}
-                         - {"dtype", "param_dtype", "remat"})
+  assert set(c.model) == {"dtype", "param_dtype", "remat", "attention"}
+  assert set(c.arch) == {f.name for f in dataclasses.fields(SDARConfig)} - set(c.model)
 
 
 def _leaves(d, prefix=""):

@@ -1,7 +1,8 @@
 """Per-device memory plan of a training config, from ``jax.eval_shape`` and the mesh alone.
 
   python -m t3d_jax.bench memory --config configs/sdar_4b_math.py [--tpu v5p-16]
-      [--devices N] [--seq_len N] [--hbm_gib G] [--aot] [--config.key=value ...]
+      [--devices N] [--seq_len N] [--hbm_gib G] [--aot [--fit micro_batch|seq_len
+      --attention dense,splash]] [--config.key=value ...]
 
 Nothing is allocated: the train state's shapes come from ``jax.eval_shape``, the mesh is a
 ``jax.sharding.AbstractMesh`` sized from the named TPU slice (or ``--devices``), and each
@@ -72,7 +73,7 @@ def model_config(config):
   numerics = {}
   if "model" in config:
     numerics = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                    remat=config.model.remat)
+                    remat=config.model.remat, attention=config.model.attention)
   if "arch" in config and config.arch.vocab_size:
     return SDARConfig(**dict(config.arch), **numerics)
   from pathlib import Path
@@ -210,10 +211,11 @@ def topology_name(sl: Slice) -> str:
   return f"{'v5e' if gen == 'v5litepod' else gen}:{table[chips]}"
 
 
-def aot_compile(config, topology: str = "") -> str:
+def aot_analysis(config, topology: str = ""):
   """Ahead-of-time compile the sharded T3D step for the config's TPU topology on this
   machine (needs the libtpu package importable; no TPU). Returns XLA's per-device memory
-  analysis, or why it could not compile."""
+  analysis as a dict (byte counts, ``peak``, ``name``, ``devices``, ``kind``), or a
+  string saying why it could not compile."""
   from jax.experimental import topologies
   from jax.sharding import PartitionSpec as P
 
@@ -252,18 +254,63 @@ def aot_compile(config, topology: str = "") -> str:
                          mask_id=cfg.vocab_size - 1, pad_id=0)
   jitted = sharded.jit_train_step(step, sh).jitted(tx)
   try:
-    mem = jitted.lower(state, ref, batch, rng).compile().memory_analysis()
+    with sharding.in_mesh(mesh):  # the attention kernel shard_maps itself over it
+      mem = jitted.lower(state, ref, batch, rng).compile().memory_analysis()
   except jax.errors.JaxRuntimeError as e:  # e.g. RESOURCE_EXHAUSTED: does not fit
     return f"AOT compile for {name} ({len(topo.devices)} devices) failed: {e}"
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes", "generated_code_size_in_bytes")
-  vals = {f: getattr(mem, f, 0) for f in fields}
-  peak = (vals["argument_size_in_bytes"] + vals["output_size_in_bytes"]
-          - vals["alias_size_in_bytes"] + vals["temp_size_in_bytes"])
-  return "\n".join([f"AOT compile for {name} ({len(topo.devices)} devices, "
-                    f"{topo.devices[0].device_kind}): XLA memory analysis per device"] +
-                   [f"  {f:32s} {v / GiB:8.2f} GiB" for f, v in vals.items()] +
-                   [f"  {'peak (args + out - alias + temp)':32s} {peak / GiB:8.2f} GiB"])
+  vals = {f: getattr(mem, f, 0) for f in _FIELDS}
+  vals["peak"] = (vals["argument_size_in_bytes"] + vals["output_size_in_bytes"]
+                  - vals["alias_size_in_bytes"] + vals["temp_size_in_bytes"])
+  return dict(vals, name=name, devices=len(topo.devices), kind=topo.devices[0].device_kind)
+
+
+_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+           "temp_size_in_bytes", "generated_code_size_in_bytes")
+
+
+def aot_compile(config, topology: str = "") -> str:
+  """:func:`aot_analysis` as text."""
+  a = aot_analysis(config, topology)
+  if isinstance(a, str):
+    return a
+  return "\n".join([f"AOT compile for {a['name']} ({a['devices']} devices, {a['kind']}, "
+                    f"attention {model_config(config).attention}): XLA memory analysis per "
+                    f"device"] + [f"  {f:32s} {a[f] / GiB:8.2f} GiB" for f in _FIELDS] +
+                   [f"  {'peak (args + out - alias + temp)':32s} {a['peak'] / GiB:8.2f} GiB"])
+
+
+# what --fit doubles: the micro-batch (examples per forward), or the response length L1
+# (the sequence is L0 + 2 L1)
+FIT_KEYS = {"micro_batch": "distill.micro_batch", "seq_len": "distill.max_gen_length"}
+
+
+def fit(config, key: str, kinds, hbm_bytes: int, topology: str = "", steps: int = 4):
+  """For each attention kind, double ``key`` (:data:`FIT_KEYS`) from the config's value
+  until XLA's compiled peak exceeds ``hbm_bytes`` or the compile fails (at most ``steps``
+  doublings). Yields (kind, value, sequence length, micro-batch, peak bytes or None, fits)."""
+  d = config.distill
+  for kind in kinds:
+    for i in range(steps + 1):
+      c = config.copy_and_resolve_references()
+      with c.unlocked():
+        c.model.attention = kind
+        if key == "micro_batch":
+          c.distill.micro_batch = int(d.micro_batch) << i
+          c.distill.global_batch = max(int(d.global_batch), c.distill.micro_batch)
+        else:
+          c.distill.max_gen_length = int(d.max_gen_length) << i
+      a = aot_analysis(c, topology)
+      if isinstance(a, str) and "unavailable" in a:
+        raise InputError(a)
+      peak = None if isinstance(a, str) else a["peak"]
+      ok = peak is not None and peak <= hbm_bytes
+      yield (kind, c.distill.micro_batch if key == "micro_batch" else c.distill.max_gen_length,
+             int(c.distill.max_prompt_len) + 2 * int(c.distill.max_gen_length),
+             c.distill.micro_batch, peak, ok)
+      if not ok:
+        break
+
+
 
 
 def main(argv: list[str]) -> int:
@@ -281,6 +328,10 @@ def main(argv: list[str]) -> int:
                     "(needs the libtpu package; no TPU)", flag_values=fv)
   flags.DEFINE_string("topology", "", "TPU topology for --aot, e.g. v5p:2x2x2 (default: "
                       "from the slice)", flag_values=fv)
+  flags.DEFINE_enum("fit", None, list(FIT_KEYS), "with --aot: double this key from the "
+                    "config's value until the compiled step no longer fits", flag_values=fv)
+  flags.DEFINE_list("attention", ["dense", "splash"], "attention kernels --fit compares",
+                    flag_values=fv)
   fv(["memory"] + list(argv))
   config = fv.config
   if config is None:
@@ -296,6 +347,26 @@ def main(argv: list[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(format_plan(p))
+  if fv.aot and fv.fit:
+    return _print_fit(config, fv, p["hbm"])
   if fv.aot:
     print(aot_compile(config, fv.topology), flush=True)
+  return 0
+
+
+def _print_fit(config, fv, hbm) -> int:
+  print(f"fit: doubling {FIT_KEYS[fv.fit]} until XLA's peak exceeds {hbm / GiB:.0f} GiB")
+  print(f"{'attention':10s} {'micro_batch':>11s} {'seq_len':>8s} {'peak GiB':>9s}  fits")
+  best = {}
+  try:
+    for kind, _, seq, mb, peak, ok in fit(config, fv.fit, fv.attention, hbm, fv.topology):
+      gib = "failed" if peak is None else f"{peak / GiB:.2f}"
+      print(f"{kind:10s} {mb:11d} {seq:8d} {gib:>9s}  {'yes' if ok else 'no'}", flush=True)
+      if ok:
+        best[kind] = mb if fv.fit == "micro_batch" else seq
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for kind in fv.attention:
+    print(f"largest {fv.fit} that fits with {kind}: {best.get(kind, 'none')}", flush=True)
   return 0

@@ -101,9 +101,10 @@ class Model:
 
 
 def load_model(path, name: str = "model", tokenizer_dir: str = "", param_dtype: str = "",
-               dtype: str = "") -> Model:
+               dtype: str = "", attention: str = "") -> Model:
   """Params, config, tokenizer and special ids of an HF dir or a t3d_jax model dir;
-  ``param_dtype`` casts the weights, ``dtype`` sets the compute dtype ('' keeps them)."""
+  ``param_dtype`` casts the weights, ``dtype`` sets the compute dtype, ``attention`` the
+  kernel ('' keeps them)."""
   from t3d_jax.data import tokenizer as tok_lib
   p = Path(path)
   if not p.exists():
@@ -113,6 +114,8 @@ def load_model(path, name: str = "model", tokenizer_dir: str = "", param_dtype: 
   checkpoint.check_finite(params, p)
   if dtype:
     cfg = cfg.replace(dtype=dtype)
+  if attention:
+    cfg = cfg.replace(attention=attention)
   tokenizer = tok_lib.load_tokenizer(tokenizer_dir or checkpoint.meta_dir_of(p))
   ids = tok_lib.special_ids(tokenizer)
   if ids.vocab_size > cfg.vocab_size:

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from t3d_jax.dtypes import as_dtype
-from t3d_jax.masks import LayoutMask
+from t3d_jax.masks import CacheMask, LayoutMask
+from t3d_jax.models import attention
 
 Array = jax.Array
 
@@ -50,6 +51,7 @@ class SDARConfig:
   dtype: str = "float32"        # compute dtype
   param_dtype: str = "float32"  # storage dtype of the params
   remat: Any = "none"           # what a layer's backward recomputes (REMAT; bools accepted)
+  attention: str = "dense"      # kernel: dense | splash | auto (t3d_jax.models.attention)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -60,6 +62,7 @@ class SDARConfig:
     if remat not in REMAT:
       raise ValueError(f"unknown remat {self.remat!r}; expected one of {sorted(REMAT)}")
     object.__setattr__(self, "remat", remat)
+    attention.resolve(self.attention, backend="cpu")  # validates
 
   def replace(self, **kw) -> "SDARConfig":
     return dataclasses.replace(self, **kw)
@@ -107,56 +110,11 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
   return (x32 * cos + rot * sin).astype(x.dtype)
 
 
-def _attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
-  """Masked softmax attention. q [B, T, KV, G, D], k/v [B, S, KV, D], mask [B, T, S]."""
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
-  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bkgts,bskd->btkgd", probs, v)
-
-
-def _attend_noisy(q: Array, k: Array, v: Array, mask: Array, block: int) -> Array:
-  """Attention of the noisy rows of a [context C | noisy] layout, when each noisy row
-  sees (under ``mask``) the C context keys and the keys of its own block only.
-
-  q [B, T, KV, G, D] the T noisy rows; k/v [B, C+T, KV, D]; mask [B, T, C+T]. Scores are
-  computed against the context and the own block ([T, C + block] instead of [T, C+T]);
-  a partial last block is padded with masked rows and keys."""
-  b, t, kv, g, d = q.shape
-  ctx = k.shape[1] - t
-  nb = -(-t // block)
-  pad = nb * block - t
-  if pad:
-    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
-    k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    mask = jnp.pad(mask, ((0, 0), (0, pad), (0, pad)))
-  qb = q.reshape(b, nb, block, kv, g, d)
-  k_own = k[:, ctx:].reshape(b, nb, block, kv, d)
-  v_own = v[:, ctx:].reshape(b, nb, block, kv, d)
-  m_ctx = mask[:, :, :ctx].reshape(b, nb, block, ctx)
-  m_own = jnp.diagonal(mask[:, :, ctx:].reshape(b, nb, block, nb, block), axis1=1, axis2=3)
-  m_own = jnp.moveaxis(m_own, -1, 1)                                    # [B, NB, bs, bs]
-  scores = jnp.concatenate([jnp.einsum("bntkgd,bskd->bnkgts", qb, k[:, :ctx]),
-                            jnp.einsum("bntkgd,bnskd->bnkgts", qb, k_own)], -1)
-  scores = scores.astype(jnp.float32) * (d ** -0.5)
-  m = jnp.concatenate([m_ctx, m_own], -1)[:, :, None, None]            # [B, NB, 1, 1, bs, C+bs]
-  scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = (jnp.einsum("bnkgts,bskd->bntkgd", probs[..., :ctx], v[:, :ctx])
-         + jnp.einsum("bnkgts,bnskd->bntkgd", probs[..., ctx:], v_own))
-  return out.reshape(b, nb * block, kv, g, d)[:, :t]
-
-
 class Attention(nn.Module):
-  """``context_len`` > 0 (static, no cache; from a :class:`t3d_jax.masks.LayoutMask`):
-  the mask is known to let rows before it see only keys before it, and each later
-  (noisy) row only the keys before it and those of its own block of ``noisy_block``
-  rows (counted from context_len). The score blocks that the mask hides entirely are
-  then not computed; the result is the same. Every row must see at least one key."""
+  """Self-attention with QK-norm and RoPE; the kernel (``cfg.attention``) and the mask
+  (a bool array, a :class:`t3d_jax.masks.LayoutMask` or a :class:`t3d_jax.masks.CacheMask`)
+  go to :func:`t3d_jax.models.attention.attend`. Every row must see at least one key."""
   cfg: SDARConfig
-  context_len: int = 0
-  noisy_block: int = 0
 
   def _proj(self, x, name, heads, head_names):
     cfg = self.cfg
@@ -187,12 +145,7 @@ class Attention(nn.Module):
     b, t, _, d = q.shape
     g = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, t, cfg.num_kv_heads, g, d)
-    c = self.context_len
-    if c and cache_kv is None and c < t:
-      noisy = _attend_noisy(q[:, c:], k, v, mask[:, c:], self.noisy_block)
-      out = jnp.concatenate([_attend(q[:, :c], k[:, :c], v[:, :c], mask[:, :c, :c]), noisy], 1)
-    else:
-      out = _attend(q, k, v, mask)
+    out = attention.attend(q, k, v, mask, cfg.attention)
     out = out.reshape(b, t, cfg.num_heads, d)
     wo = _param(self, "o_kernel", (cfg.num_heads, d, cfg.hidden_size),
                 ("heads", "head_dim", "embed"), nn.initializers.normal(0.02), cfg)
@@ -220,13 +173,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
   """One pre-norm decoder layer; scanned over the layer axis."""
   cfg: SDARConfig
-  context_len: int = 0
-  noisy_block: int = 0
 
   @nn.compact
   def __call__(self, x, cache_kv, mask, positions):
     cfg = self.cfg
-    h, new_kv = Attention(cfg, self.context_len, self.noisy_block, name="attn")(
+    h, new_kv = Attention(cfg, name="attn")(
         RMSNorm(cfg, cfg.hidden_size, name="input_norm")(x), mask, positions, cache_kv)
     x = x + h
     x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, cfg.hidden_size, name="post_attn_norm")(x))
@@ -239,25 +190,28 @@ class SDAR(nn.Module):
   @nn.compact
   def __call__(self, ids, mask, positions, cache: Optional[KVCache] = None,
                logits_start: int = 0):
-    """ids [B, T] int; mask [B, T, S+T] (or [T, S+T]) bool, or a
-    :class:`t3d_jax.masks.LayoutMask` (no cache); positions [B, T].
+    """ids [B, T] int; mask [B, T, S+T] (or [T, S+T]) bool, a
+    :class:`t3d_jax.masks.LayoutMask` (no cache) or a :class:`t3d_jax.masks.CacheMask`
+    (with a cache); positions [B, T].
 
     Without a cache S = 0. Returns (logits [B, T - logits_start, V] of the rows from
     ``logits_start`` on, KVCache of the T new tokens). A static ``logits_start`` skips
-    the head for rows whose logits are not needed (prefill, a fused commit block). A
-    LayoutMask lets attention skip the score blocks its layout hides (see
-    :class:`Attention`).
+    the head for rows whose logits are not needed (prefill, a fused commit block). The
+    structured masks let attention skip the score blocks they hide (dense) or take the
+    block-sparse kernel (``cfg.attention``; :mod:`t3d_jax.models.attention`).
     """
     cfg = self.cfg
-    context_len = noisy_block = 0
     if isinstance(mask, LayoutMask):
       if cache is not None or mask.dense.shape[-2] != ids.shape[1]:
         raise ValueError(f"a LayoutMask needs no cache and {ids.shape[1]} rows, got "
                          f"{mask.dense.shape} with cache={cache is not None}")
-      mask, context_len, noisy_block = mask.dense, mask.context_len, mask.noisy_block
-    dtype = as_dtype(cfg.dtype)
-    if mask.ndim == 2:
+    elif isinstance(mask, CacheMask):
+      if cache is None or len(mask.own) != ids.shape[1]:
+        raise ValueError(f"a CacheMask needs a cache and {ids.shape[1]} rows, got "
+                         f"{len(mask.own)} with cache={cache is not None}")
+    elif mask.ndim == 2:
       mask = jnp.broadcast_to(mask, (ids.shape[0],) + mask.shape)
+    dtype = as_dtype(cfg.dtype)
     table = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
                    nn.initializers.normal(0.02), cfg)
     x = jnp.take(table, ids, axis=0).astype(dtype)
@@ -268,7 +222,7 @@ class SDAR(nn.Module):
                      in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
     cache_kv = None if cache is None else (cache.k, cache.v)
-    x, (k, v) = layers(cfg, context_len, noisy_block, name="layers")(x, cache_kv, mask, positions)
+    x, (k, v) = layers(cfg, name="layers")(x, cache_kv, mask, positions)
     x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x[:, logits_start:])
     if cfg.tie_word_embeddings:
       logits = x @ table.astype(dtype).T
@@ -310,8 +264,9 @@ def forward(params, cfg: SDARConfig, ids: Array, mask, positions: Array,
 def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
                        cache: KVCache, logits_start: int = 0) -> tuple[Array, KVCache]:
   """Decode step: a query block ids [B, T] attends to ``cache`` (length S) and itself
-  under mask [B, T, S+T]. Returns the logits of rows ``logits_start``.. and the block's
-  own keys/values, which the caller appends (``write_cache``) once it is committed."""
+  under mask [B, T, S+T] (or a :class:`t3d_jax.masks.CacheMask`). Returns the logits of
+  rows ``logits_start``.. and the block's own keys/values, which the caller appends
+  (``write_cache``) once it is committed."""
   return SDAR(cfg).apply({"params": params}, ids, mask, positions, cache, logits_start)
 
 

@@ -57,7 +57,7 @@ def run(config) -> None:
   seed = stage_seed(config, "distill")
   src = Path(model_dir(config))
   mcfg = model_config(src, param_dtype=config.model.param_dtype).replace(
-      dtype=config.model.dtype, remat=config.model.remat)
+      dtype=config.model.dtype, remat=config.model.remat, attention=config.model.attention)
   tokenizer = load_tokenizer(config.tokenizer_dir or checkpoint.meta_dir_of(src))
   ids = special_ids(tokenizer)
   samples, counts = load_trajectory_samples(

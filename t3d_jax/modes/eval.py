@@ -257,7 +257,7 @@ def run(config) -> None:
     with StopRequests() as signals:  # SIGTERM / SIGINT: stop after the run in flight
       for name, path in models:
         model = load_model(path, name, config.tokenizer_dir, config.model.param_dtype,
-                           config.model.dtype)
+                           config.model.dtype, config.model.attention)
         base_dcfg = DecodeConfig.from_config(d, model.ids)
         prompts, prompt_ids = tok_lib.build_prompts(model.tokenizer, questions,
                                                     config.prompt_template, e.data, base_dcfg,

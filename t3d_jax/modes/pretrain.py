@@ -102,7 +102,8 @@ def run(config) -> None:
   if ids.vocab_size > start.model.vocab_size:
     raise InputError(f"{tok_dir}: tokenizer has {ids.vocab_size} tokens but the model's "
                      f"vocabulary is {start.model.vocab_size}")
-  mcfg = start.model.replace(dtype=config.model.dtype, remat=config.model.remat)
+  mcfg = start.model.replace(dtype=config.model.dtype, remat=config.model.remat,
+                             attention=config.model.attention)
   seed = stage_seed(config, "pretrain")
   ex_cfg = pt.PretrainExamples.from_config(  # 0: the block the model will decode with
       config.examples, mask_eps=p.mask_eps,

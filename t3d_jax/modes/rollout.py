@@ -172,7 +172,7 @@ def run(config) -> None:
   grader = load_grader(config.task.name)  # an unknown or broken grader: before decoding
   src = model_dir(config)
   model = load_model(src, "teacher", config.tokenizer_dir, config.model.param_dtype,
-                     config.model.dtype)
+                     config.model.dtype, config.model.attention)
   dcfg = DecodeConfig.from_config(d, model.ids)
   mesh = batched.decode_mesh(d)
   questions = load_rows(r, config.workdir)

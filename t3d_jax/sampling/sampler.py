@@ -47,6 +47,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t3d_jax import masks
+from t3d_jax.sharding import in_mesh
 from t3d_jax.models.sdar import KVCache, SDARConfig, forward_with_cache, write_cache
 from t3d_jax.sampling import logits as logits_lib
 from t3d_jax.sampling import strategies
@@ -164,23 +165,21 @@ def _prefill(params, cfg: SDARConfig, dcfg: DecodeConfig, prompt_ids, first, off
 
 def _block_forward(params, cfg, block, start, cache):
   """One forward of the block at positions start.. against cache slots < start."""
-  bsz, b = block.shape
+  b = block.shape[1]
   valid = jnp.arange(cache.k.shape[2])[None, :] < start[:, None]
   pos = start[:, None] + jnp.arange(b, dtype=jnp.int32)[None, :]
-  return forward_with_cache(params, cfg, block, masks.decode_mask(valid, b), pos, cache)
+  mask = masks.CacheMask.of(valid, np.ones((b, b), bool))
+  return forward_with_cache(params, cfg, block, mask, pos, cache)
 
 
 def _fused_forward(params, cfg, prev, block, start, cache):
   """Query [prev | block] at start-b..start+b: prev (finished, uncommitted) sees cache +
   itself, block sees cache + prev + itself. Writes prev's KV; returns block's logits."""
-  bsz, b = block.shape
-  size = cache.k.shape[2]
-  valid = jnp.arange(size)[None, :] < (start - b)[:, None]                 # [B, S]
-  q = jnp.arange(2 * b)
-  own = (q[None, :] < b) | (q[:, None] >= b)                                # [2b, 2b]
-  mask = jnp.concatenate([jnp.broadcast_to(valid[:, None, :], (bsz, 2 * b, size)),
-                          jnp.broadcast_to(own, (bsz, 2 * b, 2 * b))], axis=-1)
-  pos = (start - b)[:, None] + q[None, :].astype(jnp.int32)
+  b = block.shape[1]
+  valid = jnp.arange(cache.k.shape[2])[None, :] < (start - b)[:, None]                 # [B, S]
+  q = np.arange(2 * b)
+  mask = masks.CacheMask.of(valid, (q[None, :] < b) | (q[:, None] >= b))   # own [2b, 2b]
+  pos = (start - b)[:, None] + jnp.arange(2 * b, dtype=jnp.int32)[None, :]
   logits, kv = forward_with_cache(params, cfg, jnp.concatenate([prev, block], 1), mask, pos,
                                   cache, logits_start=b)  # no head for the commit rows
   return logits, write_cache(cache, kv, start - b, count=b)
@@ -364,12 +363,16 @@ def compile_decoder(core: Callable, cfg: SDARConfig, dcfg: DecodeConfig,
     if prompt_ids.shape[0] % n_data:
       raise DecodeError(f"batch {prompt_ids.shape[0]} is not a multiple of the mesh's "
                         f"{data_axis!r} axis ({n_data})")
-    return jitted(params, prompt_ids, prompt_lens, as_row_keys(rng, prompt_ids.shape[0]),
-                  default if knobs is None else knobs)
+    with in_mesh(mesh):  # the attention kernel runs per shard on it
+      return jitted(params, prompt_ids, prompt_lens, as_row_keys(rng, prompt_ids.shape[0]),
+                    default if knobs is None else knobs)
 
-  # for cost analysis / AOT compilation: the executable takes [B] row keys and the knobs
-  run.lower = lambda params, ids, lens, rng, knobs=None: jitted.lower(
-      params, ids, lens, as_row_keys(rng, ids.shape[0]), default if knobs is None else knobs)
+  def lower(params, ids, lens, rng, knobs=None):
+    """For cost analysis / AOT compilation: the executable takes [B] row keys and knobs."""
+    with in_mesh(mesh):
+      return jitted.lower(params, ids, lens, as_row_keys(rng, ids.shape[0]),
+                          default if knobs is None else knobs)
+  run.lower = lower
   run.knobs = default
   run.executables = {}  # the timed callers' AOT executables by (width, batch): compiled once
   return run

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from t3d_jax.sharding import (Rules, batch_spec, check_batch, logical_names, make_rules,
+from t3d_jax.sharding import (Rules, batch_spec, check_batch, in_mesh, logical_names, make_rules,
                               mirror_params, named, param_specs)
 from t3d_jax.train.trainer import TrainState
 
@@ -83,6 +83,7 @@ def jit_train_step(step: Callable, sh: TrainShardings) -> Callable:
 
   def run(state, ref_params, batch, rng):
     check_batch(batch, sh.batch)
-    return jitted(state.tx)(state, ref_params, batch, rng)
+    with in_mesh(sh.mesh):  # the attention kernel runs per shard on it
+      return jitted(state.tx)(state, ref_params, batch, rng)
   run.jitted = jitted
   return run
