@@ -358,20 +358,27 @@ def compile_decoder(core: Callable, cfg: SDARConfig, dcfg: DecodeConfig,
                                          rows, rows, rows, rep), out_shardings=rows)
   default = Knobs.of(dcfg)
 
+  def row_args(ids, lens, rng):
+    """(ids, lens, [B] keys) placed as the executable takes them: a committed array with
+    another sharding (keys derived under a mesh context are replicated) is moved, not
+    refused by jit."""
+    keys = as_row_keys(rng, ids.shape[0])
+    return (ids, lens, keys) if mesh is None else jax.device_put((ids, lens, keys), rows)
+
   def run(params, prompt_ids, prompt_lens, rng, knobs: Optional[Knobs] = None) -> dict:
     check_inputs(dcfg, cfg.vocab_size, prompt_ids, prompt_lens)
     if prompt_ids.shape[0] % n_data:
       raise DecodeError(f"batch {prompt_ids.shape[0]} is not a multiple of the mesh's "
                         f"{data_axis!r} axis ({n_data})")
+    args = row_args(prompt_ids, prompt_lens, rng)
     with in_mesh(mesh):  # the attention kernel runs per shard on it
-      return jitted(params, prompt_ids, prompt_lens, as_row_keys(rng, prompt_ids.shape[0]),
-                    default if knobs is None else knobs)
+      return jitted(params, *args, default if knobs is None else knobs)
 
   def lower(params, ids, lens, rng, knobs=None):
     """For cost analysis / AOT compilation: the executable takes [B] row keys and knobs."""
+    args = row_args(ids, lens, rng)
     with in_mesh(mesh):
-      return jitted.lower(params, ids, lens, as_row_keys(rng, ids.shape[0]),
-                          default if knobs is None else knobs)
+      return jitted.lower(params, *args, default if knobs is None else knobs)
   run.lower = lower
   run.knobs = default
   run.executables = {}  # the timed callers' AOT executables by (width, batch): compiled once
