@@ -8,6 +8,7 @@ from hf_models import make_qwen3, torch_logits
 from t3d_jax import masks
 from t3d_jax.convert import load_params
 from t3d_jax.models import KVCache, forward, forward_with_cache, logical_axes, write_cache
+from t3d_jax.models.sdar import unstack_layers
 
 VOCAB = 300
 
@@ -58,9 +59,16 @@ def test_t3d_training_mask_matches_transformers(tiny):
     forward(params, cfg, ids[:, :L0 + L1], attn, pos[:, :L0 + L1])
 
 
-def test_cache_decode_equals_full_forward(tiny):
-  """Prefill a prefix into the cache block by block, then decode a block against it."""
+@pytest.mark.parametrize("unstacked", [False, True])
+def test_cache_decode_equals_full_forward(tiny, unstacked):
+  """Prefill a prefix into the cache block by block, then decode a block against it;
+  also with the layers unstacked (the sampler's decode layout, run unrolled)."""
   _, params, cfg = tiny
+  if unstacked:
+    params = unstack_layers(params)
+    assert "layers" not in params and len([k for k in params if k.startswith("layer_")]) == \
+        cfg.num_layers
+    assert unstack_layers(params) is params
   B, b, nblk = 2, 4, 3
   T = b * nblk
   ids = np.random.RandomState(2).randint(0, VOCAB, (B, T))

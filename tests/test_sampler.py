@@ -217,6 +217,21 @@ def test_aligned_prompt_mode_parity(tiny, naive_refs, strategy, b, s, mode):
   expect_rows(out, dcfg, refs)
 
 
+@pytest.mark.parametrize("mode", ["separate", "fused"])
+def test_scanned_layers_parity(tiny, naive_refs, mode):
+  """decode.unroll_layers=False (the layers scanned over the stacked weights, as in
+  training) decodes as the default unrolled layers do: both equal the naive decoder."""
+  _, params, cfg = tiny
+  prompts = make_prompts(PROMPT_LENS)
+  kw = dict(block_size=4, denoising_steps=2, strategy="low_confidence_dynamic",
+            max_new_tokens=N_NEW, commit_mode=mode, threshold=THRESHOLD)
+  out, dcfg = decode(params, cfg, prompts, unroll_layers=False, **kw)
+  assert not dcfg.unroll_layers
+  refs = naive_refs(prompts, block_size=4, steps=2, strategy="low_confidence_dynamic",
+                    max_new=N_NEW, threshold=THRESHOLD)
+  expect_rows(out, dcfg, refs)
+
+
 def test_stop_ids_cut_block_and_finish(tiny, naive_refs):
   _, params, cfg = tiny
   prompts = make_prompts(PROMPT_LENS, seed=2)

@@ -3,7 +3,10 @@
 Decoding a block is bound by reading the weights at small batch (each forward streams
 every weight once) and by matmul throughput at large batch. ``stream_bandwidth`` and
 ``matmul_peak`` measure the two on the device at hand; ``weight_bytes`` and
-``forward_flops`` say what one forward of the model needs of each.
+``forward_flops`` say what one forward of the model needs of each. ``matmul_floor`` times
+the model's weight matmuls alone at a forward's shape: what the device's matmul kernels
+can do there, whatever the rest of the forward costs (at a few rows they run below both
+roofs: neither bandwidth- nor compute-bound).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t3d_jax.models.sdar import SDARConfig
+from t3d_jax.models.sdar import SDARConfig, unstack_layers
 
 
 def _best_seconds(fn, *args, repeats: int) -> float:
@@ -56,3 +59,27 @@ def forward_flops(cfg: SDARConfig, tokens: int, context: float) -> float:
   per_layer = 2 * tokens * (h * q_dim + 2 * h * kv_dim + q_dim * h + 3 * h * cfg.intermediate_size)
   attention = 2 * 2 * tokens * context * q_dim
   return cfg.num_layers * (per_layer + attention) + 2 * tokens * h * cfg.vocab_size
+
+
+def matmul_floor(params, cfg: SDARConfig, rows: int, repeats: int = 10) -> float:
+  """Seconds of one forward's weight matmuls alone at ``rows`` query tokens (batch x
+  block): every projection, the MLP and the LM head as plain dots against the model's
+  own (per-layer) weights, chained layer to layer; no attention, norms or sampling."""
+  p = unstack_layers(params)
+  layers = [p[f"layer_{i}"] for i in range(cfg.num_layers)]
+  head = p["embedding"].T if cfg.tie_word_embeddings else p["lm_head"]
+  dtype = jax.tree.leaves(params)[0].dtype
+
+  def run(x, layers, head):
+    side = jnp.zeros((), jnp.float32)
+    for lp in layers:
+      a, m = lp["attn"], lp["mlp"]
+      flat = lambda w: w.reshape(w.shape[0], -1)  # noqa: E731  [in, heads * head_dim]
+      q = x @ flat(a["q_kernel"])
+      side += (x @ flat(a["k_kernel"])).sum() + (x @ flat(a["v_kernel"])).sum()
+      x = x + q @ a["o_kernel"].reshape(-1, a["o_kernel"].shape[-1])
+      x = x + ((x @ m["gate_kernel"]) * (x @ m["up_kernel"])) @ m["down_kernel"]
+    return (x @ head).sum() + side
+
+  x = jnp.ones((rows, cfg.hidden_size), dtype) * 0.01
+  return _best_seconds(jax.jit(run), x, layers, head, repeats=repeats)

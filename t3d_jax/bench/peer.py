@@ -176,12 +176,17 @@ def _limits(a, cfg, params, make, settings, base, rs) -> None:
   print(f"# limits: streaming bandwidth {bw / 1e9:.1f} GB/s, matmul peak {peak / 1e9:.0f} "
         f"GFLOP/s (fp32 2048^2); weights read per forward {wbytes / 1e6:.1f} MB -> "
         f"weight-stream limit {wbytes / bw * 1e3:.2f} ms per forward")
+  floor = limits.matmul_floor(params, cfg, a.block)
+  print(f"  the model's weight matmuls alone at {a.block} rows (one batch-1 block): "
+        f"{floor * 1e3:.2f} ms = {floor / (wbytes / bw):.2f}x the weight-stream limit "
+        f"(the matmul kernels' floor at this shape)")
   for st in settings:
     if st.name == "batch 1":
       forwards = st.nfe.sum() + len(st.prompts)  # + each prompt's prefill
       per = np.median(st.times["t3d_jax"]) / forwards
       print(f"  batch 1, s={st.s}: {per * 1e3:.2f} ms per forward = "
-            f"{per / (wbytes / bw):.2f}x the weight-stream limit")
+            f"{per / (wbytes / bw):.2f}x the weight-stream limit, {per / floor:.2f}x the "
+            f"matmul floor")
   dcfg = base.replace(denoising_steps=a.peer_steps[0])
   for batch in a.mfu_batches:
     prompts = _prompts(rs, batch, a.peer_prompt, a.vocab, equal=False)

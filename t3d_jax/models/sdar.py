@@ -6,7 +6,9 @@ never builds a mask itself: callers pass a boolean mask (True = may attend) and 
 position ids, so training masks, prefill and KV-cache decoding all share one network.
 
 Layers are stacked (``nn.scan``) so params carry a leading ``layers`` axis and the
-compile time does not grow with depth. Every param carries logical axis names
+compile time does not grow with depth; the sampler splits them per layer
+(:func:`unstack_layers`) and runs them unrolled, which saves a copy of the layer weights
+per forward. Every param carries logical axis names
 (``vocab``, ``embed``, ``heads``, ``kv_heads``, ``head_dim``, ``mlp``, ``norm``,
 ``layers``) that sharding rules map onto mesh axes.
 """
@@ -185,7 +187,10 @@ class Block(nn.Module):
 
 
 class SDAR(nn.Module):
+  """The network. ``unrolled``: the layers are separate modules ``layer_0``.. instead of
+  one scanned ``layers`` (the decode layout, :func:`unstack_layers`)."""
   cfg: SDARConfig
+  unrolled: bool = False
 
   @nn.compact
   def __call__(self, ids, mask, positions, cache: Optional[KVCache] = None,
@@ -218,11 +223,19 @@ class SDAR(nn.Module):
     policy = REMAT[cfg.remat]
     block = (Block if policy is None else
              nn.remat(Block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, policy)))
-    layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                     metadata_params={nn.PARTITION_NAME: "layers"})
-    cache_kv = None if cache is None else (cache.k, cache.v)
-    x, (k, v) = layers(cfg, name="layers")(x, cache_kv, mask, positions)
+    if self.unrolled:
+      kvs = []
+      for i in range(cfg.num_layers):
+        x, kv = block(cfg, name=f"layer_{i}")(
+            x, None if cache is None else (cache.k[i], cache.v[i]), mask, positions)
+        kvs.append(kv)
+      k, v = (jnp.stack(t) for t in zip(*kvs))
+    else:
+      layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                       metadata_params={nn.PARTITION_NAME: "layers"})
+      cache_kv = None if cache is None else (cache.k, cache.v)
+      x, (k, v) = layers(cfg, name="layers")(x, cache_kv, mask, positions)
     x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x[:, logits_start:])
     if cfg.tie_word_embeddings:
       logits = x @ table.astype(dtype).T
@@ -258,7 +271,25 @@ def forward(params, cfg: SDARConfig, ids: Array, mask, positions: Array,
 
   ``mask`` may be the :class:`t3d_jax.masks.LayoutMask` of a T3D training layout
   (``TrainingLayout.attention``): attention then skips the score blocks it hides."""
-  return SDAR(cfg).apply({"params": params}, ids, mask, positions, None, logits_start)[0]
+  return _module(cfg, params).apply({"params": params}, ids, mask, positions, None,
+                                    logits_start)[0]
+
+
+def unstack_layers(params) -> dict:
+  """The decode layout of ``params``: the stacked ``layers`` tree [L, ...] split into
+  ``layer_0``.. ``layer_{L-1}`` (static slices), for :func:`forward_with_cache`.
+
+  A scanned layer reads its weights with a dynamic slice, which XLA materialises: every
+  forward copies all layer weights once more. Decoding runs hundreds of forwards with the
+  same weights, so the sampler splits them once per call (inside its jit, outside its
+  loops) and runs the layers unrolled. Params already unstacked are returned as they are."""
+  if "layers" not in params:
+    return params
+  rest = {k: v for k, v in params.items() if k != "layers"}
+  n = jax.tree.leaves(params["layers"])[0].shape[0]
+  for i in range(n):
+    rest[f"layer_{i}"] = jax.tree.map(lambda p: p[i], params["layers"])
+  return rest
 
 
 def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
@@ -266,8 +297,15 @@ def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positio
   """Decode step: a query block ids [B, T] attends to ``cache`` (length S) and itself
   under mask [B, T, S+T] (or a :class:`t3d_jax.masks.CacheMask`). Returns the logits of
   rows ``logits_start``.. and the block's own keys/values, which the caller appends
-  (``write_cache``) once it is committed."""
-  return SDAR(cfg).apply({"params": params}, ids, mask, positions, cache, logits_start)
+  (``write_cache``) once it is committed. ``params`` may be stacked or
+  :func:`unstack_layers`'d (the layers then run unrolled; also in :func:`forward`)."""
+  return _module(cfg, params).apply({"params": params}, ids, mask, positions, cache,
+                                    logits_start)
+
+
+def _module(cfg: SDARConfig, params) -> SDAR:
+  """The network for ``params``' layout: scanned layers, or unrolled (unstacked)."""
+  return SDAR(cfg, unrolled="layers" not in params)
 
 
 def write_cache(cache: KVCache, new: KVCache, start: Array, count: Optional[int] = None) -> KVCache:

@@ -73,6 +73,11 @@ class DecodeConfig:
     step_map 0 there; only entropy_bounded with s < b can leave masks).
   max_length: optional static budget prompt + new tokens; fixes the KV-cache length
     (max_length + block_size) across batches. Must be a multiple of block_size.
+  unroll_layers: True (default): the layers run unrolled over per-layer weights split
+    once per call. A scanned layer reads its weights through a dynamic slice that XLA
+    materialises, i.e. every forward copies all layer weights once more (README,
+    Benchmarks). The price is compile time, which grows with depth (36 layers: 2.4 ->
+    16 s on a 2-core CPU); False scans them.
   """
   block_size: int = 4
   denoising_steps: int = 4
@@ -90,6 +95,7 @@ class DecodeConfig:
   commit_mode: str = "fused"
   reveal_all_on_last_step: bool = True
   max_length: Optional[int] = None
+  unroll_layers: bool = True
 
   def __post_init__(self):
     object.__setattr__(self, "stop_ids", tuple(int(t) for t in self.stop_ids))

@@ -48,7 +48,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t3d_jax import masks
 from t3d_jax.sharding import in_mesh
-from t3d_jax.models.sdar import KVCache, SDARConfig, forward_with_cache, write_cache
+from t3d_jax.models.sdar import (KVCache, SDARConfig, forward_with_cache, unstack_layers,
+                                 write_cache)
 from t3d_jax.sampling import logits as logits_lib
 from t3d_jax.sampling import strategies
 from t3d_jax.sampling.config import (MAX_STOP_IDS, DecodeConfig, DecodeError, cache_length,
@@ -326,6 +327,8 @@ def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, knobs: 
               cfg: SDARConfig, dcfg: DecodeConfig) -> dict:
   """Traceable core of :func:`generate` (see the module docstring)."""
   bsz, width = prompt_ids.shape
+  if dcfg.unroll_layers:  # split once per call: no per-forward copy of the layer weights
+    params = unstack_layers(params)
   prompt_ids = prompt_ids.astype(jnp.int32)
   plen = prompt_lens.astype(jnp.int32)
   first, offset = prompt_layout(dcfg, plen)
