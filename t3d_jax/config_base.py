@@ -104,7 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32",        # compute dtype: float32 | bfloat16
       param_dtype="float32",  # master params (fp32 master + bf16 compute is the TPU default)
       remat="dots",           # backward recomputes: none | dots (non-matmul ops) | full
-      attention="auto"))      # kernel: dense | splash (TPU block-sparse) | auto (splash on TPU)
+      attention="auto"))      # kernel: dense | splash (TPU block-sparse) | cudnn (GPU flash,
+                              # bf16) | auto (splash on TPU, else dense)
 
   # pretrain: question/answer pairs -> model dir (masked-diffusion objective; SFT with init)
   c.pretrain = ml_collections.ConfigDict(dict(

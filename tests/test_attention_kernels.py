@@ -168,3 +168,68 @@ def test_cli_rejects_unknown_kernel_in_one_line(tmp_path):
   assert out.returncode == 2
   assert "config.model: unknown attention 'flash'" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+# ----------------------------------------------------------------------------- cudnn
+# jax.nn.dot_product_attention: cuDNN on a GPU; here (no GPU) XLA's implementation of the
+# same call, which checks what t3d_jax hands it (head grouping, the mask as [B, 1, T, S]).
+
+@pytest.mark.parametrize("l0,l1,bs,pads", LAYOUTS[:2])
+def test_cudnn_call_training_mask_equals_dense(l0, l1, bs, pads):
+  rng = np.random.default_rng(l0 + l1 + 1)
+  m = _layout_case(rng, l0, l1, bs, pads)
+  n = m.dense.shape[-1]
+  q, k, v = _qkv(rng, len(pads), n, n)
+  want = attention.dense(q, k, v, m.dense)
+  np.testing.assert_allclose(attention.attend(q, k, v, m, "cudnn"), want, atol=1e-5, rtol=1e-5)
+  cot = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
+  grads = [jax.grad(lambda q, k, v: jnp.sum(attention.attend(q, k, v, m, kind) * cot),
+                    argnums=(0, 1, 2))(q, k, v) for kind in ("dense", "cudnn")]
+  for g, w in zip(grads[1], grads[0]):
+    np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_cudnn_call_decode_mask_equals_dense():
+  rng = np.random.default_rng(4)
+  qi = np.arange(8)
+  m = masks.CacheMask.of(jnp.asarray(np.arange(40)[None, :] < np.array([[0], [9], [40]])),
+                         (qi[None, :] < 4) | (qi[:, None] >= 4))  # the fused [prev | block]
+  q, k, v = _qkv(rng, 3, 8, 48)
+  np.testing.assert_allclose(attention.attend(q, k, v, m, "cudnn"),
+                             attention.dense(q, k, v, m.dense), atol=1e-5, rtol=1e-5)
+
+
+def test_cudnn_model_and_sampler_bf16():
+  """The whole model in bf16 with attention='cudnn' (the XLA call here) against dense bf16,
+  and greedy decoding token for token."""
+  from t3d_jax.sampling.config import DecodeConfig
+  from t3d_jax.sampling.sampler import generate
+  cfg = _tiny().replace(dtype="bfloat16")
+  params = init_params(cfg, jax.random.key(0))
+  lay = masks.TrainingLayout(24, 52, 4)
+  ids = jnp.asarray(np.random.default_rng(6).integers(1, 61, (2, lay.length)))
+  attn, pos = lay.attention(ids, PAD), lay.positions(ids, PAD)
+  want = forward(params, cfg, ids, attn, pos)
+  got = forward(params, cfg.replace(attention="cudnn"), ids, attn, pos)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                             atol=0.05)
+  prompts = jnp.asarray(np.random.default_rng(2).integers(3, 61, (2, 8)))
+  dcfg = DecodeConfig(block_size=4, denoising_steps=2, max_new_tokens=8, mask_id=1)
+  outs = [generate(params, c, prompts, jnp.array([8, 5]), jax.random.key(3), dcfg)
+          for c in (cfg, cfg.replace(attention="cudnn"))]
+  np.testing.assert_array_equal(outs[0]["ids"], outs[1]["ids"])
+
+
+def test_cudnn_conditions_named():
+  assert attention.cudnn_unsupported(jnp.bfloat16, 128, 8, 64) is None
+  assert "dtype float32" in attention.cudnn_unsupported(jnp.float32, 128, 8, 64)
+  assert "head_dim 160" in attention.cudnn_unsupported(jnp.bfloat16, 160, 8, 64)
+  assert "9 queries x 64 keys" in attention.cudnn_unsupported(jnp.float16, 64, 9, 64)
+  q = jnp.zeros((1, 9, 2, 2, 16), jnp.bfloat16)
+  kv = jnp.zeros((1, 9, 2, 16), jnp.bfloat16)
+  with pytest.raises(ValueError, match="attention 'cudnn' cannot take 9 queries x 9 keys"):
+    attention.cudnn(q, kv, kv, jnp.ones((1, 9, 9), bool), implementation="cudnn")
+  with pytest.raises(ValueError, match="attention 'cudnn' needs dtype bfloat16 or float16"):
+    _tiny("cudnn")
+  assert attention.resolve("auto", backend="gpu") == "dense"  # not picked until run on a GPU

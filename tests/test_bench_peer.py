@@ -57,6 +57,34 @@ def test_port_overwrites_the_prompt_tail_at_one_step(setup):
   assert (ours != port).any()
 
 
+def test_tie_gap_is_the_top2_logit_gap_of_the_blocks_only_step(setup):
+  """tie_gap re-derived with transformers: [prompt | the port's tokens before the block |
+  masks] under the staircase mask; the gap of the two best logits at the first token the
+  two outputs differ. Only at one step per block and outside prompt-tail blocks."""
+  from hf_models import torch_logits
+  from t3d_jax import masks
+  params, model = setup
+  prompt = np.random.RandomState(5).randint(0, MASK, size=12)
+  dcfg = DecodeConfig(block_size=4, denoising_steps=1, max_new_tokens=20, mask_id=MASK)
+  port, _, _ = sdar_port.generate(model, prompt[None], MASK, 20, 4, 1)
+  other = port[0].copy()
+  other[9] = (other[9] + 1) % MASK                        # first difference: token 9
+  gap = peer.tie_gap(params, CFG, dcfg, prompt, port[0], other)
+  seq = np.concatenate([prompt, port[0, :8], np.full(4, MASK)])[None]  # block of token 9
+  n = seq.shape[1]
+  logits = torch_logits(model, seq, np.asarray(masks.staircase_mask(n, 4))[None],
+                        np.arange(n)[None])[0, 12 + 9]
+  top = np.sort(logits)[-2:]
+  assert gap == pytest.approx(top[1] - top[0], abs=1e-5)
+  assert gap > 0
+  assert peer.tie_gap(params, CFG, dcfg.replace(denoising_steps=2), prompt, port[0],
+                      other) is None
+  tail = np.concatenate([prompt, prompt[:1]])             # 13 tokens: block 0 holds one
+  first = other.copy()
+  first[0] = (first[0] + 1) % MASK
+  assert peer.tie_gap(params, CFG, dcfg, tail, port[0], first) is None
+
+
 def test_forward_flops_match_xla_count():
   cfg = CFG.replace(num_layers=1)  # XLA counts a scanned layer's body once
   params = sdar.init_params(cfg, jax.random.key(0))

@@ -9,6 +9,13 @@
           the per-row part (left-padded prompts, cache slots not yet written) becomes
           SegmentIds. Lowered for TPU it is the Mosaic kernel; lowered for anything else
           it runs in Pallas interpret mode (slow; for tests).
+  cudnn   ``jax.nn.dot_product_attention``: cuDNN's fused flash attention on a GPU (no
+          [B, H, T, S] score tensor; the mask rides in as an additive [B, 1, T, S] bias, so
+          hidden blocks are still computed), XLA's implementation of the same call
+          elsewhere (for tests). cuDNN takes bf16/fp16, head_dim <= 128 and a multiple of
+          8, and even query/key lengths with a bias (:func:`cudnn_unsupported`); an
+          unsupported shape or dtype is a ValueError naming it. Not yet run on a GPU by
+          this project's tests (no GPU in CI), so ``auto`` does not pick it.
   auto    splash on TPU, dense elsewhere.
 
 Only structured masks (``LayoutMask`` for training, ``CacheMask`` for decoding) can take
@@ -31,7 +38,7 @@ import numpy as np
 from t3d_jax.masks import CacheMask, LayoutMask
 
 Array = jax.Array
-KINDS = ("dense", "splash", "auto")
+KINDS = ("dense", "splash", "cudnn", "auto")
 SPLASH_BLOCK = 128   # kernel tile (q and kv); sequences are padded to a multiple of it
 
 
@@ -178,13 +185,51 @@ def _sharded(kernel, q, k, v, seg_q, seg_kv):
                        check_vma=False)(q, k, v, seg_q, seg_kv)
 
 
+# ----------------------------------------------------------------------------- cudnn
+
+CUDNN_DTYPES = ("bfloat16", "float16")
+
+
+def cudnn_unsupported(dtype, head_dim: int, t: int, s: int) -> Optional[str]:
+  """Why cuDNN's flash attention cannot take this call (None if it can): its bf16/fp16
+  conditions in ``jax._src.cudnn.fused_attention_stablehlo.check_is_flash_attention``
+  for pre-Hopper GPUs (head_dim <= 128) with a bias (even lengths)."""
+  if jnp.dtype(dtype).name not in CUDNN_DTYPES:
+    return f"dtype {jnp.dtype(dtype).name} (cuDNN takes {' or '.join(CUDNN_DTYPES)})"
+  if head_dim > 128 or head_dim % 8:
+    return f"head_dim {head_dim} (cuDNN takes <= 128, a multiple of 8)"
+  if t % 2 or s % 2:
+    return f"{t} queries x {s} keys (cuDNN takes even lengths with a mask)"
+  return None
+
+
+def cudnn(q: Array, k: Array, v: Array, mask: Array, *,
+          implementation: Optional[str] = None) -> Array:
+  """q [B, T, KV, G, D], k/v [B, S, KV, D], mask [B, T, S] through
+  ``jax.nn.dot_product_attention`` (grouped heads: query head kv * G + g reads kv head kv,
+  as here). ``implementation``: 'cudnn' on a GPU backend, 'xla' elsewhere, unless given."""
+  b, t, kv, g, d = q.shape
+  if implementation is None:
+    implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
+  if implementation == "cudnn":
+    why = cudnn_unsupported(q.dtype, d, t, k.shape[1])
+    if why:
+      raise ValueError(f"attention 'cudnn' cannot take {why}; use 'dense'")
+  out = jax.nn.dot_product_attention(q.reshape(b, t, kv * g, d), k, v, mask=mask[:, None],
+                                     implementation=implementation)
+  return out.reshape(b, t, kv, g, d)
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 def attend(q: Array, k: Array, v: Array, mask, kind: str) -> Array:
   """q [B, T, KV, G, D], k/v [B, S, KV, D] under ``mask``: a bool array [B, T, S], a
   :class:`LayoutMask` (training, no cache) or a :class:`CacheMask` (decode: the query
   block against [cache | itself]); ``kind`` from :data:`KINDS`."""
-  use_splash = resolve(kind) == "splash"
+  kind = resolve(kind)
+  use_splash = kind == "splash"
+  if kind == "cudnn":
+    return cudnn(q, k, v, mask.dense if isinstance(mask, (LayoutMask, CacheMask)) else mask)
   if isinstance(mask, LayoutMask):
     if use_splash:
       return splash(q, k, v, mask.pattern, mask.segments, mask.segments)

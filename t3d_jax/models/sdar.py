@@ -53,7 +53,7 @@ class SDARConfig:
   dtype: str = "float32"        # compute dtype
   param_dtype: str = "float32"  # storage dtype of the params
   remat: Any = "none"           # what a layer's backward recomputes (REMAT; bools accepted)
-  attention: str = "dense"      # kernel: dense | splash | auto (t3d_jax.models.attention)
+  attention: str = "dense"      # kernel: dense | splash | cudnn | auto (models/attention.py)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -65,6 +65,10 @@ class SDARConfig:
       raise ValueError(f"unknown remat {self.remat!r}; expected one of {sorted(REMAT)}")
     object.__setattr__(self, "remat", remat)
     attention.resolve(self.attention, backend="cpu")  # validates
+    if (self.attention == "cudnn"
+        and jnp.dtype(as_dtype(self.dtype)).name not in attention.CUDNN_DTYPES):
+      raise ValueError(f"attention 'cudnn' needs dtype {' or '.join(attention.CUDNN_DTYPES)}, "
+                       f"got {self.dtype}")
 
   def replace(self, **kw) -> "SDARConfig":
     return dataclasses.replace(self, **kw)
