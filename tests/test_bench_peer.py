@@ -85,6 +85,30 @@ def test_tie_gap_is_the_top2_logit_gap_of_the_blocks_only_step(setup):
   assert peer.tie_gap(params, CFG, dcfg, tail, port[0], first) is None
 
 
+def test_roofline_ceiling_of_a_setting():
+  """The ceiling column: the port's time over t3d_jax's roofline, per decoding call the
+  larger of FLOPs / peak and (max NFE + prefill) weight reads / bandwidth."""
+  dcfg = DecodeConfig(block_size=4, denoising_steps=4, max_new_tokens=8, mask_id=MASK)
+  st = object.__new__(peer.Setting)
+  st.cfg, st.dcfg, st.s, st.name = CFG, dcfg, 4, "x"
+  st.prompts = [np.zeros(12, np.int32), np.zeros(9, np.int32)]
+  st.nfe = np.array([8, 12])
+  st.port_ids = st.t3d_ids = np.zeros((2, 8), np.int32)
+  st.overwrote = np.zeros(2, bool)
+  st.times = {"port": [2.0, 3.0], "t3d_jax": [1.0, 1.0]}
+  flops = [peer.decode_flops(CFG, dcfg, [12], [8]), peer.decode_flops(CFG, dcfg, [9], [12])]
+  both = peer.decode_flops(CFG, dcfg, [12, 9], [8, 12])
+  bw, peak, wbytes = 1e9, 1e9, 1e6
+  st.per_prompt = True   # two calls of one row: 9 and 13 forwards
+  want = max(flops[0] / peak, 9e-3) + max(flops[1] / peak, 13e-3)
+  assert st.roofline_seconds(bw, peak, wbytes) == pytest.approx(want)
+  st.per_prompt = False  # one call: the rows ride together for 13 forwards
+  assert st.roofline_seconds(bw, peak, wbytes) == pytest.approx(max(both / peak, 13e-3))
+  cells, fine = st.row(bw, peak, wbytes)
+  assert fine and cells[-1] == "all"
+  assert cells[-2] == f"{2.5 / max(both / peak, 13e-3):.1f}x"   # median port time / roofline
+
+
 def test_forward_flops_match_xla_count():
   cfg = CFG.replace(num_layers=1)  # XLA counts a scanned layer's body once
   params = sdar.init_params(cfg, jax.random.key(0))
@@ -126,7 +150,23 @@ def test_peer_cli_runs_and_compares_outputs():
                       "--peer-prompt", "12", "--peer-single", "2", "--peer-batch", "2",
                       "--mfu-batches", "2"], capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
-  table = [line for line in r.stdout.splitlines() if line.count(" | ") == 5]
+  table = [line for line in r.stdout.splitlines() if line.count(" | ") == 6]
   assert len(table) == 2 + 3                    # header, rule, three settings at s=1
   assert "UNEXPLAINED" not in r.stdout
   assert "weight-stream limit" in r.stdout and "decode MFU, batch 2" in r.stdout
+
+
+def test_sampler_bench_cli_unrolled_and_scanned_rows():
+  """``bench sampler --unroll 1,0``: both layer loops timed side by side, each equal to the
+  naive recompute decoder token for token."""
+  tiny = ["--vocab", "300", "--hidden", "64", "--intermediate", "96", "--layers", "2",
+          "--heads", "4", "--kv-heads", "2", "--head-dim", "16"]
+  r = subprocess.run([sys.executable, "-m", "t3d_jax.bench", "sampler", *tiny, "--max-new", "8",
+                      "--batch", "3", "--steps", "2", "--naive-steps", "2", "--modes", "fused",
+                      "--unroll", "1,0", "--repeats", "2"], capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [line.split(" | ") for line in r.stdout.splitlines() if line.count(" | ") == 8]
+  names = [row[0] for row in rows[2:]]
+  assert names == ["cached/fused", "cached/fused (scanned layers)", "naive"]
+  assert all(row[-1] == "yes" for row in rows[2:])

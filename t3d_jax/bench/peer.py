@@ -21,7 +21,10 @@ UNEXPLAINED (exit 1).
 
 The same run measures the limits (t3d_jax.bench.limits): the streaming bandwidth, which
 bounds a batch-1 forward at weight bytes / bandwidth, and the matmul peak, against which
-decode MFU (model FLOPs of the decode over its wall time) is given at --mfu-batches.
+decode MFU (model FLOPs of the decode over its wall time) is given at --mfu-batches. The
+table's ``ceiling`` is the ratio t3d_jax would reach on its roofline (each decoding call
+taking the larger of its model FLOPs at the peak and its forwards' weight reads at the
+bandwidth): a ratio goal above it cannot be met on this machine.
 """
 from __future__ import annotations
 
@@ -105,6 +108,7 @@ class Setting:
                model):
     self.name, self.s, self.prompts, self.dcfg = name, s, prompts, dcfg
     self.model, self.batched_port, self.cfg, self.params = model, batched_port, cfg, params
+    self.per_prompt = per_prompt_t3d
     groups = [[p] for p in prompts] if per_prompt_t3d else [prompts]
     width = max(len(p) for p in prompts)  # one width: one compile for the batch-1 calls
     self.t3d = T3D(make, cfg, dcfg, params, [pad_prompts(g, len(g), width) for g in groups])
@@ -125,7 +129,16 @@ class Setting:
     self.t3d_ids, self.nfe, sec = self.t3d()
     self.times["t3d_jax"].append(sec)
 
-  def row(self):
+  def roofline_seconds(self, bw: float, peak: float, wbytes: int) -> float:
+    """A lower bound on t3d_jax's time here: per decoding call, the larger of its model
+    FLOPs at the matmul peak and its forwards' weight reads at the streaming bandwidth
+    (the rows of a call ride together: max NFE + the prefill forwards)."""
+    lens = np.array([len(p) for p in self.prompts])
+    calls = [[r] for r in range(len(lens))] if self.per_prompt else [list(range(len(lens)))]
+    return sum(max(decode_flops(self.cfg, self.dcfg, lens[c], self.nfe[c]) / peak,
+                   (int(self.nfe[c].max()) + 1) * wbytes / bw) for c in calls)
+
+  def row(self, bw: float, peak: float, wbytes: int):
     tokens = len(self.prompts) * self.dcfg.max_new_tokens
     port, ours = (np.median(self.times[k]) for k in ("port", "t3d_jax"))
     ratios = np.array(self.times["port"]) / np.array(self.times["t3d_jax"])
@@ -145,8 +158,10 @@ class Setting:
          f"{', '.join(f'{g:.1e}' for g in ties.values())})"] if ties else []) + (
         [f"UNEXPLAINED {unexplained}"] if unexplained else [])
     note = "all" if same.all() else f"{same.sum()}/{len(same)}; " + "; ".join(why)
+    ceiling = port / self.roofline_seconds(bw, peak, wbytes)
     cells = [self.name, str(self.s), f"{tokens / port:.0f}", f"{tokens / ours:.0f}",
-             f"{np.median(ratios):.1f}x ({ratios.min():.1f}-{ratios.max():.1f})", note]
+             f"{np.median(ratios):.1f}x ({ratios.min():.1f}-{ratios.max():.1f})",
+             f"{ceiling:.1f}x", note]
     return cells, not unexplained
 
 
@@ -194,22 +209,23 @@ def run(a, cfg, params, make) -> int:
       st.run_port()
       st.run_t3d()
     print(f"  repeat {r + 1}/{a.repeats} done", flush=True)
-  header = ["setting", "s", "port tok/s", "t3d_jax tok/s", "ratio (range)", "identical rows"]
+  bw, peak = limits.stream_bandwidth(), limits.matmul_peak()
+  wbytes = limits.weight_bytes(params, cfg)
+  # ceiling: the ratio t3d_jax would reach at its roofline (Setting.roofline_seconds)
+  header = ["setting", "s", "port tok/s", "t3d_jax tok/s", "ratio (range)", "ceiling",
+            "identical rows"]
   print(" | ".join(header))
   print(" | ".join("---" for _ in header))
   ok = True
   for st in settings:
-    cells, fine = st.row()
+    cells, fine = st.row(bw, peak, wbytes)
     ok &= fine
     print(" | ".join(cells))
-  _limits(a, cfg, params, make, settings, base, rs)
+  _limits(a, cfg, params, make, settings, base, rs, bw, peak, wbytes)
   return 0 if ok else 1
 
 
-def _limits(a, cfg, params, make, settings, base, rs) -> None:
-  bw = limits.stream_bandwidth()
-  peak = limits.matmul_peak()
-  wbytes = limits.weight_bytes(params, cfg)
+def _limits(a, cfg, params, make, settings, base, rs, bw, peak, wbytes) -> None:
   print(f"# limits: streaming bandwidth {bw / 1e9:.1f} GB/s, matmul peak {peak / 1e9:.0f} "
         f"GFLOP/s (fp32 2048^2); weights read per forward {wbytes / 1e6:.1f} MB -> "
         f"weight-stream limit {wbytes / bw * 1e3:.2f} ms per forward")

@@ -3,9 +3,11 @@
     python -m t3d_jax.bench sampler [--steps 4,2,1] [--naive-steps 4,2,1] ...
 
 A random SDAR model (~50M params by default), ``--batch`` prompts of random lengths,
-greedy decoding of ``--max-new`` tokens with block ``--block``. For each s in --steps and
-each commit mode: compile time, wall time of one decode, tokens/s (generated tokens over
-wall time) and forwards per sequence (NFE, TPF = tokens / NFE). The naive baseline
+greedy decoding of ``--max-new`` tokens with block ``--block``. For each s in --steps,
+each commit mode and each layer loop in ``--unroll`` (1: ``decode.unroll_layers``, the
+default; 0: the layers scanned over the stacked weights), timed back to back: compile
+time, the median wall time of ``--repeats`` decodes, tokens/s (generated tokens over wall
+time) and forwards per sequence (NFE, TPF = tokens / NFE). The naive baseline
 (t3d_jax.bench.naive_decode: jitted full-sequence recompute, no KV cache) runs on the
 same prompts for each s in --naive-steps; its outputs are compared token for token with
 the cached decoder's. ``--peer sdar`` runs t3d_jax.bench.peer instead (SDAR's generate.py,
@@ -52,6 +54,8 @@ def parse(argv):
   p.add_argument("--strategy", default="low_confidence_static")
   p.add_argument("--prompt-mode", default="engine")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--unroll", type=_ints, default=[1],
+                  help="comma list: 1 = layers unrolled (decode.unroll_layers), 0 = scanned")
   peer.add_flags(p, _ints)
   return p.parse_args(argv)
 
@@ -62,16 +66,18 @@ def _timed(fn, *args):
   return {k: np.asarray(v) for k, v in out.items()}, time.perf_counter() - t0
 
 
-def run_one(cfg, dcfg, params, ids, lens, make=make_generate):
+def run_one(cfg, dcfg, params, ids, lens, make=make_generate, repeats=1):
   """(outputs, compile seconds, run seconds) of the decoder ``make(cfg, dcfg)``: AOT
-  compile, then one timed run."""
+  compile, then the median of ``repeats`` timed runs (after a warm one when repeats > 1)."""
   fn = make(cfg, dcfg)
   rng = jax.random.split(jax.random.key(0), ids.shape[0])  # the executable's [B] row keys
   t0 = time.perf_counter()
   compiled = fn.lower(params, ids, lens, rng).compile()
   compile_s = time.perf_counter() - t0
-  out, run_s = _timed(compiled, params, ids, lens, rng, fn.knobs)
-  return out, compile_s, run_s
+  if repeats > 1:
+    _timed(compiled, params, ids, lens, rng, fn.knobs)
+  runs = [_timed(compiled, params, ids, lens, rng, fn.knobs) for _ in range(repeats)]
+  return runs[0][0], compile_s, float(np.median([r[1] for r in runs]))
 
 
 def main(argv=None) -> int:
@@ -99,19 +105,21 @@ def main(argv=None) -> int:
             "same as naive")
   for s in a.steps:
     for mode in a.modes.split(","):
-      dcfg = base.replace(denoising_steps=s, commit_mode=mode)
-      out, c, r = run_one(cfg, dcfg, params, ids, lens)
-      cached[(s, mode)] = (out, r)
-      rows.append([f"cached/{mode}", s, c, r, out["lengths"].sum() / r, out["nfe"].mean(),
-                   out["lengths"].sum() / out["nfe"].sum(), None, None])
-      print("  done", rows[-1][:5], flush=True)
+      for unroll in a.unroll:
+        dcfg = base.replace(denoising_steps=s, commit_mode=mode, unroll_layers=bool(unroll))
+        out, c, r = run_one(cfg, dcfg, params, ids, lens, repeats=a.repeats)
+        name = f"cached/{mode}" + ("" if unroll else " (scanned layers)")
+        cached[(s, name)] = out
+        rows.append([name, s, c, r, out["lengths"].sum() / r, out["nfe"].mean(),
+                     out["lengths"].sum() / out["nfe"].sum(), None, None])
+        print("  done", rows[-1][:5], flush=True)
   for s in a.naive_steps:
     dcfg = base.replace(denoising_steps=s)
     out, c, r = run_one(cfg, dcfg, params, ids, lens, make=make_naive_generate)
     tps = out["lengths"].sum() / r
     for row in rows:
       if row[1] == s:
-        ref = cached[(s, row[0].split("/")[1])][0]
+        ref = cached[(s, row[0])]
         row[7] = row[4] / tps
         row[8] = all((ref[k] == out[k]).all() for k in ("ids", "step_map", "lengths"))
     rows.append(["naive", s, c, r, tps, out["nfe"].mean(),
