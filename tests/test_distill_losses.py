@@ -180,15 +180,22 @@ def test_path_loss_jits_and_no_position_gives_zero():
   np.testing.assert_array_equal(np.asarray(zero), 0.0)
 
 
-def test_argmax_last_is_jnp_argmax_with_ties_and_nan():
-  rng = np.random.default_rng(0)
-  x = rng.integers(-3, 3, (64, 50)).astype(np.float32)   # many ties: first index wins
-  x[1, 3] = x[1, 7] = np.nan                              # a NaN counts as the max
+@pytest.mark.parametrize("vocab", [50, 128, 300, 1024])  # < one chunk, one, partial, several
+def test_argmax_last_is_jnp_argmax_with_ties_and_nan(vocab):
+  rng = np.random.default_rng(vocab)
+  x = rng.integers(-3, 3, (64, vocab)).astype(np.float32)  # many ties: first index wins
+  x[1, 3] = x[1, 7] = np.nan                                # a NaN counts as the max
+  x[3, vocab - 1] = np.nan                                  # ... in the last chunk too
+  x[4, vocab - 1] = 9.0                                     # a max in the (partial) last chunk
   x[2, :] = -np.inf
+  x[5, :] = 2.0                                             # one tie across every chunk
   for dt in (jnp.float32, jnp.bfloat16):
     got = jax.jit(losses.argmax_last)(jnp.asarray(x, dt))
+    np.testing.assert_array_equal(np.asarray(got), np.argmax(x, -1))  # numpy's argmax
     np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(jnp.asarray(x, dt), -1)))
     assert got.dtype == jnp.int32
+  y = rng.standard_normal((2, 3, vocab)).astype(np.float32)  # leading axes kept
+  np.testing.assert_array_equal(np.asarray(losses.argmax_last(jnp.asarray(y))), y.argmax(-1))
 
 
 def test_fake_targets_argmax_and_gumbel_frequencies():

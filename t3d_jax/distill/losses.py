@@ -22,6 +22,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from t3d_jax.sampling.logits import argmax_last  # noqa: F401  (methods use it from here)
 from t3d_jax.settings import dataclass_from_config
 from t3d_jax.train.logprobs import (batch_mean, log_normalizer, masked_mean,  # noqa: F401
                                     masked_mean_logp, token_logprobs)
@@ -66,16 +67,6 @@ def loss_rows(logits: Array, prompt_len: int) -> Array:
   if prompt_len + 2 * response_len != logits.shape[1]:
     raise ValueError(f"length {logits.shape[1]} is not prompt_len + 2*L1 (prompt_len={prompt_len})")
   return jnp.concatenate([logits[:, :prompt_len], logits[:, prompt_len + response_len:]], axis=1)
-
-
-def argmax_last(x: Array) -> Array:
-  """jnp.argmax(x, -1) (first index of the max; a NaN counts as the max) as a max and a
-  min-index reduction: on CPU about 3x faster than argmax's variadic reduce over a
-  vocabulary."""
-  top = jnp.max(x, axis=-1, keepdims=True)
-  idx = jnp.arange(x.shape[-1], dtype=jnp.int32)
-  hit = (x == top) | jnp.isnan(x)
-  return jnp.min(jnp.where(hit, idx, x.shape[-1]), axis=-1)
 
 
 def fake_targets(ref_logits: Array, temperature: float = 0.0,
