@@ -87,6 +87,32 @@ def test_splash_decode_mask_equals_dense(fused):
     np.testing.assert_array_equal(m.dense, masks.decode_mask(valid, b))
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_dense_cached_equals_dense_on_concatenated_keys(fused):
+  """The decode path scores the head-major cache and the block apart (no [cache | block]
+  key tensor); it equals masked softmax over the concatenated keys, incl. an empty cache
+  row and unwritten slots, forward and gradients."""
+  rng = np.random.default_rng(5)
+  b, size, s = 4, 3, 40
+  t = 2 * b if fused else b
+  qi = np.arange(t)
+  own = (qi[None, :] < b) | (qi[:, None] >= b) if fused else np.ones((t, t), bool)
+  valid = jnp.asarray(np.arange(s)[None, :] < np.array([0, 7, 40])[:, None])
+  m = masks.CacheMask.of(valid, own)
+  q, k, v = _qkv(rng, size, t, s + t)
+  hm = lambda x: x[:, :s].transpose(0, 2, 1, 3)  # noqa: E731  the cache's [B, KV, S, D]
+  want = attention.dense(q, k, v, m.dense)
+  got = attention.attend(q, k[:, s:], v[:, s:], m, "dense", cache=(hm(k), hm(v)))
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  cot = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+  g_want = jax.grad(lambda q, k, v: jnp.sum(attention.dense(q, k, v, m.dense) * cot),
+                    (0, 1, 2))(q, k, v)
+  g_got = jax.grad(lambda q, k, v: jnp.sum(attention.attend(
+      q, k[:, s:], v[:, s:], m, "dense", cache=(hm(k), hm(v))) * cot), (0, 1, 2))(q, k, v)
+  for a, w in zip(g_got, g_want):
+    np.testing.assert_allclose(a, w, atol=1e-5, rtol=1e-5)
+
+
 def _tiny(attention_kind="dense"):
   return SDARConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_layers=2,
                     num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=10000.0,

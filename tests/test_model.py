@@ -118,3 +118,19 @@ def test_logical_axes_named(tiny):
   assert tuple(axes["layers"]["mlp"]["down_kernel"]) == ("layers", "mlp", "embed")
   assert jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)) \
       == jax.tree.structure(jax.tree.map(lambda x: 0, params))
+
+
+def test_write_cache_rows_and_offsets():
+  """Per-row offsets, a count below the block, and rows left out keep their slots."""
+  rng = np.random.RandomState(0)
+  cache = KVCache(*(jnp.asarray(rng.randn(2, 3, 1, 10, 4), jnp.float32) for _ in range(2)))
+  new = KVCache(*(jnp.asarray(rng.randn(2, 3, 1, 4, 4), jnp.float32) for _ in range(2)))
+  start, rows = np.array([0, 5, 7]), np.array([True, False, True])
+  got = write_cache(cache, new, jnp.asarray(start), count=3, rows=jnp.asarray(rows))
+  for g, c, n in zip(got, cache, new):
+    want = np.array(c)
+    for r in range(3):
+      if rows[r]:
+        want[:, r, :, start[r]:start[r] + 3] = np.asarray(n)[:, r, :, :3]
+    np.testing.assert_array_equal(np.asarray(g), want)
+  assert cache.length == 10

@@ -598,3 +598,42 @@ def test_traced_knobs_a_threshold_sweep_compiles_once(tiny, naive_refs):
   with CompileCounter() as other:
     run(base.replace(denoising_steps=2))
   assert other.n >= 1
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.0, 0, 1.0), (0.7, 3, 1.0),
+                                                     (1.0, 0, 0.5)])
+@pytest.mark.parametrize("traced", [False, True])
+def test_choose_tokens_confidence_and_entropy_are_the_softmax(temperature, top_k, top_p,
+                                                              traced):
+  """confidence = the chosen token's probability and entropy = that of the distribution
+  drawn from (greedy: the plain softmax), re-derived in numpy from the logits."""
+  from t3d_jax.sampling import logits as logits_lib
+  rng = np.random.RandomState(1)
+  x = rng.randn(3, 4, 37).astype(np.float32) * 3
+  keys = jax.random.split(jax.random.key(0), 3)
+  temp = jnp.float32(temperature) if traced else temperature
+  p = jnp.float32(top_p) if traced else top_p
+  x0, conf, ent = jax.jit(lambda x, k, t, p: logits_lib.choose_tokens(
+      x, k, t, top_k, p, with_entropy=True), static_argnums=() if traced else (2, 3))(
+      jnp.asarray(x), keys, temp, p)
+  x0 = np.asarray(x0)
+  z = x.astype(np.float64) / (temperature or 1.0)
+  if top_k:
+    z = np.where(z >= np.sort(z, -1)[..., -top_k:-top_k + 1], z, -np.inf)
+  if top_p < 1:
+    q = np.exp(z - z.max(-1, keepdims=True))
+    q /= q.sum(-1, keepdims=True)
+    order = np.argsort(-q, -1)
+    srt = np.take_along_axis(q, order, -1)
+    drop = np.zeros_like(q, bool)
+    np.put_along_axis(drop, order, (np.cumsum(srt, -1) - srt) > top_p, -1)
+    z = np.where(drop, -np.inf, z)
+  probs = np.exp(z - z.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  if temperature == 0:
+    np.testing.assert_array_equal(x0, x.argmax(-1))
+  assert np.all(np.take_along_axis(probs, x0[..., None], -1) > 0)  # drawn from the kept set
+  np.testing.assert_allclose(conf, np.take_along_axis(probs, x0[..., None], -1)[..., 0],
+                             rtol=1e-5, atol=1e-7)
+  logp = np.log(np.where(probs > 0, probs, 1))
+  np.testing.assert_allclose(ent, -(probs * logp).sum(-1), rtol=1e-5, atol=1e-6)

@@ -94,6 +94,25 @@ def dense_noisy(q: Array, k: Array, v: Array, mask: Array, block: int) -> Array:
   return out.reshape(b, nb * block, kv, g, d)[:, :t]
 
 
+def dense_cached(q: Array, k: Array, v: Array, cache_k: Array, cache_v: Array,
+                 mask: CacheMask) -> Array:
+  """Decode attention of a query block against [cache | the block itself] without
+  building the concatenated keys: q [B, T, KV, G, D], k/v [B, T, KV, D] (the block's),
+  cache_k/v [B, KV, S, D] (the cache's head-major layout, read as stored). The two score
+  blocks are joined (a [.., T, S+T] f32 tensor, far smaller than the keys) for one
+  softmax, whose probabilities are split again for two value products. Equals ``dense``
+  on the concatenated keys up to rounding."""
+  d, n = q.shape[-1], cache_k.shape[2]
+  s_cache = jnp.einsum("btkgd,bksd->bkgts", q, cache_k.astype(q.dtype))
+  s_own = jnp.einsum("btkgd,bskd->bkgts", q, k)
+  scores = jnp.concatenate([s_cache, s_own], -1).astype(jnp.float32) * (d ** -0.5)
+  scores = jnp.where(mask.dense[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = (jnp.einsum("bkgts,bksd->bkgtd", probs[..., :n], cache_v.astype(v.dtype))
+         + jnp.einsum("bkgts,bskd->bkgtd", probs[..., n:], v))
+  return out.transpose(0, 3, 1, 2, 4)                                   # [B, T, KV, G, D]
+
+
 def dense_layout(q: Array, k: Array, v: Array, mask: LayoutMask) -> Array:
   """Dense attention under a training layout: rows before the context end see only the
   context, each later row the context and its own block, so only those scores are made."""
@@ -222,20 +241,25 @@ def cudnn(q: Array, k: Array, v: Array, mask: Array, *,
 
 # ----------------------------------------------------------------------------- dispatch
 
-def attend(q: Array, k: Array, v: Array, mask, kind: str) -> Array:
-  """q [B, T, KV, G, D], k/v [B, S, KV, D] under ``mask``: a bool array [B, T, S], a
+def attend(q: Array, k: Array, v: Array, mask, kind: str, cache=None) -> Array:
+  """q [B, T, KV, G, D], k/v [B, T', KV, D] under ``mask``: a bool array [B, T, T'], a
   :class:`LayoutMask` (training, no cache) or a :class:`CacheMask` (decode: the query
-  block against [cache | itself]); ``kind`` from :data:`KINDS`."""
+  block against [cache | itself], with ``cache`` = (k, v) [B, KV, S, D] of the committed
+  tokens, head-major as stored, and k/v the block's own); ``kind`` from :data:`KINDS`."""
   kind = resolve(kind)
-  use_splash = kind == "splash"
+  if cache is not None:
+    if kind == "dense" and isinstance(mask, CacheMask):
+      return dense_cached(q, k, v, cache[0], cache[1], mask)
+    k = jnp.concatenate([cache[0].transpose(0, 2, 1, 3).astype(k.dtype), k], axis=1)
+    v = jnp.concatenate([cache[1].transpose(0, 2, 1, 3).astype(v.dtype), v], axis=1)
   if kind == "cudnn":
     return cudnn(q, k, v, mask.dense if isinstance(mask, (LayoutMask, CacheMask)) else mask)
   if isinstance(mask, LayoutMask):
-    if use_splash:
+    if kind == "splash":
       return splash(q, k, v, mask.pattern, mask.segments, mask.segments)
     return dense_layout(q, k, v, mask)
   if isinstance(mask, CacheMask):
-    if use_splash:
+    if kind == "splash":
       b, t = q.shape[:2]
       return splash(q, k, v, mask.pattern, jnp.ones((b, t), jnp.int32), mask.segments)
     return dense(q, k, v, mask.dense)

@@ -75,15 +75,23 @@ class SDARConfig:
 
 
 class KVCache(NamedTuple):
-  """Keys/values of committed tokens: [layers, batch, length, kv_heads, head_dim]."""
+  """Keys/values of committed tokens: [layers, batch, kv_heads, length, head_dim].
+
+  Head-major, as attention reads them: the score and value products take a layer's
+  [B, KV, S, D] slice as it is stored (a [.., S, KV, D] cache was transposed per layer on
+  every forward), and the splash kernel takes the same layout."""
   k: Array
   v: Array
 
   @classmethod
   def zeros(cls, cfg: SDARConfig, batch: int, length: int) -> "KVCache":
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
     z = jnp.zeros(shape, as_dtype(cfg.dtype))
     return cls(z, z)
+
+  @property
+  def length(self) -> int:
+    return self.k.shape[3]
 
 
 def _param(module: nn.Module, name: str, shape, names, init, cfg: SDARConfig):
@@ -144,14 +152,10 @@ class Attention(nn.Module):
     k = RMSNorm(cfg, cfg.head_dim, ("head_dim",), name="k_norm")(k)
     q = rope(q, positions, cfg.rope_theta)
     k = rope(k, positions, cfg.rope_theta)
-    new_kv = (k, v)
-    if cache_kv is not None:  # keys = [committed cache | this query block]
-      k = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)
-      v = jnp.concatenate([cache_kv[1].astype(v.dtype), v], axis=1)
     b, t, _, d = q.shape
     g = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, t, cfg.num_kv_heads, g, d)
-    out = attention.attend(q, k, v, mask, cfg.attention)
+    out = attention.attend(q, k, v, mask, cfg.attention, cache=cache_kv)
     out = out.reshape(b, t, cfg.num_heads, d)
     wo = _param(self, "o_kernel", (cfg.num_heads, d, cfg.hidden_size),
                 ("heads", "head_dim", "embed"), nn.initializers.normal(0.02), cfg)
@@ -159,7 +163,7 @@ class Attention(nn.Module):
     if cfg.attention_bias:
       y = y + _param(self, "o_bias", (cfg.hidden_size,), ("embed",), nn.initializers.zeros,
                      cfg).astype(y.dtype)
-    return y, new_kv
+    return y, (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))  # [B, KV, T, D]
 
 
 class MLP(nn.Module):
@@ -312,13 +316,22 @@ def _module(cfg: SDARConfig, params) -> SDAR:
   return SDAR(cfg, unrolled="layers" not in params)
 
 
-def write_cache(cache: KVCache, new: KVCache, start: Array, count: Optional[int] = None) -> KVCache:
+def write_cache(cache: KVCache, new: KVCache, start: Array, count: Optional[int] = None,
+                rows: Optional[Array] = None) -> KVCache:
   """Write the first ``count`` tokens of ``new`` into ``cache`` at per-row offsets
-  ``start`` [B] (a static-shape append)."""
-  if count is not None:
-    new = KVCache(new.k[:, :, :count], new.v[:, :, :count])
+  ``start`` [B] (a static-shape append), in the rows where ``rows`` [B] (default all).
 
-  def put(c, n, s):  # c [L, S, H, D], n [L, T, H, D]
-    return jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (0, s, 0, 0))
-  put_b = jax.vmap(put, in_axes=(1, 1, 0), out_axes=1)
-  return KVCache(put_b(cache.k, new.k, start), put_b(cache.v, new.v, start))
+  One in-place update per row (a loop over the batch): batching the update over rows
+  made XLA move the batch axis of the whole cache to the front and back on every write."""
+  count = new.k.shape[3] if count is None else count
+  rows = jnp.ones(start.shape, bool) if rows is None else rows
+
+  def put(r, c):  # c [L, B, KV, S, D]; row r's [L, 1, KV, count, D] at slot start[r]
+    at = (0, r, 0, start[r], 0)
+    for i in range(2):
+      n = jax.lax.dynamic_slice_in_dim(new[i], r, 1, axis=1)[:, :, :, :count]
+      old = jax.lax.dynamic_slice(c[i], at, n.shape)
+      c = c._replace(**{c._fields[i]: jax.lax.dynamic_update_slice(
+          c[i], jnp.where(rows[r], n.astype(c[i].dtype), old), at)})
+    return c
+  return jax.lax.fori_loop(0, start.shape[0], put, cache)

@@ -89,7 +89,7 @@ def choose_tokens(logits: Array, key: Array, temperature, top_k: int = 0, top_p=
   Returns (x0 int32 [...], confidence float32 [...], entropy float32 [...] or None).
   Greedy ties go to the lowest token id."""
   def greedy(x):
-    return argmax_last(x), jax.nn.softmax(x.astype(jnp.float32), -1)
+    return argmax_last(x), x.astype(jnp.float32)
 
   def sample(x):
     t = temperature if isinstance(temperature, (int, float)) else \
@@ -97,12 +97,15 @@ def choose_tokens(logits: Array, key: Array, temperature, top_k: int = 0, top_p=
     proc = process_logits(x, t, top_k, top_p)
     draw = functools.partial(jax.random.categorical, axis=-1)
     x0 = draw(key, proc) if key.ndim == 0 else jax.vmap(draw)(key, proc)
-    return x0.astype(jnp.int32), jax.nn.softmax(proc, axis=-1)
+    return x0.astype(jnp.int32), proc
 
   if isinstance(temperature, (int, float)):
-    x0, probs = (greedy if temperature == 0 else sample)(logits)
+    x0, z = (greedy if temperature == 0 else sample)(logits)
   else:
-    x0, probs = jax.lax.cond(temperature > 0, sample, greedy, logits)
-  conf = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
-  ent = entropy(probs) if with_entropy else None
+    x0, z = jax.lax.cond(temperature > 0, sample, greedy, logits)
+  # softmax(z)[x0] without the [..., V] division: exp(z[x0] - max) / sum(exp(z - max))
+  m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+  e = jnp.exp(z - m)
+  conf = (jnp.take_along_axis(e, x0[..., None], axis=-1) / jnp.sum(e, -1, keepdims=True))[..., 0]
+  ent = entropy(e / jnp.sum(e, -1, keepdims=True)) if with_entropy else None
   return x0, conf, ent

@@ -48,8 +48,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t3d_jax import masks
 from t3d_jax.sharding import in_mesh
-from t3d_jax.models.sdar import (KVCache, SDARConfig, forward_with_cache, unstack_layers,
-                                 write_cache)
+from t3d_jax.models.sdar import (KVCache, SDARConfig, forward_with_cache,
+                                 unstack_layers, write_cache)
 from t3d_jax.sampling import logits as logits_lib
 from t3d_jax.sampling import strategies
 from t3d_jax.sampling.config import (MAX_STOP_IDS, DecodeConfig, DecodeError, cache_length,
@@ -167,7 +167,7 @@ def _prefill(params, cfg: SDARConfig, dcfg: DecodeConfig, prompt_ids, first, off
 def _block_forward(params, cfg, block, start, cache):
   """One forward of the block at positions start.. against cache slots < start."""
   b = block.shape[1]
-  valid = jnp.arange(cache.k.shape[2])[None, :] < start[:, None]
+  valid = jnp.arange(cache.length)[None, :] < start[:, None]
   pos = start[:, None] + jnp.arange(b, dtype=jnp.int32)[None, :]
   mask = masks.CacheMask.of(valid, np.ones((b, b), bool))
   return forward_with_cache(params, cfg, block, mask, pos, cache)
@@ -175,25 +175,36 @@ def _block_forward(params, cfg, block, start, cache):
 
 def _fused_forward(params, cfg, prev, block, start, cache):
   """Query [prev | block] at start-b..start+b: prev (finished, uncommitted) sees cache +
-  itself, block sees cache + prev + itself. Writes prev's KV; returns block's logits."""
+  itself, block sees cache + prev + itself. Returns block's logits and prev's KV."""
   b = block.shape[1]
-  valid = jnp.arange(cache.k.shape[2])[None, :] < (start - b)[:, None]                 # [B, S]
+  valid = jnp.arange(cache.length)[None, :] < (start - b)[:, None]                 # [B, S]
   q = np.arange(2 * b)
   mask = masks.CacheMask.of(valid, (q[None, :] < b) | (q[:, None] >= b))   # own [2b, 2b]
   pos = (start - b)[:, None] + jnp.arange(2 * b, dtype=jnp.int32)[None, :]
   logits, kv = forward_with_cache(params, cfg, jnp.concatenate([prev, block], 1), mask, pos,
                                   cache, logits_start=b)  # no head for the commit rows
-  return logits, write_cache(cache, kv, start - b, count=b)
+  return logits, KVCache(kv.k[:, :, :, :b], kv.v[:, :, :, :b])
 
 
 def _step_logits(params, cfg, ctx: Context, blk: BlockState, start, st: StepState):
   """The block's logits at step st.t and the cache after it: with the fused commit, the
-  first step of blocks k > 0 also writes the previous block's KV."""
-  plain = lambda c: (_block_forward(params, cfg, st.block, start, c)[0], c)  # writes no KV
+  first step of blocks k > 0 also writes the previous block's KV.
+
+  The cache only enters the cond as an operand that no branch returns: a branch that
+  returned it (updated or not) made XLA copy the whole cache on every step. The cond
+  yields prev's KV (zeros on other steps) and the write after it is masked to the fused
+  steps."""
+  plain = lambda c: _block_forward(params, cfg, st.block, start, c)[0]  # noqa: E731
   if not ctx.fused:
-    return plain(st.cache)
+    return plain(st.cache), st.cache
+  b = st.block.shape[1]
+  is_fused = (st.t == 0) & (blk.k > 0)
   fused = functools.partial(_fused_forward, params, cfg, blk.prev, st.block, start)
-  return jax.lax.cond((st.t == 0) & (blk.k > 0), fused, plain, st.cache)
+  shape = st.cache.k.shape[:3] + (b,) + st.cache.k.shape[4:]
+  none = lambda c: (plain(c), KVCache(*[jnp.zeros(shape, c.k.dtype)] * 2))  # noqa: E731
+  logits, kv = jax.lax.cond(is_fused, fused, none, st.cache)
+  return logits, write_cache(st.cache, kv, start - b,
+                             rows=jnp.broadcast_to(is_fused, start.shape))
 
 
 def scatter_rows(buf: Array, window: Array, offset: Array, write: Array) -> Array:
