@@ -2,7 +2,9 @@
 
   dense   masked softmax over materialised scores (the reference; CPU default). A
           :class:`t3d_jax.masks.LayoutMask` lets it skip the score blocks the T3D layout
-          hides (``dense_layout``).
+          hides (``dense_layout``); a decode block is scored against the head-major
+          cache and itself apart, so no [cache | block] key tensor is built
+          (``dense_cached``).
   splash  the block-sparse Pallas kernel (``jax.experimental.pallas.ops.tpu.
           splash_attention``): the mask's static pattern (the layout's block structure,
           or the decode query's own-block pattern) becomes the kernel's block-sparse mask,
