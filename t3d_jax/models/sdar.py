@@ -326,12 +326,12 @@ def write_cache(cache: KVCache, new: KVCache, start: Array, count: Optional[int]
   count = new.k.shape[3] if count is None else count
   rows = jnp.ones(start.shape, bool) if rows is None else rows
 
-  def put(r, c):  # c [L, B, KV, S, D]; row r's [L, 1, KV, count, D] at slot start[r]
+  def put(r, c):  # row r's [L, 1, KV, count, D] at slot start[r] of [L, B, KV, S, D]
     at = (0, r, 0, start[r], 0)
-    for i in range(2):
-      n = jax.lax.dynamic_slice_in_dim(new[i], r, 1, axis=1)[:, :, :, :count]
-      old = jax.lax.dynamic_slice(c[i], at, n.shape)
-      c = c._replace(**{c._fields[i]: jax.lax.dynamic_update_slice(
-          c[i], jnp.where(rows[r], n.astype(c[i].dtype), old), at)})
-    return c
+
+    def one(buf, n):
+      n = jax.lax.dynamic_slice_in_dim(n, r, 1, axis=1)[:, :, :, :count].astype(buf.dtype)
+      keep = jax.lax.dynamic_slice(buf, at, n.shape)
+      return jax.lax.dynamic_update_slice(buf, jnp.where(rows[r], n, keep), at)
+    return KVCache(one(c.k, new.k), one(c.v, new.v))
   return jax.lax.fori_loop(0, start.shape[0], put, cache)
