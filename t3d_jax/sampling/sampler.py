@@ -186,6 +186,13 @@ def _fused_forward(params, cfg, prev, block, start, cache):
   return logits, KVCache(kv.k[:, :, :, :b], kv.v[:, :, :, :b])
 
 
+def _no_kv(cache: KVCache, b: int) -> KVCache:
+  """Zeros shaped as b tokens' KV for ``cache``: what a cond branch that writes none
+  yields (the write after the cond is masked off)."""
+  shape = cache.k.shape[:3] + (b,) + cache.k.shape[4:]
+  return KVCache(*[jnp.zeros(shape, cache.k.dtype)] * 2)
+
+
 def _step_logits(params, cfg, ctx: Context, blk: BlockState, start, st: StepState):
   """The block's logits at step st.t and the cache after it: with the fused commit, the
   first step of blocks k > 0 also writes the previous block's KV.
@@ -200,8 +207,7 @@ def _step_logits(params, cfg, ctx: Context, blk: BlockState, start, st: StepStat
   b = st.block.shape[1]
   is_fused = (st.t == 0) & (blk.k > 0)
   fused = functools.partial(_fused_forward, params, cfg, blk.prev, st.block, start)
-  shape = st.cache.k.shape[:3] + (b,) + st.cache.k.shape[4:]
-  none = lambda c: (plain(c), KVCache(*[jnp.zeros(shape, c.k.dtype)] * 2))  # noqa: E731
+  none = lambda c: (plain(c), _no_kv(c, b))  # noqa: E731
   logits, kv = jax.lax.cond(is_fused, fused, none, st.cache)
   return logits, write_cache(st.cache, kv, start - b,
                              rows=jnp.broadcast_to(is_fused, start.shape))
@@ -278,11 +284,15 @@ def denoise_block(dcfg: DecodeConfig, ctx: Context, blk: BlockState,
 
 def _commit(params, cfg, ctx: Context, start, st: StepState, done):
   """(cache, nfe) after block k. 'separate': one forward writes its KV (skipped once
-  every row is done); 'fused' defers that to the next block's first step."""
+  every row is done); 'fused' defers that to the next block's first step. As in
+  :func:`_step_logits`, the cond yields the KV and the write after it is masked (a cond
+  returning the cache copied it)."""
   if ctx.fused:
     return st.cache, st.nfe
-  write = lambda c: write_cache(c, _block_forward(params, cfg, st.block, start, c)[1], start)
-  cache = jax.lax.cond(jnp.any(~done), write, lambda c: c, st.cache)
+  live = jnp.any(~done)
+  kv = jax.lax.cond(live, lambda c: _block_forward(params, cfg, st.block, start, c)[1],
+                    lambda c: _no_kv(c, st.block.shape[1]), st.cache)
+  cache = write_cache(st.cache, kv, start, rows=jnp.broadcast_to(live, start.shape))
   return cache, st.nfe + (~done).astype(jnp.int32)
 
 
