@@ -133,13 +133,37 @@ def test_weight_bytes_skip_only_an_untied_embedding():
   assert limits.weight_bytes(tparams, tied) == sum(x.size * 4 for x in jax.tree.leaves(tparams))
 
 
+def test_forward_flops_without_head_match_xla_count_of_a_kv_only_forward():
+  """A forward whose logits are dropped (prefill, commit) costs no LM head and, of the last
+  layer, only the key/value projections: XLA removes the rest."""
+  params = sdar.unstack_layers(sdar.init_params(CFG, jax.random.key(0)))  # unrolled: XLA
+  tokens, cache = 8, sdar.KVCache.zeros(CFG, 1, 16)                       # counts each layer
+  ids, pos = jnp.zeros((1, tokens), jnp.int32), jnp.arange(tokens)[None]
+  mask = jnp.ones((1, tokens, 16 + tokens), bool)
+
+  def xla_flops(keep_logits):
+    def f(p):
+      logits, kv = sdar.forward_with_cache(p, CFG, ids, mask, pos, cache)
+      return (logits, kv) if keep_logits else kv
+    analysed = jax.jit(f).lower(params).compile().cost_analysis()
+    return (analysed[0] if isinstance(analysed, list) else analysed)["flops"]
+
+  for head in (True, False):
+    ours = limits.forward_flops(CFG, tokens, 16 + tokens, head=head)
+    # XLA adds the elementwise work (norms, rope, softmax, silu) to the matmuls
+    assert ours <= xla_flops(head) <= 1.3 * ours, (head, ours, xla_flops(head))
+
+
 def test_decode_flops_count_prefill_denoise_and_commits():
-  dcfg = DecodeConfig(block_size=4, denoising_steps=4, max_new_tokens=8, mask_id=MASK)
-  # plen 8: prefill 8 tokens, 2 generated blocks of 4 forwards, 1 commit (not the last)
-  f = peer.decode_flops(CFG, dcfg, [8], [8])
-  want = (limits.forward_flops(CFG, 8, 4) + 5 * limits.forward_flops(CFG, 4, 12)
-          + 4 * limits.forward_flops(CFG, 4, 16))
-  assert f == pytest.approx(want)
+  fused = DecodeConfig(block_size=4, denoising_steps=4, max_new_tokens=8, mask_id=MASK)
+  # plen 8: prefill 8 tokens, 2 generated blocks of 4 denoising forwards, 1 commit (not
+  # the last block's); prefill and commit without the head
+  want = (limits.forward_flops(CFG, 8, 4, head=False) + 4 * limits.forward_flops(CFG, 4, 12)
+          + limits.forward_flops(CFG, 4, 12, head=False) + 4 * limits.forward_flops(CFG, 4, 16))
+  assert peer.decode_flops(CFG, fused, [8], [8]) == pytest.approx(want)
+  # 'separate' counts its commit forward in nfe: 9 forwards are the same work
+  separate = fused.replace(commit_mode="separate")
+  assert peer.decode_flops(CFG, separate, [8], [9]) == pytest.approx(want)
 
 
 def test_peer_cli_runs_and_compares_outputs():
@@ -166,7 +190,9 @@ def test_sampler_bench_cli_unrolled_and_scanned_rows():
                       "--unroll", "1,0", "--repeats", "2"], capture_output=True, text=True,
                      timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
-  rows = [line.split(" | ") for line in r.stdout.splitlines() if line.count(" | ") == 8]
+  rows = [line.split(" | ") for line in r.stdout.splitlines() if line.count(" | ") == 9]
   names = [row[0] for row in rows[2:]]
   assert names == ["cached/fused", "cached/fused (scanned layers)", "naive"]
   assert all(row[-1] == "yes" for row in rows[2:])
+  assert [row[7] for row in rows[1:]][-1] == "-" and all(   # decode MFU of the cached rows
+      0 < int(row[7].rstrip("%")) < 100 for row in rows[2:4])

@@ -36,8 +36,11 @@ def stream_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 10) -> float:
   return nbytes / _best_seconds(jax.jit(jnp.sum), x, repeats=repeats)
 
 
-def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 5) -> float:
-  """FLOP/s of a jitted [n, n] @ [n, n] matmul (2 n^3 FLOPs): the compute roof."""
+def matmul_peak(n: int | None = None, dtype: str = "float32", repeats: int = 5) -> float:
+  """FLOP/s of a jitted [n, n] @ [n, n] matmul (2 n^3 FLOPs): the compute roof. ``n``
+  defaults to 2048 on CPU and 8192 on an accelerator (where 2048 takes microseconds, so
+  dispatch would dominate)."""
+  n = n or (2048 if jax.default_backend() == "cpu" else 8192)
   a = jnp.ones((n, n), dtype)
   return 2 * n ** 3 / _best_seconds(jax.jit(jnp.matmul), a, a, repeats=repeats)
 
@@ -52,13 +55,18 @@ def weight_bytes(params, cfg: SDARConfig) -> int:
   return total
 
 
-def forward_flops(cfg: SDARConfig, tokens: int, context: float) -> float:
+def forward_flops(cfg: SDARConfig, tokens: int, context: float, head: bool = True) -> float:
   """Model FLOPs of one forward of ``tokens`` query tokens attending to ``context`` keys
-  each: 2 per multiply-add of the projections, MLP and LM head, plus QK^T and AV."""
+  each: 2 per multiply-add of the projections, MLP and LM head, plus QK^T and AV.
+  ``head=False``: a forward run for its keys and values alone (prefill, commit), of which
+  XLA computes no LM head and, of the last layer, only the key and value projections."""
   h, q_dim, kv_dim = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-  per_layer = 2 * tokens * (h * q_dim + 2 * h * kv_dim + q_dim * h + 3 * h * cfg.intermediate_size)
-  attention = 2 * 2 * tokens * context * q_dim
-  return cfg.num_layers * (per_layer + attention) + 2 * tokens * h * cfg.vocab_size
+  kv = 2 * tokens * 2 * h * kv_dim
+  layer = kv + 2 * tokens * (2 * h * q_dim + 3 * h * cfg.intermediate_size)
+  layer += 2 * 2 * tokens * context * q_dim   # attention
+  if not head:
+    return (cfg.num_layers - 1) * layer + kv
+  return cfg.num_layers * layer + 2 * tokens * h * cfg.vocab_size
 
 
 def matmul_floor(params, cfg: SDARConfig, rows: int, repeats: int = 10) -> float:

@@ -166,18 +166,23 @@ class Setting:
 
 
 def decode_flops(cfg, dcfg: DecodeConfig, lens, nfe) -> float:
-  """Model FLOPs of decoding rows of prompt lengths ``lens`` with ``nfe`` denoising
-  forwards each: the whole-block prefill, every denoising forward and every commit but the
-  last block's (t3d_jax skips it), each of b tokens against the keys up to its block's end;
-  a row's forwards are spread evenly over its blocks."""
+  """Model FLOPs of decoding rows of prompt lengths ``lens`` with ``nfe`` forwards each
+  (DecodeConfig's count: 'separate' counts its commits, 'fused' does not): the
+  whole-block prefill and every commit but the last block's (t3d_jax skips it), both run
+  for their KV alone (no LM head), and every denoising forward, each of b tokens against
+  the keys up to its block's end; a row's denoising forwards are spread evenly over its
+  blocks."""
   b, total = dcfg.block_size, 0.0
   for plen, n in zip(lens, nfe):
     pre = int(plen) // b * b
     blocks = -(-(int(plen) + dcfg.max_new_tokens) // b) - pre // b
-    total += limits.forward_flops(cfg, pre, pre / 2) if pre else 0.0
+    denoise = n - (blocks - 1) if dcfg.commit_mode == "separate" else n
+    total += limits.forward_flops(cfg, pre, pre / 2, head=False) if pre else 0.0
     for k in range(blocks):
-      fwd = n / blocks + (1 if k < blocks - 1 else 0)
-      total += fwd * limits.forward_flops(cfg, b, pre + (k + 1) * b)
+      ctx = pre + (k + 1) * b
+      total += denoise / blocks * limits.forward_flops(cfg, b, ctx)
+      if k < blocks - 1:
+        total += limits.forward_flops(cfg, b, ctx, head=False)
   return total
 
 
