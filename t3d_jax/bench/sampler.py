@@ -5,9 +5,12 @@
 A random SDAR model (~50M params by default), ``--batch`` prompts of random lengths,
 greedy decoding of ``--max-new`` tokens with block ``--block``. For each s in --steps,
 each commit mode and each layer loop in ``--unroll`` (1: ``decode.unroll_layers``, the
-default; 0: the layers scanned over the stacked weights), timed back to back: compile
-time, the median wall time of ``--repeats`` decodes, tokens/s (generated tokens over wall
-time) and forwards per sequence (NFE, TPF = tokens / NFE). The naive baseline
+default; 0: the layers scanned over the stacked weights), with attention ``--attention``
+(``model.attention``), timed back to back: compile time, the median wall
+time of ``--repeats`` decodes, tokens/s (generated tokens over wall time), forwards per
+sequence (NFE, TPF = tokens / NFE) and decode MFU (the decode's model FLOPs,
+t3d_jax.bench.peer.decode_flops, over its wall time and a ``--dtype`` matmul measured in
+the same run, t3d_jax.bench.limits.matmul_peak). The naive baseline
 (t3d_jax.bench.naive_decode: jitted full-sequence recompute, no KV cache) runs on the
 same prompts for each s in --naive-steps; its outputs are compared token for token with
 the cached decoder's. ``--peer sdar`` runs t3d_jax.bench.peer instead (SDAR's generate.py,
@@ -16,12 +19,13 @@ the machine's limits and decode MFU).
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import jax
 import numpy as np
 
-from t3d_jax.bench import peer
+from t3d_jax.bench import limits, peer
 from t3d_jax.bench.naive_decode import make_naive_generate
 from t3d_jax.models.sdar import SDARConfig, init_params
 from t3d_jax.sampling import DecodeConfig, make_generate
@@ -41,6 +45,8 @@ def parse(argv):
   p.add_argument("--heads", type=int, default=8)
   p.add_argument("--kv-heads", type=int, default=4)
   p.add_argument("--head-dim", type=int, default=64)
+  p.add_argument("--tie", action="store_true",
+                 help="tie the LM head to the input embedding (tie_word_embeddings)")
   p.add_argument("--dtype", default="float32")
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--prompt-min", type=int, default=16)
@@ -56,6 +62,8 @@ def parse(argv):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--unroll", type=_ints, default=[1],
                   help="comma list: 1 = layers unrolled (decode.unroll_layers), 0 = scanned")
+  p.add_argument("--attention", default="dense",
+                 help="attention kernel (model.attention: dense, splash, cudnn)")
   peer.add_flags(p, _ints)
   return p.parse_args(argv)
 
@@ -84,7 +92,8 @@ def main(argv=None) -> int:
   a = parse(argv or [])
   cfg = SDARConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
                    num_layers=a.layers, num_heads=a.heads, num_kv_heads=a.kv_heads,
-                   head_dim=a.head_dim, dtype=a.dtype, param_dtype=a.dtype)
+                   head_dim=a.head_dim, tie_word_embeddings=a.tie, dtype=a.dtype,
+                   param_dtype=a.dtype, attention=a.attention)
   params = init_params(cfg, jax.random.key(a.seed))
   n_params = sum(x.size for x in jax.tree.leaves(params))
   if a.peer:
@@ -97,22 +106,24 @@ def main(argv=None) -> int:
   base = DecodeConfig(block_size=a.block, max_new_tokens=a.max_new, mask_id=a.vocab - 1,
                       strategy=a.strategy, prompt_mode=a.prompt_mode)
   print(f"# {jax.devices()[0].platform} x{jax.device_count()}, {n_params / 1e6:.1f}M params "
-        f"({a.layers} layers, hidden {a.hidden}, vocab {a.vocab}, {a.dtype}); batch {a.batch}, "
+        f"({a.layers} layers, hidden {a.hidden}, vocab {a.vocab}, {a.dtype}, attention "
+        f"{a.attention}); batch {a.batch}, "
         f"prompts {lens.min()}-{lens.max()} tokens, {a.max_new} new, b={a.block}, "
         f"{a.strategy}, greedy", flush=True)
+  peak = limits.matmul_peak(dtype=a.dtype)
   rows, cached = [], {}
-  header = ("decoder", "s", "compile_s", "run_s", "tok/s", "NFE/seq", "TPF", "vs naive",
+  header = ("decoder", "s", "compile_s", "run_s", "tok/s", "NFE/seq", "TPF", "MFU", "vs naive",
             "same as naive")
   for s in a.steps:
-    for mode in a.modes.split(","):
-      for unroll in a.unroll:
-        dcfg = base.replace(denoising_steps=s, commit_mode=mode, unroll_layers=bool(unroll))
-        out, c, r = run_one(cfg, dcfg, params, ids, lens, repeats=a.repeats)
-        name = f"cached/{mode}" + ("" if unroll else " (scanned layers)")
-        cached[(s, name)] = out
-        rows.append([name, s, c, r, out["lengths"].sum() / r, out["nfe"].mean(),
-                     out["lengths"].sum() / out["nfe"].sum(), None, None])
-        print("  done", rows[-1][:5], flush=True)
+    for mode, unroll in itertools.product(a.modes.split(","), a.unroll):
+      dcfg = base.replace(denoising_steps=s, commit_mode=mode, unroll_layers=bool(unroll))
+      out, c, r = run_one(cfg, dcfg, params, ids, lens, repeats=a.repeats)
+      name = f"cached/{mode}" + ("" if unroll else " (scanned layers)")
+      cached[(s, name)] = out
+      mfu = peer.decode_flops(cfg, dcfg, lens, out["nfe"]) / r / peak
+      rows.append([name, s, c, r, out["lengths"].sum() / r, out["nfe"].mean(),
+                   out["lengths"].sum() / out["nfe"].sum(), mfu, None, None])
+      print("  done", rows[-1][:5], flush=True)
   for s in a.naive_steps:
     dcfg = base.replace(denoising_steps=s)
     out, c, r = run_one(cfg, dcfg, params, ids, lens, make=make_naive_generate)
@@ -120,17 +131,23 @@ def main(argv=None) -> int:
     for row in rows:
       if row[1] == s:
         ref = cached[(s, row[0])]
-        row[7] = row[4] / tps
-        row[8] = all((ref[k] == out[k]).all() for k in ("ids", "step_map", "lengths"))
+        row[8] = row[4] / tps
+        row[9] = all((ref[k] == out[k]).all() for k in ("ids", "step_map", "lengths"))
     rows.append(["naive", s, c, r, tps, out["nfe"].mean(),
-                 out["lengths"].sum() / out["nfe"].sum(), 1.0, True])
+                 out["lengths"].sum() / out["nfe"].sum(), None, 1.0, True])
     print("  done", rows[-1][:5], flush=True)
   print(" | ".join(header))
   print(" | ".join("---" for _ in header))
   for row in rows:
     cells = [row[0], str(row[1]), f"{row[2]:.1f}", f"{row[3]:.2f}", f"{row[4]:.1f}",
              f"{row[5]:.1f}", f"{row[6]:.2f}",
-             "-" if row[7] is None else f"{row[7]:.1f}x",
-             "-" if row[8] is None else ("yes" if row[8] else "NO")]
+             "-" if row[7] is None else f"{row[7]:.0%}",
+             "-" if row[8] is None else f"{row[8]:.1f}x",
+             "-" if row[9] is None else ("yes" if row[9] else "NO")]
     print(" | ".join(cells))
+  print(f"# MFU: decode model FLOPs / run time / matmul peak {peak / 1e9:.0f} GFLOP/s "
+        f"({a.dtype}, measured in this run)")
+  if any(row[9] is False for row in rows):
+    print("# the cached decoder's outputs differ from the naive loop's (rows marked NO)")
+    return 1
   return 0

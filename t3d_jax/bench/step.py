@@ -20,8 +20,10 @@ it builds the block mask with Python loops over blocks, runs the frozen referenc
 and the target twice (real and fake log-likelihoods), rebuilds the path-loss states
 level by level with Python loops, backpropagates, then clips and steps AdamW.
 
-MFU = model FLOPs per update / update time / peak, where the peak is a dense fp32
-matmul measured in this run (jitted, same process). Model FLOPs count what T3D needs:
+MFU = model FLOPs per update / update time / peak, where the peak is a dense matmul in
+the compute dtype (``--dtype``; the params stay fp32) measured in this run
+(t3d_jax.bench.limits.matmul_peak). ``--attention`` picks the kernel (model.attention).
+The PyTorch side runs in fp32 only: at another ``--dtype`` it is skipped. Model FLOPs count what T3D needs:
 one target forward + backward (3x forward) and one reference forward per example, each
 forward counting only the work whose result the losses use, whichever side does more:
 * the layers on all N = L0 + 2*L1 rows, except the last layer's queries, attention
@@ -43,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t3d_jax.bench import limits
 from t3d_jax.bench.profile import op_breakdown
 from t3d_jax.distill.examples import ExampleConfig, build_examples
 from t3d_jax.distill.losses import LossConfig
@@ -61,6 +64,8 @@ def parse(argv):
   p.add_argument("--heads", type=int, default=8)
   p.add_argument("--kv-heads", type=int, default=4)
   p.add_argument("--head-dim", type=int, default=64)
+  p.add_argument("--tie", action="store_true",
+                 help="tie the LM head to the input embedding (tie_word_embeddings)")
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--micro", type=int, default=1)
   p.add_argument("--l0", type=int, default=64)
@@ -69,6 +74,8 @@ def parse(argv):
   p.add_argument("--updates", type=int, default=3)
   p.add_argument("--remat", default="dots", choices=sorted(REMAT),
                  help="what each layer's backward recomputes (config model.remat)")
+  p.add_argument("--dtype", default="float32", help="compute dtype (model.dtype)")
+  p.add_argument("--attention", default="dense", help="kernel (model.attention)")
   p.add_argument("--skip-torch", action="store_true")
   p.add_argument("--profile", metavar="DIR", default="",
                  help="also trace --updates jax updates into DIR and print their op time "
@@ -102,19 +109,6 @@ def model_flops(cfg: SDARConfig, prompt_len: int, response_len: int, block: int)
          + attn * ((L - 1) * pairs + response_len * (ctx + block))
          + 2 * response_len * h * cfg.vocab_size)
   return 4.0 * fwd  # target fwd + bwd (3x) + reference fwd (1x)
-
-
-def matmul_peak() -> float:
-  n = 2048
-  x = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a, b: a @ b)
-  f(x, x).block_until_ready()
-  best = float("inf")
-  for _ in range(5):
-    t = time.perf_counter()
-    f(x, x).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n**3 / best
 
 
 def jax_update(a, cfg, ex, pad, mask):
@@ -151,7 +145,7 @@ def torch_update(a, cfg, ex, pad, mask):
       vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
       intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
       num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-      head_dim=cfg.head_dim, tie_word_embeddings=False)
+      head_dim=cfg.head_dim, tie_word_embeddings=cfg.tie_word_embeddings)
   hf._attn_implementation = "sdpa"
   model = transformers.Qwen3ForCausalLM(hf).train()
   ref = transformers.Qwen3ForCausalLM(hf).eval()
@@ -248,15 +242,16 @@ def main(argv=None) -> int:
     raise SystemExit("--batch must be a multiple of --micro and --l1 of --block")
   cfg = SDARConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
                    num_layers=a.layers, num_heads=a.heads, num_kv_heads=a.kv_heads,
-                   head_dim=a.head_dim, remat=a.remat)
+                   head_dim=a.head_dim, tie_word_embeddings=a.tie, remat=a.remat,
+                   dtype=a.dtype, attention=a.attention)
   pad, mask = 0, a.vocab - 1
   ex = make_data(a, cfg, pad, mask)
   n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
       lambda: init_params(cfg, jax.random.key(0)))))
-  peak = matmul_peak()
+  peak = limits.matmul_peak(dtype=a.dtype)
   flops = model_flops(cfg, a.l0, a.l1, a.block) * a.batch
   compile_s, jax_step, hlo = jax_update(a, cfg, ex, pad, mask)
-  torch_step = None if a.skip_torch else torch_update(a, cfg, ex, pad, mask)
+  torch_step = None if a.skip_torch or a.dtype != "float32" else torch_update(a, cfg, ex, pad, mask)
   jax_t, torch_t = [], []
   for k in range(a.updates):  # interleaved, so a drifting machine load hits both sides
     jax_t.append(timed(lambda: jax_step(k + 1)))
@@ -264,8 +259,9 @@ def main(argv=None) -> int:
       torch_t.append(timed(torch_step))
   jax_s = float(np.median(jax_t))
   print(f"model {n_params / 1e6:.1f}M params; batch {a.batch} x (L0 {a.l0} + 2*L1 {a.l1}), "
-        f"micro-batch {a.micro}, block {a.block}, remat {a.remat}; {jax.devices()[0].platform}, "
-        f"matmul peak {peak / 1e9:.1f} GFLOP/s; median of {a.updates} updates")
+        f"micro-batch {a.micro}, block {a.block}, remat {a.remat}, {a.dtype}, attention "
+        f"{a.attention}; {jax.devices()[0].platform}, {a.dtype} matmul peak "
+        f"{peak / 1e9:.1f} GFLOP/s; median of {a.updates} updates")
   print(f"{'step':<34}{'s/update':>10}{'MFU':>8}")
   print(f"{'t3d_jax (jit, 1 tgt + 1 ref fwd)':<34}{jax_s:>10.2f}{flops / jax_s / peak:>8.1%}"
         f"   (compile {compile_s:.1f}s)")
