@@ -23,9 +23,11 @@ level by level with Python loops, backpropagates, then clips and steps AdamW.
 MFU = model FLOPs per update / update time / peak, where the peak is a dense matmul in
 the compute dtype (``--dtype``; the params stay fp32) measured in this run
 (t3d_jax.bench.limits.matmul_peak). ``--attention`` picks the kernel (model.attention).
-The PyTorch side runs in fp32 only: at another ``--dtype`` it is skipped. Model FLOPs count what T3D needs:
-one target forward + backward (3x forward) and one reference forward per example, each
-forward counting only the work whose result the losses use, whichever side does more:
+The PyTorch side runs in fp32 only: at another ``--dtype`` it is skipped.
+
+Model FLOPs count what T3D needs: one target forward + backward (3x forward) and one
+reference forward per example, each forward counting only the work whose result the
+losses use, whichever side does more:
 * the layers on all N = L0 + 2*L1 rows, except the last layer's queries, attention
   output, o-projection and MLP, needed on the L1 noisy rows only (the other rows serve
   as keys and values);
