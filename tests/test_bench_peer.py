@@ -1,6 +1,5 @@
 """The peer benchmark: the SDAR generate.py port agrees with t3d_jax's decoder where the
 release's semantics allow, the FLOP model agrees with XLA's count, and the CLI runs."""
-import re
 import subprocess
 import sys
 
@@ -179,8 +178,6 @@ def test_peer_cli_runs_and_compares_outputs():
   assert len(table) == 2 + 3                    # header, rule, three settings at s=1
   assert "UNEXPLAINED" not in r.stdout
   assert "weight-stream limit" in r.stdout and "decode MFU, batch 2" in r.stdout
-  assert re.search(r"weight matmuls alone at 8 / 16 rows .* run at \d+% / \d+% of the matmul "
-                   r"peak", r.stdout), r.stdout
 
 
 def test_sampler_bench_cli_unrolled_and_scanned_rows():

@@ -238,13 +238,6 @@ def _limits(a, cfg, params, make, settings, base, rs, bw, peak, wbytes) -> None:
   print(f"  the model's weight matmuls alone at {a.block} rows (one batch-1 block): "
         f"{floor * 1e3:.2f} ms = {floor / (wbytes / bw):.2f}x the weight-stream limit "
         f"(the matmul kernels' floor at this shape)")
-  rows = (a.peer_batch * a.block, 2 * a.peer_batch * a.block)
-  rates = [limits.forward_flops(cfg, r, 0) / limits.matmul_floor(params, cfg, r) / peak
-           for r in rows]
-  print(f"  the weight matmuls alone at {rows[0]} / {rows[1]} rows (one forward of the "
-        f"{a.peer_batch}-prompt batch: a denoising step / a fused first step) run at "
-        f"{rates[0]:.0%} / {rates[1]:.0%} of the matmul peak (the ceiling's FLOP term assumes "
-        f"100 %)")
   for st in settings:
     if st.name == "batch 1":
       forwards = st.nfe.sum() + len(st.prompts)  # + each prompt's prefill
