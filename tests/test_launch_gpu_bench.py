@@ -29,7 +29,8 @@ def test_shapes_are_the_sdar_architectures():
 
 
 def test_tiny_run_writes_every_bench(tmp_path):
-  env = dict(os.environ, SHAPE="tiny", PYTHON=sys.executable)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as on a GPU
+  env.update(SHAPE="tiny", PYTHON=sys.executable)
   out = subprocess.run(["bash", str(SCRIPT), str(tmp_path)], env=env, capture_output=True,
                        text=True, timeout=900)
   assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
@@ -37,8 +38,8 @@ def test_tiny_run_writes_every_bench(tmp_path):
   for kernel in ("dense", "cudnn"):
     sampler = (tmp_path / f"sampler-{kernel}.txt").read_text()
     assert f"bfloat16, attention {kernel}" in sampler
-    rows = re.findall(r"^cached/fused \| (\d) \|.*\| (\d+)% \| - \| -$", sampler, re.M)
-    assert [s for s, _ in rows] == ["4", "1"] and all(int(m) > 0 for _, m in rows), sampler
+    rows = re.findall(r"^cached/fused \| (\d) \|.*\| \d+% \| - \| -$", sampler, re.M)
+    assert rows == ["4", "1"], sampler   # s = 4 and 1, each with its MFU (tiny here: ~0-9 %)
     step = (tmp_path / f"step-{kernel}.txt").read_text()
     assert f"bfloat16, attention {kernel}" in step
     assert re.search(r"t3d_jax \(jit, 1 tgt \+ 1 ref fwd\)\s+\d+\.\d+\s+\d+\.\d+%", step), step
