@@ -44,3 +44,15 @@ def test_tiny_run_writes_every_bench(tmp_path):
     assert f"bfloat16, attention {kernel}" in step
     assert re.search(r"t3d_jax \(jit, 1 tgt \+ 1 ref fwd\)\s+\d+\.\d+\s+\d+\.\d+%", step), step
     assert "released algorithm" not in step  # the PyTorch side is fp32 only
+
+
+def test_benches_import_without_the_packages_the_gpu_image_lacks():
+  """The GPU image has no ml_collections or tensorflow(-datasets), and the decode and step
+  benches must not need torch either (only ``--peer`` and the fp32 reference use it)."""
+  code = ("import sys\n"
+          "for m in ('torch', 'ml_collections', 'tensorflow', 'tensorflow_datasets'):\n"
+          "  sys.modules[m] = None  # import m -> ImportError\n"
+          "import t3d_jax.bench.sampler, t3d_jax.bench.step\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]

@@ -28,13 +28,14 @@ bandwidth): a ratio goal above it cannot be met on this machine.
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
 import numpy as np
 
 from t3d_jax import masks
-from t3d_jax.bench import limits, sdar_port
+from t3d_jax.bench import limits
 from t3d_jax.models.sdar import forward
 from t3d_jax.sampling import DecodeConfig
 from t3d_jax.sampling.batched import pad_prompts
@@ -102,12 +103,13 @@ def _prompts(rs, n, around, vocab, equal):
 
 
 class Setting:
-  """One table row: the two decoders' timed calls on the same prompts."""
+  """One table row: the two decoders' timed calls on the same prompts. ``port``: the
+  peer's decode of a batch of prompts (sdar_port.generate with its model bound)."""
 
   def __init__(self, name, s, prompts, per_prompt_t3d, batched_port, make, cfg, dcfg, params,
-               model):
+               port):
     self.name, self.s, self.prompts, self.dcfg = name, s, prompts, dcfg
-    self.model, self.batched_port, self.cfg, self.params = model, batched_port, cfg, params
+    self.port, self.batched_port, self.cfg, self.params = port, batched_port, cfg, params
     self.per_prompt = per_prompt_t3d
     groups = [[p] for p in prompts] if per_prompt_t3d else [prompts]
     width = max(len(p) for p in prompts)  # one width: one compile for the batch-1 calls
@@ -118,8 +120,8 @@ class Setting:
     groups = [self.prompts] if self.batched_port else [[p] for p in self.prompts]
     t0, ids, wrote = time.perf_counter(), [], []
     for g in groups:
-      out, _, ow = sdar_port.generate(self.model, np.stack(g), self.dcfg.mask_id,
-                                      self.dcfg.max_new_tokens, self.dcfg.block_size, self.s)
+      out, _, ow = self.port(np.stack(g), self.dcfg.mask_id, self.dcfg.max_new_tokens,
+                             self.dcfg.block_size, self.s)
       ids.append(out)
       wrote.append(ow)
     self.times["port"].append(time.perf_counter() - t0)
@@ -187,7 +189,9 @@ def decode_flops(cfg, dcfg: DecodeConfig, lens, nfe) -> float:
 
 
 def run(a, cfg, params, make) -> int:
-  import torch
+  import torch  # the peer's side only: the rest of the sampler bench runs without torch
+
+  from t3d_jax.bench import sdar_port
   rs = np.random.RandomState(a.seed)
   model = sdar_port.torch_model(params, cfg)
   base = DecodeConfig(block_size=a.block, max_new_tokens=a.max_new, mask_id=a.vocab - 1,
@@ -201,7 +205,8 @@ def run(a, cfg, params, make) -> int:
   settings = []
   for s in a.peer_steps:
     dcfg = base.replace(denoising_steps=s)
-    common = dict(make=make, cfg=cfg, dcfg=dcfg, params=params, model=model)
+    common = dict(make=make, cfg=cfg, dcfg=dcfg, params=params,
+                  port=functools.partial(sdar_port.generate, model))
     settings += [Setting("batch 1", s, single, True, False, **common),
                  Setting(f"{a.peer_batch} prompts (port: one call each)", s, many, False, False,
                          **common),

@@ -35,6 +35,10 @@ def _ints(text: str) -> list[int]:
   return [int(x) for x in text.split(",") if x]
 
 
+def _progress(row) -> None:
+  print(f"  done: {row[0]}, s={row[1]}: compile {row[2]:.1f} s, {row[4]:.0f} tok/s", flush=True)
+
+
 def parse(argv):
   p = argparse.ArgumentParser(prog="python -m t3d_jax.bench sampler", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
       mfu = peer.decode_flops(cfg, dcfg, lens, out["nfe"]) / r / peak
       rows.append([name, s, c, r, out["lengths"].sum() / r, out["nfe"].mean(),
                    out["lengths"].sum() / out["nfe"].sum(), mfu, None, None])
-      print("  done", rows[-1][:5], flush=True)
+      _progress(rows[-1])
   for s in a.naive_steps:
     dcfg = base.replace(denoising_steps=s)
     out, c, r = run_one(cfg, dcfg, params, ids, lens, make=make_naive_generate)
@@ -135,7 +139,7 @@ def main(argv=None) -> int:
         row[9] = all((ref[k] == out[k]).all() for k in ("ids", "step_map", "lengths"))
     rows.append(["naive", s, c, r, tps, out["nfe"].mean(),
                  out["lengths"].sum() / out["nfe"].sum(), None, 1.0, True])
-    print("  done", rows[-1][:5], flush=True)
+    _progress(rows[-1])
   print(" | ".join(header))
   print(" | ".join("---" for _ in header))
   for row in rows:
