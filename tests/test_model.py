@@ -121,16 +121,19 @@ def test_logical_axes_named(tiny):
 
 
 def test_write_cache_rows_and_offsets():
-  """Per-row offsets, a count below the block, and rows left out keep their slots."""
+  """Per-row offsets, a count below the block, and rows left out keep their slots, in
+  every layer's buffer."""
   rng = np.random.RandomState(0)
-  cache = KVCache(*(jnp.asarray(rng.randn(2, 3, 1, 10, 4), jnp.float32) for _ in range(2)))
-  new = KVCache(*(jnp.asarray(rng.randn(2, 3, 1, 4, 4), jnp.float32) for _ in range(2)))
+  stacked = lambda t: KVCache.of_stacked(*(jnp.asarray(rng.randn(2, 3, 1, t, 4), jnp.float32)
+                                           for _ in range(2)))
+  cache, new = stacked(10), stacked(4)
   start, rows = np.array([0, 5, 7]), np.array([True, False, True])
   got = write_cache(cache, new, jnp.asarray(start), count=3, rows=jnp.asarray(rows))
-  for g, c, n in zip(got, cache, new):
+  for g, c, n in zip(got, cache, new):      # k, then v
+    assert len(g) == 2                       # layers
     want = np.array(c)
     for r in range(3):
       if rows[r]:
         want[:, r, :, start[r]:start[r] + 3] = np.asarray(n)[:, r, :, :3]
-    np.testing.assert_array_equal(np.asarray(g), want)
-  assert cache.length == 10
+    np.testing.assert_array_equal(np.stack(g), want)
+  assert cache.length == 10 and new.first(2).length == 2

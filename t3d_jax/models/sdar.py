@@ -75,23 +75,34 @@ class SDARConfig:
 
 
 class KVCache(NamedTuple):
-  """Keys/values of committed tokens: [layers, batch, kv_heads, length, head_dim].
+  """Keys/values of committed tokens: per layer, one [batch, kv_heads, length, head_dim]
+  array (``k[i]``, ``v[i]``).
 
-  Head-major, as attention reads them: the score and value products take a layer's
-  [B, KV, S, D] slice as it is stored (a [.., S, KV, D] cache was transposed per layer on
-  every forward), and the splash kernel takes the same layout."""
-  k: Array
-  v: Array
+  One buffer per layer: layer i reads its keys as they are stored. A stacked
+  [layers, ...] cache made XLA:CPU copy every layer's slice out of it on every forward (at
+  batch 16 and 580 slots, 13 ms of a 67 ms forward, growing with the length). Head-major,
+  as attention reads them: the score and value products take [B, KV, S, D] as stored, and
+  the splash kernel takes the same layout."""
+  k: tuple
+  v: tuple
 
   @classmethod
   def zeros(cls, cfg: SDARConfig, batch: int, length: int) -> "KVCache":
-    shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
-    z = jnp.zeros(shape, as_dtype(cfg.dtype))
-    return cls(z, z)
+    z = jnp.zeros((batch, cfg.num_kv_heads, length, cfg.head_dim), as_dtype(cfg.dtype))
+    return cls((z,) * cfg.num_layers, (z,) * cfg.num_layers)
+
+  @classmethod
+  def of_stacked(cls, k: Array, v: Array) -> "KVCache":
+    """From [layers, batch, kv_heads, length, head_dim] arrays."""
+    return cls(tuple(k), tuple(v))
 
   @property
   def length(self) -> int:
-    return self.k.shape[3]
+    return self.k[0].shape[2]
+
+  def first(self, count: int) -> "KVCache":
+    """The first ``count`` slots of every layer."""
+    return KVCache(*(tuple(x[:, :, :count] for x in t) for t in (self.k, self.v)))
 
 
 def _param(module: nn.Module, name: str, shape, names, init, cfg: SDARConfig):
@@ -237,13 +248,16 @@ class SDAR(nn.Module):
         x, kv = block(cfg, name=f"layer_{i}")(
             x, None if cache is None else (cache.k[i], cache.v[i]), mask, positions)
         kvs.append(kv)
-      k, v = (jnp.stack(t) for t in zip(*kvs))
+      new = KVCache(*zip(*kvs))
     else:
       layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                        metadata_params={nn.PARTITION_NAME: "layers"})
-      cache_kv = None if cache is None else (cache.k, cache.v)
+      # the scan takes the cache stacked: one copy of it per forward (the unrolled layout
+      # reads each layer's buffer in place)
+      cache_kv = None if cache is None else (jnp.stack(cache.k), jnp.stack(cache.v))
       x, (k, v) = layers(cfg, name="layers")(x, cache_kv, mask, positions)
+      new = KVCache.of_stacked(k, v)
     x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x[:, logits_start:])
     if cfg.tie_word_embeddings:
       logits = x @ table.astype(dtype).T
@@ -251,7 +265,7 @@ class SDAR(nn.Module):
       head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
                     nn.initializers.normal(0.02), cfg)
       logits = x @ head.astype(dtype)
-    return logits, KVCache(k, v)
+    return logits, new
 
 
 def init_params(cfg: SDARConfig, rng: Array, boxed: bool = False):
@@ -321,17 +335,18 @@ def write_cache(cache: KVCache, new: KVCache, start: Array, count: Optional[int]
   """Write the first ``count`` tokens of ``new`` into ``cache`` at per-row offsets
   ``start`` [B] (a static-shape append), in the rows where ``rows`` [B] (default all).
 
-  One in-place update per row (a loop over the batch): batching the update over rows
-  made XLA move the batch axis of the whole cache to the front and back on every write."""
-  count = new.k.shape[3] if count is None else count
+  One in-place update per row and layer (a loop over the batch): batching the update over
+  rows made XLA move the batch axis of the whole cache to the front and back on every
+  write."""
+  count = new.length if count is None else count
   rows = jnp.ones(start.shape, bool) if rows is None else rows
 
-  def put(r, c):  # row r's [L, 1, KV, count, D] at slot start[r] of [L, B, KV, S, D]
-    at = (0, r, 0, start[r], 0)
+  def put(r, c):  # row r's [1, KV, count, D] at slot start[r] of each layer's [B, KV, S, D]
+    at = (r, 0, start[r], 0)
 
     def one(buf, n):
-      n = jax.lax.dynamic_slice_in_dim(n, r, 1, axis=1)[:, :, :, :count].astype(buf.dtype)
+      n = jax.lax.dynamic_slice_in_dim(n, r, 1, axis=0)[:, :, :count].astype(buf.dtype)
       keep = jax.lax.dynamic_slice(buf, at, n.shape)
       return jax.lax.dynamic_update_slice(buf, jnp.where(rows[r], n, keep), at)
-    return KVCache(one(c.k, new.k), one(c.v, new.v))
+    return KVCache(*(tuple(map(one, bufs, news)) for bufs, news in ((c.k, new.k), (c.v, new.v))))
   return jax.lax.fori_loop(0, start.shape[0], put, cache)

@@ -183,14 +183,13 @@ def _fused_forward(params, cfg, prev, block, start, cache):
   pos = (start - b)[:, None] + jnp.arange(2 * b, dtype=jnp.int32)[None, :]
   logits, kv = forward_with_cache(params, cfg, jnp.concatenate([prev, block], 1), mask, pos,
                                   cache, logits_start=b)  # no head for the commit rows
-  return logits, KVCache(kv.k[:, :, :, :b], kv.v[:, :, :, :b])
+  return logits, kv.first(b)
 
 
 def _no_kv(cache: KVCache, b: int) -> KVCache:
   """Zeros shaped as b tokens' KV for ``cache``: what a cond branch that writes none
   yields (the write after the cond is masked off)."""
-  shape = cache.k.shape[:3] + (b,) + cache.k.shape[4:]
-  return KVCache(*[jnp.zeros(shape, cache.k.dtype)] * 2)
+  return jax.tree.map(lambda x: jnp.zeros(x.shape[:2] + (b,) + x.shape[3:], x.dtype), cache)
 
 
 def _step_logits(params, cfg, ctx: Context, blk: BlockState, start, st: StepState):
