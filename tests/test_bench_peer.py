@@ -105,9 +105,32 @@ def test_roofline_ceiling_of_a_setting():
   assert st.roofline_seconds(bw, peak, wbytes) == pytest.approx(want)
   st.per_prompt = False  # one call: the rows ride together for 13 forwards
   assert st.roofline_seconds(bw, peak, wbytes) == pytest.approx(max(both / peak, 13e-3))
-  cells, fine = st.row(bw, peak, wbytes)
+  floor = lambda rows, head: rows + head / 10  # noqa: E731  (seconds, a shape's signature)
+  cells, fine = st.row(bw, peak, wbytes, floor)
   assert fine and cells[-1] == "all"
-  assert cells[-2] == f"{2.5 / max(both / peak, 13e-3):.1f}x"   # median port time / roofline
+  assert cells[-3] == f"{2.5 / max(both / peak, 13e-3):.1f}x"   # median port time / roofline
+  assert cells[-2] == f"{2.5 / st.kernel_seconds(floor):.1f}x"
+
+
+def test_kernel_seconds_count_each_forward_at_its_shape():
+  """One call of prompts 12 and 9 (padded to 12), 8 new tokens, b = 4: blocks
+  (12+8)/4 - 3 = 2 and ceil(17/4) - 2 = 3; the call runs 3 blocks and its rows' max NFE."""
+  dcfg = DecodeConfig(block_size=4, denoising_steps=4, max_new_tokens=8, mask_id=MASK)
+  st = object.__new__(peer.Setting)
+  st.dcfg, st.per_prompt = dcfg, False
+  st.prompts = [np.zeros(12, np.int32), np.zeros(9, np.int32)]
+  st.nfe = np.array([8, 12])
+  shapes = []
+  floor = lambda rows, head: shapes.append((rows, head)) or 1.0  # noqa: E731
+  # fused: prefill [2 x 12] no head, 2 fused (2 rows x 8, head on 8), 12 - 2 plain
+  assert st.kernel_seconds(floor) == 1 + 2 + 10
+  assert shapes == [(24, 0), (16, 8), (8, 8)]
+  st.dcfg, shapes[:] = dcfg.replace(commit_mode="separate"), []
+  assert st.kernel_seconds(floor) == 1 + 2 + 10 and shapes == [(24, 0), (8, 0), (8, 8)]
+  st.per_prompt, shapes[:] = True, []      # a call per row, each padded to 12
+  assert st.kernel_seconds(floor) == (1 + 1 + 7) + (1 + 2 + 10)
+  assert shapes[:3] == [(12, 0), (4, 0), (4, 4)]
+
 
 
 def test_forward_flops_match_xla_count():
@@ -175,8 +198,9 @@ def test_peer_cli_runs_and_compares_outputs():
                       "--peer-prompt", "12", "--peer-single", "2", "--peer-batch", "2",
                       "--mfu-batches", "2"], capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
-  table = [line for line in r.stdout.splitlines() if line.count(" | ") == 6]
+  table = [line for line in r.stdout.splitlines() if line.count(" | ") == 7]
   assert len(table) == 2 + 3                    # header, rule, three settings at s=1
+  assert all(re.fullmatch(r"\d+\.\dx", row.split(" | ")[6]) for row in table[2:])  # kernels
   assert "UNEXPLAINED" not in r.stdout
   assert "weight-stream limit" in r.stdout and "decode MFU, batch 2" in r.stdout
 

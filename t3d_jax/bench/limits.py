@@ -69,10 +69,15 @@ def forward_flops(cfg: SDARConfig, tokens: int, context: float, head: bool = Tru
   return cfg.num_layers * layer + 2 * tokens * h * cfg.vocab_size
 
 
-def matmul_floor(params, cfg: SDARConfig, rows: int, repeats: int = 10) -> float:
+def matmul_floor(params, cfg: SDARConfig, rows: int, head_rows: int | None = None,
+                 repeats: int = 10) -> float:
   """Seconds of one forward's weight matmuls alone at ``rows`` query tokens (batch x
-  block): every projection, the MLP and the LM head as plain dots against the model's
-  own (per-layer) weights, chained layer to layer; no attention, norms or sampling."""
+  block): every projection and the MLP, chained layer to layer against the model's own
+  (per-layer) weights, then the LM head on ``head_rows`` of them (default all). With
+  ``head_rows=0`` (a forward run for its keys and values: prefill, commit) the last layer
+  computes only its key and value projections, as XLA does. No attention, norms or
+  sampling."""
+  head_rows = rows if head_rows is None else head_rows
   p = unstack_layers(params)
   layers = [p[f"layer_{i}"] for i in range(cfg.num_layers)]
   head = p["embedding"].T if cfg.tie_word_embeddings else p["lm_head"]
@@ -80,14 +85,15 @@ def matmul_floor(params, cfg: SDARConfig, rows: int, repeats: int = 10) -> float
 
   def run(x, layers, head):
     side = jnp.zeros((), jnp.float32)
-    for lp in layers:
+    flat = lambda w: w.reshape(w.shape[0], -1)  # noqa: E731  [in, heads * head_dim]
+    for i, lp in enumerate(layers):
       a, m = lp["attn"], lp["mlp"]
-      flat = lambda w: w.reshape(w.shape[0], -1)  # noqa: E731  [in, heads * head_dim]
-      q = x @ flat(a["q_kernel"])
       side += (x @ flat(a["k_kernel"])).sum() + (x @ flat(a["v_kernel"])).sum()
-      x = x + q @ a["o_kernel"].reshape(-1, a["o_kernel"].shape[-1])
+      if i == len(layers) - 1 and not head_rows:
+        return side
+      x = x + (x @ flat(a["q_kernel"])) @ a["o_kernel"].reshape(-1, a["o_kernel"].shape[-1])
       x = x + ((x @ m["gate_kernel"]) * (x @ m["up_kernel"])) @ m["down_kernel"]
-    return (x @ head).sum() + side
+    return (x[:head_rows] @ head).sum() + side
 
   x = jnp.ones((rows, cfg.hidden_size), dtype) * 0.01
   return _best_seconds(jax.jit(run), x, layers, head, repeats=repeats)

@@ -24,7 +24,10 @@ bounds a batch-1 forward at weight bytes / bandwidth, and the matmul peak, again
 decode MFU (model FLOPs of the decode over its wall time) is given at --mfu-batches. The
 table's ``ceiling`` is the ratio t3d_jax would reach on its roofline (each decoding call
 taking the larger of its model FLOPs at the peak and its forwards' weight reads at the
-bandwidth): a ratio goal above it cannot be met on this machine.
+bandwidth): a ratio goal above it cannot be met on this machine. ``kernels`` is the ratio
+t3d_jax would reach if all but its weight matmuls were free: the port's time over those
+matmuls alone, timed at the shape of each forward t3d_jax ran (limits.matmul_floor): a
+ratio goal above it cannot be met with this machine's matmul kernels.
 """
 from __future__ import annotations
 
@@ -140,7 +143,28 @@ class Setting:
     return sum(max(decode_flops(self.cfg, self.dcfg, lens[c], self.nfe[c]) / peak,
                    (int(self.nfe[c].max()) + 1) * wbytes / bw) for c in calls)
 
-  def row(self, bw: float, peak: float, wbytes: int):
+  def kernel_seconds(self, floor) -> float:
+    """t3d_jax's weight matmuls alone, at the shape of each forward it ran
+    (``floor(rows, head_rows)`` -> seconds, limits.matmul_floor): per decoding call the
+    prefill of the padded prompts (no head), then per block after the first either the
+    fused forward (prev + block rows, head on the block) or, in 'separate' mode, a commit
+    (block rows, no head), and the remaining forwards on the block alone."""
+    dcfg, b = self.dcfg, self.dcfg.block_size
+    lens = np.array([len(p) for p in self.prompts])
+    calls = [[r] for r in range(len(lens))] if self.per_prompt else [list(range(len(lens)))]
+    width = int(lens.max())  # the t3d_jax calls' padded width (T3D's groups)
+    total = 0.0
+    for c in calls:
+      n = len(c)
+      blocks = int((-(-(lens[c] + dcfg.max_new_tokens) // b) - lens[c] // b).max())
+      forwards = int(self.nfe[c].max())
+      fused = dcfg.commit_mode == "fused"
+      total += floor(n * width, 0) + (blocks - 1) * (
+          floor(2 * b * n, b * n) if fused else floor(b * n, 0))
+      total += (forwards - (blocks - 1)) * floor(b * n, b * n)
+    return total
+
+  def row(self, bw: float, peak: float, wbytes: int, floor):
     tokens = len(self.prompts) * self.dcfg.max_new_tokens
     port, ours = (np.median(self.times[k]) for k in ("port", "t3d_jax"))
     ratios = np.array(self.times["port"]) / np.array(self.times["t3d_jax"])
@@ -161,9 +185,10 @@ class Setting:
         [f"UNEXPLAINED {unexplained}"] if unexplained else [])
     note = "all" if same.all() else f"{same.sum()}/{len(same)}; " + "; ".join(why)
     ceiling = port / self.roofline_seconds(bw, peak, wbytes)
+    kernels = port / self.kernel_seconds(floor)
     cells = [self.name, str(self.s), f"{tokens / port:.0f}", f"{tokens / ours:.0f}",
              f"{np.median(ratios):.1f}x ({ratios.min():.1f}-{ratios.max():.1f})",
-             f"{ceiling:.1f}x", note]
+             f"{ceiling:.1f}x", f"{kernels:.1f}x", note]
     return cells, not unexplained
 
 
@@ -221,34 +246,36 @@ def run(a, cfg, params, make) -> int:
     print(f"  repeat {r + 1}/{a.repeats} done", flush=True)
   bw, peak = limits.stream_bandwidth(), limits.matmul_peak()
   wbytes = limits.weight_bytes(params, cfg)
-  # ceiling: the ratio t3d_jax would reach at its roofline (Setting.roofline_seconds)
+  floor = functools.cache(lambda rows, head: limits.matmul_floor(params, cfg, rows, head))
+  # ceiling: the ratio t3d_jax would reach at its roofline (Setting.roofline_seconds);
+  # kernels: ... if all but its weight matmuls were free (Setting.kernel_seconds)
   header = ["setting", "s", "port tok/s", "t3d_jax tok/s", "ratio (range)", "ceiling",
-            "identical rows"]
+            "kernels", "identical rows"]
   print(" | ".join(header))
   print(" | ".join("---" for _ in header))
   ok = True
   for st in settings:
-    cells, fine = st.row(bw, peak, wbytes)
+    cells, fine = st.row(bw, peak, wbytes, floor)
     ok &= fine
     print(" | ".join(cells))
-  _limits(a, cfg, params, make, settings, base, rs, bw, peak, wbytes)
+  _limits(a, cfg, params, make, settings, base, rs, bw, peak, wbytes, floor)
   return 0 if ok else 1
 
 
-def _limits(a, cfg, params, make, settings, base, rs, bw, peak, wbytes) -> None:
+def _limits(a, cfg, params, make, settings, base, rs, bw, peak, wbytes, floor) -> None:
   print(f"# limits: streaming bandwidth {bw / 1e9:.1f} GB/s, matmul peak {peak / 1e9:.0f} "
         f"GFLOP/s (fp32 2048^2); weights read per forward {wbytes / 1e6:.1f} MB -> "
         f"weight-stream limit {wbytes / bw * 1e3:.2f} ms per forward")
-  floor = limits.matmul_floor(params, cfg, a.block)
+  one = floor(a.block, a.block)
   print(f"  the model's weight matmuls alone at {a.block} rows (one batch-1 block): "
-        f"{floor * 1e3:.2f} ms = {floor / (wbytes / bw):.2f}x the weight-stream limit "
+        f"{one * 1e3:.2f} ms = {one / (wbytes / bw):.2f}x the weight-stream limit "
         f"(the matmul kernels' floor at this shape)")
   for st in settings:
     if st.name == "batch 1":
       forwards = st.nfe.sum() + len(st.prompts)  # + each prompt's prefill
       per = np.median(st.times["t3d_jax"]) / forwards
       print(f"  batch 1, s={st.s}: {per * 1e3:.2f} ms per forward = "
-            f"{per / (wbytes / bw):.2f}x the weight-stream limit, {per / floor:.2f}x the "
+            f"{per / (wbytes / bw):.2f}x the weight-stream limit, {per / one:.2f}x the "
             f"matmul floor")
   dcfg = base.replace(denoising_steps=a.peer_steps[0])
   for batch in a.mfu_batches:
