@@ -132,7 +132,6 @@ def test_kernel_seconds_count_each_forward_at_its_shape():
   assert shapes[:3] == [(12, 0), (4, 0), (4, 4)]
 
 
-
 def test_forward_flops_match_xla_count():
   cfg = CFG.replace(num_layers=1)  # XLA counts a scanned layer's body once
   params = sdar.init_params(cfg, jax.random.key(0))

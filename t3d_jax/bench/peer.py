@@ -134,12 +134,17 @@ class Setting:
     self.t3d_ids, self.nfe, sec = self.t3d()
     self.times["t3d_jax"].append(sec)
 
+  def _calls(self) -> tuple[np.ndarray, list[list[int]]]:
+    """(prompt lengths, the rows of each t3d_jax decoding call)."""
+    lens = np.array([len(p) for p in self.prompts])
+    rows = range(len(lens))
+    return lens, [[r] for r in rows] if self.per_prompt else [list(rows)]
+
   def roofline_seconds(self, bw: float, peak: float, wbytes: int) -> float:
     """A lower bound on t3d_jax's time here: per decoding call, the larger of its model
     FLOPs at the matmul peak and its forwards' weight reads at the streaming bandwidth
     (the rows of a call ride together: max NFE + the prefill forwards)."""
-    lens = np.array([len(p) for p in self.prompts])
-    calls = [[r] for r in range(len(lens))] if self.per_prompt else [list(range(len(lens)))]
+    lens, calls = self._calls()
     return sum(max(decode_flops(self.cfg, self.dcfg, lens[c], self.nfe[c]) / peak,
                    (int(self.nfe[c].max()) + 1) * wbytes / bw) for c in calls)
 
@@ -149,19 +154,16 @@ class Setting:
     prefill of the padded prompts (no head), then per block after the first either the
     fused forward (prev + block rows, head on the block) or, in 'separate' mode, a commit
     (block rows, no head), and the remaining forwards on the block alone."""
-    dcfg, b = self.dcfg, self.dcfg.block_size
-    lens = np.array([len(p) for p in self.prompts])
-    calls = [[r] for r in range(len(lens))] if self.per_prompt else [list(range(len(lens)))]
+    b, fused = self.dcfg.block_size, self.dcfg.commit_mode == "fused"
+    lens, calls = self._calls()
     width = int(lens.max())  # the t3d_jax calls' padded width (T3D's groups)
     total = 0.0
     for c in calls:
       n = len(c)
-      blocks = int((-(-(lens[c] + dcfg.max_new_tokens) // b) - lens[c] // b).max())
-      forwards = int(self.nfe[c].max())
-      fused = dcfg.commit_mode == "fused"
+      blocks = int(_blocks(self.dcfg, lens[c]).max())
       total += floor(n * width, 0) + (blocks - 1) * (
           floor(2 * b * n, b * n) if fused else floor(b * n, 0))
-      total += (forwards - (blocks - 1)) * floor(b * n, b * n)
+      total += (int(self.nfe[c].max()) - (blocks - 1)) * floor(b * n, b * n)
     return total
 
   def row(self, bw: float, peak: float, wbytes: int, floor):
@@ -192,6 +194,13 @@ class Setting:
     return cells, not unexplained
 
 
+def _blocks(dcfg: DecodeConfig, plen):
+  """Blocks decoded for prompts of length ``plen`` (int or array): from the block holding
+  the prompt tail to the one holding the last new token."""
+  b = dcfg.block_size
+  return -(-(plen + dcfg.max_new_tokens) // b) - plen // b
+
+
 def decode_flops(cfg, dcfg: DecodeConfig, lens, nfe) -> float:
   """Model FLOPs of decoding rows of prompt lengths ``lens`` with ``nfe`` forwards each
   (DecodeConfig's count: 'separate' counts its commits, 'fused' does not): the
@@ -201,8 +210,7 @@ def decode_flops(cfg, dcfg: DecodeConfig, lens, nfe) -> float:
   blocks."""
   b, total = dcfg.block_size, 0.0
   for plen, n in zip(lens, nfe):
-    pre = int(plen) // b * b
-    blocks = -(-(int(plen) + dcfg.max_new_tokens) // b) - pre // b
+    pre, blocks = int(plen) // b * b, _blocks(dcfg, int(plen))
     denoise = n - (blocks - 1) if dcfg.commit_mode == "separate" else n
     total += limits.forward_flops(cfg, pre, pre / 2, head=False) if pre else 0.0
     for k in range(blocks):

@@ -102,7 +102,7 @@ class KVCache(NamedTuple):
 
   def first(self, count: int) -> "KVCache":
     """The first ``count`` slots of every layer."""
-    return KVCache(*(tuple(x[:, :, :count] for x in t) for t in (self.k, self.v)))
+    return jax.tree.map(lambda x: x[:, :, :count], self)
 
 
 def _param(module: nn.Module, name: str, shape, names, init, cfg: SDARConfig):
@@ -348,5 +348,5 @@ def write_cache(cache: KVCache, new: KVCache, start: Array, count: Optional[int]
       n = jax.lax.dynamic_slice_in_dim(n, r, 1, axis=0)[:, :, :count].astype(buf.dtype)
       keep = jax.lax.dynamic_slice(buf, at, n.shape)
       return jax.lax.dynamic_update_slice(buf, jnp.where(rows[r], n, keep), at)
-    return KVCache(*(tuple(map(one, bufs, news)) for bufs, news in ((c.k, new.k), (c.v, new.v))))
+    return jax.tree.map(one, c, new)
   return jax.lax.fori_loop(0, start.shape[0], put, cache)
