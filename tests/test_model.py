@@ -8,7 +8,7 @@ from hf_models import make_qwen3, torch_logits
 from t3d_jax import masks
 from t3d_jax.convert import load_params
 from t3d_jax.models import KVCache, forward, forward_with_cache, logical_axes, write_cache
-from t3d_jax.models.sdar import unstack_layers
+from t3d_jax.models.sdar import RopeTable, rope_tables, unstack_layers
 
 VOCAB = 300
 
@@ -59,10 +59,11 @@ def test_t3d_training_mask_matches_transformers(tiny):
     forward(params, cfg, ids[:, :L0 + L1], attn, pos[:, :L0 + L1])
 
 
-@pytest.mark.parametrize("unstacked", [False, True])
-def test_cache_decode_equals_full_forward(tiny, unstacked):
+@pytest.mark.parametrize("unstacked,table", [(False, False), (True, False), (True, True)])
+def test_cache_decode_equals_full_forward(tiny, unstacked, table):
   """Prefill a prefix into the cache block by block, then decode a block against it;
-  also with the layers unstacked (the sampler's decode layout, run unrolled)."""
+  also with the layers unstacked (the sampler's decode layout, run unrolled) and with
+  the RoPE read from a table made once (as the sampler does)."""
   _, params, cfg = tiny
   if unstacked:
     params = unstack_layers(params)
@@ -77,10 +78,15 @@ def test_cache_decode_equals_full_forward(tiny, unstacked):
       np.asarray(masks.staircase_mask(T, b)), (B, T, T)), pos))
   cache = KVCache.zeros(cfg, B, T)
   valid = np.zeros((B, T), bool)
+  rope = RopeTable.of(cfg, T) if table else None
+  if table:  # the table's rows are the per-forward tables of those positions
+    for got, want in zip(rope.at(pos), rope_tables(pos, cfg.head_dim, cfg.rope_theta)):
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
   for k in range(nblk):
     sl = slice(k * b, (k + 1) * b)
     m = masks.decode_mask(jnp.asarray(valid), b)
-    logits, new = forward_with_cache(params, cfg, ids[:, sl], m, pos[:, sl], cache)
+    logits, new = forward_with_cache(params, cfg, ids[:, sl], m, pos[:, sl], cache,
+                                     rope_table=rope)
     np.testing.assert_allclose(np.asarray(logits), full[:, sl], atol=1e-5, rtol=0)
     cache = write_cache(cache, new, jnp.full((B,), k * b))
     valid[:, sl] = True

@@ -23,7 +23,8 @@ from hf_models import make_qwen3, torch_logits
 from t3d_jax import masks
 from t3d_jax.convert import load_params
 from t3d_jax.models.sdar import SDARConfig, forward, init_params
-from t3d_jax.sampling import DecodeConfig, DecodeError, generate, make_generate
+from t3d_jax.sampling import (DecodeConfig, DecodeError, decode_params, generate,
+                               make_generate)
 
 VOCAB, MASK = 64, 63
 
@@ -170,6 +171,7 @@ BS = [(2, 1), (2, 2), (4, 1), (4, 2), (4, 4)]
 STRATS = ["sequential", "low_confidence_static", "low_confidence_dynamic", "entropy_bounded"]
 DEFAULT = {("sequential", 4, 4, "separate"), ("sequential", 2, 1, "fused"),
            ("low_confidence_static", 4, 2, "fused"), ("low_confidence_static", 2, 2, "separate"),
+           ("low_confidence_static", 4, 1, "fused"), ("entropy_bounded", 4, 1, "fused"),
            ("low_confidence_dynamic", 4, 4, "fused"), ("low_confidence_dynamic", 4, 1, "separate"),
            ("entropy_bounded", 4, 2, "separate"), ("entropy_bounded", 2, 2, "fused")}
 GRID = [pytest.param(st, b, s, m, marks=() if (st, b, s, m) in DEFAULT else pytest.mark.slow)
@@ -408,6 +410,36 @@ def test_sharded_over_data_matches_single_device(tiny, temperature):
   assert len(out["ids"].sharding.device_set) == 8
   for k in single:
     np.testing.assert_array_equal(np.asarray(out[k]), single[k], err_msg=k)
+
+
+def test_decode_params_split_once_for_many_calls(tiny):
+  """decode_params (the layers split once for many calls, as batched.decode passes them)
+  decodes the same tokens as the stacked params, and its decoder holds no per-call copy
+  of the layer weights: XLA's temporary bytes drop by at least their size. With a mesh
+  the split params are replicated on it, as the decoder takes them."""
+  _, params, cfg = tiny
+  prompts = make_prompts([3, 9, 4, 12, 7, 1, 10, 6], seed=5)
+  ids, lens = pad_batch(prompts)
+  dcfg = DecodeConfig(mask_id=MASK, block_size=4, denoising_steps=2, max_new_tokens=N_NEW,
+                      strategy="low_confidence_dynamic")
+  split = decode_params(params, dcfg)
+  assert "layers" not in split and decode_params(split, dcfg) is split
+  assert decode_params(params, dcfg.replace(unroll_layers=False)) is params
+  fn = make_generate(cfg, dcfg)
+  rng = jax.random.split(jax.random.key(0), len(prompts))
+  ref, out = (fn(p, ids, lens, rng) for p in (params, split))
+  for k in ref:
+    np.testing.assert_array_equal(np.asarray(out[k]), np.asarray(ref[k]), err_msg=k)
+  temp = [fn.lower(p, ids, lens, rng).compile().memory_analysis().temp_size_in_bytes
+          for p in (params, split)]
+  assert temp[0] - temp[1] >= sum(x.nbytes for x in jax.tree.leaves(params["layers"]))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+  on_mesh = decode_params(params, dcfg, mesh)
+  for x in jax.tree.leaves(on_mesh):
+    assert x.sharding.is_fully_replicated and len(x.sharding.device_set) == 8
+  sharded = make_generate(cfg, dcfg, mesh=mesh)(on_mesh, ids, lens, rng)
+  for k in ref:
+    np.testing.assert_array_equal(np.asarray(sharded[k]), np.asarray(ref[k]), err_msg=k)
 
 
 # ----------------------------------------------------------------------------- bad input

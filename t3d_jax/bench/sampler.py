@@ -28,7 +28,7 @@ import numpy as np
 from t3d_jax.bench import limits, peer
 from t3d_jax.bench.naive_decode import make_naive_generate
 from t3d_jax.models.sdar import SDARConfig, init_params
-from t3d_jax.sampling import DecodeConfig, make_generate
+from t3d_jax.sampling import DecodeConfig, decode_params, make_generate
 
 
 def _ints(text: str) -> list[int]:
@@ -82,6 +82,7 @@ def run_one(cfg, dcfg, params, ids, lens, make=make_generate, repeats=1):
   """(outputs, compile seconds, run seconds) of the decoder ``make(cfg, dcfg)``: AOT
   compile, then the median of ``repeats`` timed runs (after a warm one when repeats > 1)."""
   fn = make(cfg, dcfg)
+  params = decode_params(params, dcfg)  # as batched.decode: once, outside the timed calls
   rng = jax.random.split(jax.random.key(0), ids.shape[0])  # the executable's [B] row keys
   t0 = time.perf_counter()
   compiled = fn.lower(params, ids, lens, rng).compile()

@@ -123,22 +123,50 @@ class RMSNorm(nn.Module):
     return w.astype(x.dtype) * y.astype(x.dtype)
 
 
-def rope(x: Array, positions: Array, theta: float) -> Array:
-  """Rotate-half RoPE (as transformers' Qwen3). x [B, T, H, D], positions [B, T]."""
-  d = x.shape[-1]
+def rope_tables(positions: Array, d: int, theta: float) -> tuple[Array, Array]:
+  """(cos, sin) [B, T, 1, d] float32 of rotate-half RoPE at positions [B, T], made once
+  per forward for all layers."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
   freqs = positions.astype(jnp.float32)[..., None] * inv_freq          # [B, T, D/2]
   emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]        # [B, T, 1, D]
-  cos, sin = jnp.cos(emb), jnp.sin(emb)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+class RopeTable(NamedTuple):
+  """cos and sin [length, head_dim] of positions 0..length-1, for a decoder to make once
+  per call outside its loops (:meth:`of`) and pass to every forward (``rope_table=``).
+
+  Made inside a forward, the cos and sin are fused by XLA:CPU into each layer's q and k
+  computation and evaluated per head and layer (at batch 16, ~4 % of a decoding
+  forward); read from a table made outside the loop they are loads."""
+  cos: Array
+  sin: Array
+
+  @classmethod
+  def of(cls, cfg: "SDARConfig", length: int) -> "RopeTable":
+    pos = jnp.arange(length, dtype=jnp.int32)[None]
+    cos, sin = rope_tables(pos, cfg.head_dim, cfg.rope_theta)
+    return cls(cos[0, :, 0], sin[0, :, 0])
+
+  def at(self, positions: Array) -> tuple[Array, Array]:
+    """The :func:`rope_tables` of positions [B, T] (each < length)."""
+    return tuple(jnp.take(t, positions, axis=0)[:, :, None] for t in self)
+
+
+def rope(x: Array, tables: tuple[Array, Array]) -> Array:
+  """Rotate-half RoPE (as transformers' Qwen3). x [B, T, H, D], tables of
+  :func:`rope_tables`."""
+  cos, sin = tables
+  d = x.shape[-1]
   x32 = x.astype(jnp.float32)
   rot = jnp.concatenate([-x32[..., d // 2:], x32[..., : d // 2]], axis=-1)
   return (x32 * cos + rot * sin).astype(x.dtype)
 
 
 class Attention(nn.Module):
-  """Self-attention with QK-norm and RoPE; the kernel (``cfg.attention``) and the mask
-  (a bool array, a :class:`t3d_jax.masks.LayoutMask` or a :class:`t3d_jax.masks.CacheMask`)
-  go to :func:`t3d_jax.models.attention.attend`. Every row must see at least one key."""
+  """Self-attention with QK-norm and RoPE (``rot``: :func:`rope_tables`); the kernel
+  (``cfg.attention``) and the mask (a bool array, a :class:`t3d_jax.masks.LayoutMask` or a
+  :class:`t3d_jax.masks.CacheMask`) go to :func:`t3d_jax.models.attention.attend`. Every row must see at least one key."""
   cfg: SDARConfig
 
   def _proj(self, x, name, heads, head_names):
@@ -154,15 +182,15 @@ class Attention(nn.Module):
     return y
 
   @nn.compact
-  def __call__(self, x, mask, positions, cache_kv):
+  def __call__(self, x, mask, rot, cache_kv):
     cfg = self.cfg
     q = self._proj(x, "q", cfg.num_heads, "heads")
     k = self._proj(x, "k", cfg.num_kv_heads, "kv_heads")
     v = self._proj(x, "v", cfg.num_kv_heads, "kv_heads")
     q = RMSNorm(cfg, cfg.head_dim, ("head_dim",), name="q_norm")(q)
     k = RMSNorm(cfg, cfg.head_dim, ("head_dim",), name="k_norm")(k)
-    q = rope(q, positions, cfg.rope_theta)
-    k = rope(k, positions, cfg.rope_theta)
+    q = rope(q, rot)
+    k = rope(k, rot)
     b, t, _, d = q.shape
     g = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, t, cfg.num_kv_heads, g, d)
@@ -196,10 +224,10 @@ class Block(nn.Module):
   cfg: SDARConfig
 
   @nn.compact
-  def __call__(self, x, cache_kv, mask, positions):
+  def __call__(self, x, cache_kv, mask, rot):
     cfg = self.cfg
     h, new_kv = Attention(cfg, name="attn")(
-        RMSNorm(cfg, cfg.hidden_size, name="input_norm")(x), mask, positions, cache_kv)
+        RMSNorm(cfg, cfg.hidden_size, name="input_norm")(x), mask, rot, cache_kv)
     x = x + h
     x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, cfg.hidden_size, name="post_attn_norm")(x))
     return x, new_kv
@@ -213,7 +241,7 @@ class SDAR(nn.Module):
 
   @nn.compact
   def __call__(self, ids, mask, positions, cache: Optional[KVCache] = None,
-               logits_start: int = 0):
+               logits_start: int = 0, rope_table: Optional[RopeTable] = None):
     """ids [B, T] int; mask [B, T, S+T] (or [T, S+T]) bool, a
     :class:`t3d_jax.masks.LayoutMask` (no cache) or a :class:`t3d_jax.masks.CacheMask`
     (with a cache); positions [B, T].
@@ -239,6 +267,8 @@ class SDAR(nn.Module):
     table = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
                    nn.initializers.normal(0.02), cfg)
     x = jnp.take(table, ids, axis=0).astype(dtype)
+    rot = (rope_tables(positions, cfg.head_dim, cfg.rope_theta) if rope_table is None
+           else rope_table.at(positions))
     policy = REMAT[cfg.remat]
     block = (Block if policy is None else
              nn.remat(Block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, policy)))
@@ -246,7 +276,7 @@ class SDAR(nn.Module):
       kvs = []
       for i in range(cfg.num_layers):
         x, kv = block(cfg, name=f"layer_{i}")(
-            x, None if cache is None else (cache.k[i], cache.v[i]), mask, positions)
+            x, None if cache is None else (cache.k[i], cache.v[i]), mask, rot)
         kvs.append(kv)
       new = KVCache(*zip(*kvs))
     else:
@@ -256,7 +286,7 @@ class SDAR(nn.Module):
       # the scan takes the cache stacked: one copy of it per forward (the unrolled layout
       # reads each layer's buffer in place)
       cache_kv = None if cache is None else (jnp.stack(cache.k), jnp.stack(cache.v))
-      x, (k, v) = layers(cfg, name="layers")(x, cache_kv, mask, positions)
+      x, (k, v) = layers(cfg, name="layers")(x, cache_kv, mask, rot)
       new = KVCache.of_stacked(k, v)
     x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x[:, logits_start:])
     if cfg.tie_word_embeddings:
@@ -315,14 +345,17 @@ def unstack_layers(params) -> dict:
 
 
 def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
-                       cache: KVCache, logits_start: int = 0) -> tuple[Array, KVCache]:
+                       cache: KVCache, logits_start: int = 0,
+                       rope_table: Optional[RopeTable] = None) -> tuple[Array, KVCache]:
   """Decode step: a query block ids [B, T] attends to ``cache`` (length S) and itself
   under mask [B, T, S+T] (or a :class:`t3d_jax.masks.CacheMask`). Returns the logits of
   rows ``logits_start``.. and the block's own keys/values, which the caller appends
   (``write_cache``) once it is committed. ``params`` may be stacked or
-  :func:`unstack_layers`'d (the layers then run unrolled; also in :func:`forward`)."""
+  :func:`unstack_layers`'d (the layers then run unrolled; also in :func:`forward`).
+  ``rope_table``: a :class:`RopeTable` covering ``positions``, made once by a decoding
+  loop."""
   return _module(cfg, params).apply({"params": params}, ids, mask, positions, cache,
-                                    logits_start)
+                                    logits_start, rope_table)
 
 
 def _module(cfg: SDARConfig, params) -> SDAR:

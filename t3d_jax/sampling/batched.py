@@ -30,7 +30,7 @@ from t3d_jax import distributed
 from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.sampling.config import DecodeConfig, DecodeError
-from t3d_jax.sampling.sampler import Knobs, cached_generate, row_keys
+from t3d_jax.sampling.sampler import Knobs, cached_generate, decode_params, row_keys
 
 # the key scheme above, recorded by the modes' fingerprints of sampled (T > 0) results
 SAMPLE_KEYS = "fold_in(fold_in(rng, question), sample)"
@@ -112,9 +112,11 @@ def decode_part(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg:
   run, knobs = cached_generate(cfg, dcfg.static(), mesh, data_axis), Knobs.of(dcfg)
   results: list[Optional[dict]] = [None] * len(prompts)
   done = 0
-  for bi, idx in enumerate(plan_batches([len(p) for p in prompts], batch_size)):
-    if bi % count != index:
-      continue
+  plan = plan_batches([len(p) for p in prompts], batch_size)
+  batches = [idx for bi, idx in enumerate(plan) if bi % count == index]
+  if batches:  # the decode layout once for all batches, not inside every call
+    params = decode_params(params, dcfg, mesh)
+  for idx in batches:
     group = [prompts[i] for i in idx]
     width = max(1, -(-max(len(p) for p in group) // width_multiple) * width_multiple)
     if dcfg.max_length is not None:

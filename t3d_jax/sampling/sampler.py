@@ -48,7 +48,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t3d_jax import masks
 from t3d_jax.sharding import in_mesh
-from t3d_jax.models.sdar import (KVCache, SDARConfig, forward_with_cache,
+from t3d_jax.models.sdar import (KVCache, RopeTable, SDARConfig, forward_with_cache,
                                  unstack_layers, write_cache)
 from t3d_jax.sampling import logits as logits_lib
 from t3d_jax.sampling import strategies
@@ -112,6 +112,7 @@ class Context(struct.PyTreeNode):
   sched: Array       # [s] tokens to reveal per step
   knobs: Knobs
   j: Array           # [1, b] positions within a block
+  rope: Any          # RopeTable of every cache slot (None: each forward computes its own)
   fused: bool = struct.field(pytree_node=False)
 
 
@@ -151,7 +152,8 @@ def prompt_layout(dcfg: DecodeConfig, prompt_lens: Array):
   return plen, (-plen) % b
 
 
-def _prefill(params, cfg: SDARConfig, dcfg: DecodeConfig, prompt_ids, first, offset, cache):
+def _prefill(params, cfg: SDARConfig, dcfg: DecodeConfig, prompt_ids, first, offset, cache,
+             rope):
   """Write the KV of each row's first ``first[r]`` prompt tokens into slots 0.."""
   bsz, width = prompt_ids.shape
   if width == 0:
@@ -160,20 +162,20 @@ def _prefill(params, cfg: SDARConfig, dcfg: DecodeConfig, prompt_ids, first, off
   mask = stair & (jnp.arange(width)[None, :] < first[:, None])[:, None, :]
   pos = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (bsz, width))
   _, kv = forward_with_cache(params, cfg, prompt_ids, mask, pos, KVCache.zeros(cfg, bsz, 0),
-                             logits_start=prompt_ids.shape[1])  # keys/values only
+                             logits_start=prompt_ids.shape[1], rope_table=rope)  # KV only
   return write_cache(cache, kv, jnp.zeros((bsz,), jnp.int32))
 
 
-def _block_forward(params, cfg, block, start, cache):
+def _block_forward(params, cfg, rope, block, start, cache):
   """One forward of the block at positions start.. against cache slots < start."""
   b = block.shape[1]
   valid = jnp.arange(cache.length)[None, :] < start[:, None]
   pos = start[:, None] + jnp.arange(b, dtype=jnp.int32)[None, :]
   mask = masks.CacheMask.of(valid, np.ones((b, b), bool))
-  return forward_with_cache(params, cfg, block, mask, pos, cache)
+  return forward_with_cache(params, cfg, block, mask, pos, cache, rope_table=rope)
 
 
-def _fused_forward(params, cfg, prev, block, start, cache):
+def _fused_forward(params, cfg, rope, prev, block, start, cache):
   """Query [prev | block] at start-b..start+b: prev (finished, uncommitted) sees cache +
   itself, block sees cache + prev + itself. Returns block's logits and prev's KV."""
   b = block.shape[1]
@@ -182,7 +184,8 @@ def _fused_forward(params, cfg, prev, block, start, cache):
   mask = masks.CacheMask.of(valid, (q[None, :] < b) | (q[:, None] >= b))   # own [2b, 2b]
   pos = (start - b)[:, None] + jnp.arange(2 * b, dtype=jnp.int32)[None, :]
   logits, kv = forward_with_cache(params, cfg, jnp.concatenate([prev, block], 1), mask, pos,
-                                  cache, logits_start=b)  # no head for the commit rows
+                                  cache, logits_start=b,  # no head for the commit rows
+                                  rope_table=rope)
   return logits, kv.first(b)
 
 
@@ -200,12 +203,13 @@ def _step_logits(params, cfg, ctx: Context, blk: BlockState, start, st: StepStat
   returned it (updated or not) made XLA copy the whole cache on every step. The cond
   yields prev's KV (zeros on other steps) and the write after it is masked to the fused
   steps."""
-  plain = lambda c: _block_forward(params, cfg, st.block, start, c)[0]  # noqa: E731
+  block_forward = functools.partial(_block_forward, params, cfg, ctx.rope, st.block, start)
+  plain = lambda c: block_forward(c)[0]  # noqa: E731
   if not ctx.fused:
     return plain(st.cache), st.cache
   b = st.block.shape[1]
   is_fused = (st.t == 0) & (blk.k > 0)
-  fused = functools.partial(_fused_forward, params, cfg, blk.prev, st.block, start)
+  fused = functools.partial(_fused_forward, params, cfg, ctx.rope, blk.prev, st.block, start)
   none = lambda c: (plain(c), _no_kv(c, b))  # noqa: E731
   logits, kv = jax.lax.cond(is_fused, fused, none, st.cache)
   return logits, write_cache(st.cache, kv, start - b,
@@ -221,7 +225,7 @@ def scatter_rows(buf: Array, window: Array, offset: Array, write: Array) -> Arra
 
 
 def init_state(dcfg: DecodeConfig, knobs: Knobs, prompt_ids, plen, first, offset, rng, cache,
-               *, fused: bool):
+               *, fused: bool, rope: Optional[RopeTable] = None):
   """(Context, BlockState before block 0); block 0 holds the engine-mode prompt tail."""
   bsz, width = prompt_ids.shape
   b = dcfg.block_size
@@ -232,7 +236,7 @@ def init_state(dcfg: DecodeConfig, knobs: Knobs, prompt_ids, plen, first, offset
   else:
     tail = jnp.zeros((bsz, b), jnp.int32)
   block0 = jnp.where(from_prompt, tail, dcfg.mask_id)
-  ctx = Context(rng=rng, first=first, plen=plen, offset=offset, j=j, fused=fused,
+  ctx = Context(rng=rng, first=first, plen=plen, offset=offset, j=j, fused=fused, rope=rope,
                 sched=jnp.asarray(transfer_schedule(b, dcfg.denoising_steps)), knobs=knobs)
   zeros = jnp.zeros((bsz,), jnp.int32)
   buf_w = dcfg.max_new_tokens + 2 * b
@@ -256,11 +260,14 @@ def _denoise_step(dcfg: DecodeConfig, ctx: Context, blk: BlockState, logits_fn: 
   x0, conf, ent = logits_lib.choose_tokens(
       logits, keys, kn.temperature, dcfg.top_k, kn.top_p,
       with_entropy=dcfg.strategy == "entropy_bounded")
-  n = jnp.minimum(ctx.sched[st.t], jnp.sum(st.masked, axis=-1))
-  transfer = strategies.select(dcfg.strategy, st.masked, conf, ent, n,
-                               threshold=kn.threshold, bound=kn.entropy_bound)
-  if dcfg.reveal_all_on_last_step:
-    transfer = jnp.where(st.t == s - 1, st.masked, transfer)
+  if s == 1 and (dcfg.reveal_all_on_last_step or dcfg.strategy != "entropy_bounded"):
+    transfer = st.masked  # one step reveals every mask (so XLA drops conf and ent)
+  else:
+    n = jnp.minimum(ctx.sched[st.t], jnp.sum(st.masked, axis=-1))
+    transfer = strategies.select(dcfg.strategy, st.masked, conf, ent, n,
+                                 threshold=kn.threshold, bound=kn.entropy_bound)
+    if dcfg.reveal_all_on_last_step:
+      transfer = jnp.where(st.t == s - 1, st.masked, transfer)
   transfer &= active[:, None]
   block = jnp.where(transfer, x0, st.block)
   bsteps = jnp.where(transfer, st.steps[:, None] + 1, st.bsteps)
@@ -289,7 +296,8 @@ def _commit(params, cfg, ctx: Context, start, st: StepState, done):
   if ctx.fused:
     return st.cache, st.nfe
   live = jnp.any(~done)
-  kv = jax.lax.cond(live, lambda c: _block_forward(params, cfg, st.block, start, c)[1],
+  block_forward = functools.partial(_block_forward, params, cfg, ctx.rope, st.block, start)
+  kv = jax.lax.cond(live, lambda c: block_forward(c)[1],
                     lambda c: _no_kv(c, st.block.shape[1]), st.cache)
   cache = write_cache(st.cache, kv, start, rows=jnp.broadcast_to(live, start.shape))
   return cache, st.nfe + (~done).astype(jnp.int32)
@@ -343,19 +351,34 @@ def decode_outputs(dcfg: DecodeConfig, blk: BlockState) -> dict:
               lengths=blk.length, nfe=blk.nfe)
 
 
+def decode_params(params, dcfg: DecodeConfig, mesh: Optional[Mesh] = None):
+  """``params`` in the layout the decoder runs, made once for many decoding calls: with
+  ``dcfg.unroll_layers`` the stacked layers split per layer (:func:`unstack_layers`),
+  replicated on ``mesh`` as the decoder takes them. A decoder given stacked params
+  splits them inside every call, copying every layer's weights into fresh buffers (at
+  batch 1 a sixth of a 128-token call here; README, Benchmarks). Holds a second copy of
+  the layer weights while the result lives (the per-call split held one per call)."""
+  if not dcfg.unroll_layers or "layers" not in params:
+    return params
+  out = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+  return jax.jit(unstack_layers, out_shardings=out)(params)
+
+
 def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, knobs: Knobs, *,
               cfg: SDARConfig, dcfg: DecodeConfig) -> dict:
   """Traceable core of :func:`generate` (see the module docstring)."""
   bsz, width = prompt_ids.shape
-  if dcfg.unroll_layers:  # split once per call: no per-forward copy of the layer weights
-    params = unstack_layers(params)
+  if dcfg.unroll_layers:  # split once per call (no-op on decode_params' output): no
+    params = unstack_layers(params)  # per-forward copy of the layer weights
   prompt_ids = prompt_ids.astype(jnp.int32)
   plen = prompt_lens.astype(jnp.int32)
   first, offset = prompt_layout(dcfg, plen)
+  length = cache_length(dcfg, width)
+  rope = RopeTable.of(cfg, length)  # once, outside the loops (slot i = position i)
   cache = _prefill(params, cfg, dcfg, prompt_ids, first, offset,
-                   KVCache.zeros(cfg, bsz, cache_length(dcfg, width)))
+                   KVCache.zeros(cfg, bsz, length), rope)
   ctx, blk = init_state(dcfg, knobs, prompt_ids, plen, first, offset, rng, cache,
-                        fused=dcfg.commit_mode == "fused")
+                        fused=dcfg.commit_mode == "fused", rope=rope)
   blk = jax.lax.while_loop(functools.partial(blocks_left, dcfg),
                            functools.partial(_block_body, params, cfg, dcfg, ctx), blk)
   return decode_outputs(dcfg, blk)
@@ -416,7 +439,8 @@ def make_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh] = No
 
   With ``mesh`` the batch is sharded over ``data_axis`` (B must be a multiple of its
   size); params are replicated unless ``param_sharding`` (a sharding or a pytree of
-  them) says otherwise. Inputs are validated eagerly (DecodeError names the problem)."""
+  them) says otherwise. Inputs are validated eagerly (DecodeError names the problem).
+  Calling it many times with the same params: pass :func:`decode_params`' output."""
   return compile_decoder(functools.partial(_generate, cfg=cfg, dcfg=dcfg.static()), cfg, dcfg,
                          mesh, data_axis, param_sharding)
 
