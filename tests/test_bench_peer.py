@@ -109,7 +109,7 @@ def test_roofline_ceiling_of_a_setting():
   cells, fine = st.row(bw, peak, wbytes, floor)
   assert fine and cells[-1] == "all"
   assert cells[-3] == f"{2.5 / max(both / peak, 13e-3):.1f}x"   # median port time / roofline
-  assert cells[-2] == f"{2.5 / st.kernel_seconds(floor):.1f}x"
+  assert cells[-2] == f"{2.5 / st.kernel_seconds(floor, peak):.1f}x"
 
 
 def test_kernel_seconds_count_each_forward_at_its_shape():
@@ -117,19 +117,32 @@ def test_kernel_seconds_count_each_forward_at_its_shape():
   (12+8)/4 - 3 = 2 and ceil(17/4) - 2 = 3; the call runs 3 blocks and its rows' max NFE."""
   dcfg = DecodeConfig(block_size=4, denoising_steps=4, max_new_tokens=8, mask_id=MASK)
   st = object.__new__(peer.Setting)
-  st.dcfg, st.per_prompt = dcfg, False
+  st.cfg, st.dcfg, st.per_prompt = CFG, dcfg, False
   st.prompts = [np.zeros(12, np.int32), np.zeros(9, np.int32)]
   st.nfe = np.array([8, 12])
   shapes = []
   floor = lambda rows, head: shapes.append((rows, head)) or 1.0  # noqa: E731
+  free = float("inf")  # attention at an infinite peak: the weight matmuls alone
   # fused: prefill [2 x 12] no head, 2 fused (2 rows x 8, head on 8), 12 - 2 plain
-  assert st.kernel_seconds(floor) == 1 + 2 + 10
+  assert st.kernel_seconds(floor, free) == 1 + 2 + 10
   assert shapes == [(24, 0), (16, 8), (8, 8)]
+  # plus the attention's FLOPs (both rows) at the peak
+  attention = peer.decode_flops(CFG, dcfg, [12, 9], [8, 12], limits.attention_flops)
+  assert attention > 0
+  assert st.kernel_seconds(floor, 1e9) == pytest.approx(13 + attention / 1e9)
   st.dcfg, shapes[:] = dcfg.replace(commit_mode="separate"), []
-  assert st.kernel_seconds(floor) == 1 + 2 + 10 and shapes == [(24, 0), (8, 0), (8, 8)]
+  assert st.kernel_seconds(floor, free) == 1 + 2 + 10 and shapes == [(24, 0), (8, 0), (8, 8)]
   st.per_prompt, shapes[:] = True, []      # a call per row, each padded to 12
-  assert st.kernel_seconds(floor) == (1 + 1 + 7) + (1 + 2 + 10)
+  assert st.kernel_seconds(floor, free) == (1 + 1 + 7) + (1 + 2 + 10)
   assert shapes[:3] == [(12, 0), (4, 0), (4, 4)]
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_attention_flops_are_the_context_part_of_forward_flops(head):
+  for tokens, context in [(4, 12), (8, 100.5)]:
+    part = limits.forward_flops(CFG, tokens, context, head) - limits.forward_flops(
+        CFG, tokens, 0, head)
+    assert limits.attention_flops(CFG, tokens, context, head) == pytest.approx(part)
 
 
 def test_forward_flops_match_xla_count():

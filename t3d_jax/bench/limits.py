@@ -3,7 +3,8 @@
 Decoding a block is bound by reading the weights at small batch (each forward streams
 every weight once) and by matmul throughput at large batch. ``stream_bandwidth`` and
 ``matmul_peak`` measure the two on the device at hand; ``weight_bytes`` and
-``forward_flops`` say what one forward of the model needs of each. ``matmul_floor`` times
+``forward_flops`` say what one forward of the model needs of each (``attention_flops``:
+its attention part). ``matmul_floor`` times
 the model's weight matmuls alone at a forward's shape: what the device's matmul kernels
 can do there, whatever the rest of the forward costs (at a few rows they run below both
 roofs: neither bandwidth- nor compute-bound).
@@ -63,10 +64,17 @@ def forward_flops(cfg: SDARConfig, tokens: int, context: float, head: bool = Tru
   h, q_dim, kv_dim = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
   kv = 2 * tokens * 2 * h * kv_dim
   layer = kv + 2 * tokens * (2 * h * q_dim + 3 * h * cfg.intermediate_size)
-  layer += 2 * 2 * tokens * context * q_dim   # attention
+  attention = attention_flops(cfg, tokens, context, head)
   if not head:
-    return (cfg.num_layers - 1) * layer + kv
-  return cfg.num_layers * layer + 2 * tokens * h * cfg.vocab_size
+    return (cfg.num_layers - 1) * layer + kv + attention
+  return cfg.num_layers * layer + 2 * tokens * h * cfg.vocab_size + attention
+
+
+def attention_flops(cfg: SDARConfig, tokens: int, context: float, head: bool = True) -> float:
+  """The QK^T and AV part of :func:`forward_flops` (``head=False``: the last layer has
+  none)."""
+  layers = cfg.num_layers - (not head)
+  return layers * 2 * 2 * tokens * context * cfg.num_heads * cfg.head_dim
 
 
 def matmul_floor(params, cfg: SDARConfig, rows: int, head_rows: int | None = None,

@@ -25,9 +25,10 @@ decode MFU (model FLOPs of the decode over its wall time) is given at --mfu-batc
 table's ``ceiling`` is the ratio t3d_jax would reach on its roofline (each decoding call
 taking the larger of its model FLOPs at the peak and its forwards' weight reads at the
 bandwidth): a ratio goal above it cannot be met on this machine. ``kernels`` is the ratio
-t3d_jax would reach if all but its weight matmuls were free: the port's time over those
-matmuls alone, timed at the shape of each forward t3d_jax ran (limits.matmul_floor): a
-ratio goal above it cannot be met with this machine's matmul kernels.
+t3d_jax would reach if all but its weight matmuls and attention were free and the
+attention ran at the matmul peak: the port's time over those matmuls alone, timed at the
+shape of each forward t3d_jax ran (limits.matmul_floor), plus the attention's FLOPs at
+the peak: a ratio goal above it cannot be met with this machine's matmul kernels.
 """
 from __future__ import annotations
 
@@ -149,12 +150,13 @@ class Setting:
     return sum(max(decode_flops(self.cfg, self.dcfg, lens[c], self.nfe[c]) / peak,
                    (int(self.nfe[c].max()) + 1) * wbytes / bw) for c in calls)
 
-  def kernel_seconds(self, floor) -> float:
-    """t3d_jax's weight matmuls alone, at the shape of each forward it ran
-    (``floor(rows, head_rows)`` -> seconds, limits.matmul_floor): per decoding call the
-    prefill of the padded prompts (no head), then per block after the first either the
-    fused forward (prev + block rows, head on the block) or, in 'separate' mode, a commit
-    (block rows, no head), and the remaining forwards on the block alone."""
+  def kernel_seconds(self, floor, peak: float) -> float:
+    """t3d_jax's weight matmuls at the shape of each forward it ran (``floor(rows,
+    head_rows)`` -> seconds, limits.matmul_floor) plus its attention's FLOPs at the matmul
+    ``peak`` (no kernel runs them faster): per decoding call the prefill of the padded
+    prompts (no head), then per block after the first either the fused forward (prev +
+    block rows, head on the block) or, in 'separate' mode, a commit (block rows, no head),
+    and the remaining forwards on the block alone."""
     b, fused = self.dcfg.block_size, self.dcfg.commit_mode == "fused"
     lens, calls = self._calls()
     width = int(lens.max())  # the t3d_jax calls' padded width (T3D's groups)
@@ -165,6 +167,8 @@ class Setting:
       total += floor(n * width, 0) + (blocks - 1) * (
           floor(2 * b * n, b * n) if fused else floor(b * n, 0))
       total += (int(self.nfe[c].max()) - (blocks - 1)) * floor(b * n, b * n)
+      total += decode_flops(self.cfg, self.dcfg, lens[c], self.nfe[c],
+                            limits.attention_flops) / peak
     return total
 
   def row(self, bw: float, peak: float, wbytes: int, floor):
@@ -188,7 +192,7 @@ class Setting:
         [f"UNEXPLAINED {unexplained}"] if unexplained else [])
     note = "all" if same.all() else f"{same.sum()}/{len(same)}; " + "; ".join(why)
     ceiling = port / self.roofline_seconds(bw, peak, wbytes)
-    kernels = port / self.kernel_seconds(floor)
+    kernels = port / self.kernel_seconds(floor, peak)
     cells = [self.name, str(self.s), f"{tokens / port:.0f}", f"{tokens / ours:.0f}",
              f"{np.median(ratios):.1f}x ({ratios.min():.1f}-{ratios.max():.1f})",
              f"{ceiling:.1f}x", f"{kernels:.1f}x", note]
@@ -202,23 +206,24 @@ def _blocks(dcfg: DecodeConfig, plen):
   return -(-(plen + dcfg.max_new_tokens) // b) - plen // b
 
 
-def decode_flops(cfg, dcfg: DecodeConfig, lens, nfe) -> float:
+def decode_flops(cfg, dcfg: DecodeConfig, lens, nfe, per_forward=limits.forward_flops) -> float:
   """Model FLOPs of decoding rows of prompt lengths ``lens`` with ``nfe`` forwards each
   (DecodeConfig's count: 'separate' counts its commits, 'fused' does not): the
   whole-block prefill and every commit but the last block's (t3d_jax skips it), both run
   for their KV alone (no LM head), and every denoising forward, each of b tokens against
   the keys up to its block's end; a row's denoising forwards are spread evenly over its
-  blocks."""
+  blocks. ``per_forward(cfg, tokens, context, head=)``: the FLOPs of one forward
+  (limits.attention_flops: the attention's alone)."""
   b, total = dcfg.block_size, 0.0
   for plen, n in zip(lens, nfe):
     pre, blocks = int(plen) // b * b, _blocks(dcfg, int(plen))
     denoise = n - (blocks - 1) if dcfg.commit_mode == "separate" else n
-    total += limits.forward_flops(cfg, pre, pre / 2, head=False) if pre else 0.0
+    total += per_forward(cfg, pre, pre / 2, head=False) if pre else 0.0
     for k in range(blocks):
       ctx = pre + (k + 1) * b
-      total += denoise / blocks * limits.forward_flops(cfg, b, ctx)
+      total += denoise / blocks * per_forward(cfg, b, ctx)
       if k < blocks - 1:
-        total += limits.forward_flops(cfg, b, ctx, head=False)
+        total += per_forward(cfg, b, ctx, head=False)
   return total
 
 
@@ -257,7 +262,8 @@ def run(a, cfg, params, make) -> int:
   wbytes = limits.weight_bytes(params, cfg)
   floor = functools.cache(lambda rows, head: limits.matmul_floor(params, cfg, rows, head))
   # ceiling: the ratio t3d_jax would reach at its roofline (Setting.roofline_seconds);
-  # kernels: ... if all but its weight matmuls were free (Setting.kernel_seconds)
+  # kernels: ... if all but its weight matmuls were free and its attention ran at the
+  # matmul peak (Setting.kernel_seconds)
   header = ["setting", "s", "port tok/s", "t3d_jax tok/s", "ratio (range)", "ceiling",
             "kernels", "identical rows"]
   print(" | ".join(header))
