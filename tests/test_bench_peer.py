@@ -108,8 +108,8 @@ def test_roofline_ceiling_of_a_setting():
   floor = lambda rows, head: rows + head / 10  # noqa: E731  (seconds, a shape's signature)
   cells, fine = st.row(bw, peak, wbytes, floor)
   assert fine and cells[-1] == "all"
-  assert cells[-3] == f"{2.5 / max(both / peak, 13e-3):.1f}x"   # median port time / roofline
-  assert cells[-2] == f"{2.5 / st.kernel_seconds(floor, peak):.1f}x"
+  assert cells[-3] == f"{2.5 / max(both / peak, 13e-3):.2f}x"   # median port time / roofline
+  assert cells[-2] == f"{2.5 / st.kernel_seconds(floor, peak):.2f}x"
 
 
 def test_kernel_seconds_count_each_forward_at_its_shape():
@@ -212,7 +212,7 @@ def test_peer_cli_runs_and_compares_outputs():
   assert r.returncode == 0, r.stderr[-2000:]
   table = [line for line in r.stdout.splitlines() if line.count(" | ") == 7]
   assert len(table) == 2 + 3                    # header, rule, three settings at s=1
-  assert all(re.fullmatch(r"\d+\.\dx", row.split(" | ")[6]) for row in table[2:])  # kernels
+  assert all(re.fullmatch(r"\d+\.\d\dx", row.split(" | ")[6]) for row in table[2:])  # kernels
   assert "UNEXPLAINED" not in r.stdout
   assert "weight-stream limit" in r.stdout and "decode MFU, batch 2" in r.stdout
 

@@ -195,7 +195,7 @@ class Setting:
     kernels = port / self.kernel_seconds(floor, peak)
     cells = [self.name, str(self.s), f"{tokens / port:.0f}", f"{tokens / ours:.0f}",
              f"{np.median(ratios):.1f}x ({ratios.min():.1f}-{ratios.max():.1f})",
-             f"{ceiling:.1f}x", f"{kernels:.1f}x", note]
+             f"{ceiling:.2f}x", f"{kernels:.2f}x", note]
     return cells, not unexplained
 
 
