@@ -28,7 +28,7 @@ bandwidth): a ratio goal above it cannot be met on this machine. ``kernels`` is 
 t3d_jax would reach if all but its weight matmuls and attention were free and the
 attention ran at the matmul peak: the port's time over those matmuls alone, timed at the
 shape of each forward t3d_jax ran (limits.matmul_floor), plus the attention's FLOPs at
-the peak: a ratio goal above it cannot be met with this machine's matmul kernels.
+the peak: a ratio goal at or above it cannot be met with this machine's matmul kernels.
 """
 from __future__ import annotations
 

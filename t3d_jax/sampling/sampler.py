@@ -355,9 +355,9 @@ def decode_params(params, dcfg: DecodeConfig, mesh: Optional[Mesh] = None):
   """``params`` in the layout the decoder runs, made once for many decoding calls: with
   ``dcfg.unroll_layers`` the stacked layers split per layer (:func:`unstack_layers`),
   replicated on ``mesh`` as the decoder takes them. A decoder given stacked params
-  splits them inside every call, copying every layer's weights into fresh buffers (at
-  batch 1 a sixth of a 128-token call here; README, Benchmarks). Holds a second copy of
-  the layer weights while the result lives (the per-call split held one per call)."""
+  splits them inside every call: a copy of every layer's weights into fresh buffers per
+  call. Holds a second copy of the layer weights while the result lives (the per-call
+  split held one during each call)."""
   if not dcfg.unroll_layers or "layers" not in params:
     return params
   out = None if mesh is None else NamedSharding(mesh, PartitionSpec())
