@@ -4,10 +4,10 @@ Decoding a block is bound by reading the weights at small batch (each forward st
 every weight once) and by matmul throughput at large batch. ``stream_bandwidth`` and
 ``matmul_peak`` measure the two on the device at hand; ``weight_bytes`` and
 ``forward_flops`` say what one forward of the model needs of each (``attention_flops``:
-its attention part). ``matmul_floor`` times
-the model's weight matmuls alone at a forward's shape: what the device's matmul kernels
-can do there, whatever the rest of the forward costs (at a few rows they run below both
-roofs: neither bandwidth- nor compute-bound).
+its attention part). ``matmul_floor`` times the model's weight matmuls alone at a
+forward's shape: what the device's matmul kernels can do there, whatever the rest of the
+forward costs (at a few rows they run below both roofs: neither bandwidth- nor
+compute-bound).
 """
 from __future__ import annotations
 

@@ -76,9 +76,9 @@ class DecodeConfig:
   unroll_layers: True (default): the layers run unrolled over per-layer weights, split
     once before a batched decode's calls (sampler.decode_params). A scanned layer reads
     its weights through a dynamic slice that XLA materialises, i.e. every forward copies
-    all layer weights once more (README, Benchmarks). The price is compile time, which grows with depth (36 layers: 2.4 ->
-    16-18 s on a 2-core CPU), and where the weights are tiny (width 64) the unrolled
-    loop was slower; False scans them.
+    all layer weights once more (README, Benchmarks). The price is compile time, which
+    grows with depth (36 layers: 2.4 -> 16-18 s on a 2-core CPU), and where the weights
+    are tiny (width 64) the unrolled loop was slower; False scans them.
   """
   block_size: int = 4
   denoising_steps: int = 4
