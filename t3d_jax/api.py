@@ -13,13 +13,13 @@
 CLI would read from it: the prompt template, the decode section, the recipe. Keyword
 overrides are dotted config keys (``**{"distill.max_steps": 100}``, or
 ``distill__max_steps=100``). ``rollout``, ``distill`` and ``evaluate`` run the same
-function as ``python -m t3d_jax.main`` (workdir lock, guards, resume, the same files);
+function as ``python -m t3d_jax.main`` (workdir lock, guards, resume, the same files) and
+return what the stage produced in memory (the student's params, the eval summaries);
 ``generate`` decodes with the sampler rollout and eval use.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -30,11 +30,11 @@ import jax
 from t3d_jax import convert
 from t3d_jax.config_base import base_config, config_module
 from t3d_jax.data import tokenizer as tok_lib
-from t3d_jax.data.code_sets import prefix_of
 from t3d_jax.errors import InputError
+from t3d_jax.models.numerics import Numerics
 from t3d_jax.sampling import DecodeConfig, batched
-from t3d_jax.settings import apply_overrides, eval_dir, expand, student_dir
-from t3d_jax.tasks import load_grader
+from t3d_jax.config_keys import apply_overrides
+from t3d_jax.tasks import load_task
 
 ConfigLike = Union[str, os.PathLike, Any, None]
 
@@ -95,11 +95,10 @@ class Model:
               ) -> tuple[list[str], list[list[int]]]:
     """Prompt strings and ids of ``questions`` with the config's prompt template (as
     rollout and eval build them; with ``dcfg``, checked against its max_length)."""
-    rows = [dict(index=i, question=q, prefix=prefix_of(q) if self.config.task.name == "code"
-                 else "") for i, q in enumerate(questions)]
+    task = load_task(self.config.task.name)
+    rows = [dict(index=i, question=q, prefix=task.prefix(q)) for i, q in enumerate(questions)]
     return tok_lib.build_prompts(self.tokenizer, rows, self.config.prompt_template,
-                                 "questions", dcfg, load_grader(self.config.task.name)
-                                 .user_message)
+                                 "questions", dcfg, task.user_message)
 
   def generate(self, questions_or_ids: Union[str, Sequence[str], Sequence[Sequence[int]]],
                *, tokens_per_forward: int = 1, strategy: str | None = None,
@@ -141,36 +140,39 @@ def load(path, *, config: ConfigLike = None, name: str = "", **overrides) -> Mod
   the config's tokenizer_dir and model.param_dtype / dtype / attention apply."""
   c = make_config(config, overrides)
   m = convert.load_model(path, name or Path(path).name or "model", c.tokenizer_dir,
-                         c.model.param_dtype, c.model.dtype, c.model.attention)
+                         Numerics.of(c.model))
   return Model(m.name, m.path, m.params, m.cfg, m.tokenizer, m.ids, c)
 
 
 def _run(model: Model, mode: str, workdir, overrides: Mapping, **keys):
-  """Runs ``mode`` as the CLI does, on the model's config with ``keys`` and ``overrides``."""
+  """Runs ``mode`` as the CLI does, on the model's config with ``keys`` and ``overrides``:
+  (the config it ran, the stage's Result)."""
   from t3d_jax import main
   c = model.config.copy_and_resolve_references()
   c.mode, c.workdir, c.model_dir = mode, os.fspath(workdir), model.path
   apply_overrides(c, keys)
   apply_overrides(c, dict(overrides))
-  main.run(c)
-  return c
+  return c, main.run(c)
 
 
 def rollout(model: Model, data, workdir, **overrides) -> Path:
   """Full-step trajectories of ``model`` on a question/answer JSONL (or a shipped dataset
   name) -> the trajectories JSONL (``<workdir>/trajectories.jsonl`` by default)."""
-  c = _run(model, "rollout", workdir, overrides, **{"rollout.data": os.fspath(data)})
-  return Path(expand(c.rollout.output, c) if c.rollout.output
-              else Path(c.workdir) / "trajectories.jsonl")
+  _, result = _run(model, "rollout", workdir, overrides, **{"rollout.data": os.fspath(data)})
+  return result.outputs[0]
 
 
 def distill(model: Model, trajectories, workdir, *, name: str = "student",
             **overrides) -> Model:
   """T3D on ``trajectories`` from ``model`` as distill run ``name`` of ``workdir``
-  (resumes where it stopped) -> the student, loaded with the same config."""
-  c = _run(model, "distill", workdir, overrides,
-           **{"distill.data": os.fspath(trajectories), "distill.name": name})
-  return load(student_dir(c), config=model.config, name=name)
+  (resumes where it stopped) -> the student (its params as trained, in memory; the same
+  as the model dir the run wrote), with the same config."""
+  c, result = _run(model, "distill", workdir, overrides,
+                   **{"distill.data": os.fspath(trajectories), "distill.name": name})
+  path = result.outputs[0]
+  cfg = Numerics.of(c.model).apply(convert.model_config(path), train=False)
+  return Model(name, os.fspath(path), jax.device_get(result.value), cfg, model.tokenizer, model.ids,
+               model.config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,10 +221,6 @@ def evaluate(models: Union[Mapping[str, Union[Model, str]], Sequence[Model]], da
     c.task.name = _grader_name(grader)
   apply_overrides(c, dict(overrides))
   from t3d_jax import main
-  from t3d_jax.modes.eval import format_table
-  main.run(c)
-  out = eval_dir(c)
-  summary = json.loads((out / "summary.json").read_text())
-  multi = len(set(c.eval.strategies)) > 1
-  return Report(format_table(summary["results"], summary["aup"], multi), summary["results"],
-                summary["aup"], out)
+  result = main.run(c)
+  s = result.summary
+  return Report(s["table"], s["results"], s["aup"], result.outputs[0])

@@ -49,6 +49,7 @@ def section(cls, skip=(), extra=None, **overrides) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   from t3d_jax.distill.examples import ExampleConfig
   from t3d_jax.distill.losses import LossConfig
+  from t3d_jax.models.numerics import Numerics
   from t3d_jax.sampling import config as sampling_config
   from t3d_jax.sharding import DEFAULT_RULES
   from t3d_jax.train.pretrain import PRETRAIN_OPTIM, PretrainExamples
@@ -100,12 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
       tie_word_embeddings=False, attention_bias=False))
 
   # model numerics used by training modes (the architecture comes from the model dir)
-  c.model = ml_collections.ConfigDict(dict(
-      dtype="float32",        # compute dtype: float32 | bfloat16
-      param_dtype="float32",  # master params (fp32 master + bf16 compute is the TPU default)
-      remat="dots",           # backward recomputes: none | dots (non-matmul ops) | full
-      attention="auto"))      # kernel: dense | splash (TPU block-sparse) | cudnn (GPU flash,
-                              # bf16) | auto (splash on TPU, else dense)
+  c.model = section(Numerics)   # t3d_jax/models/numerics.py: dtype, param_dtype, remat, attention
 
   # pretrain: question/answer pairs -> model dir (masked-diffusion objective; SFT with init)
   c.pretrain = ml_collections.ConfigDict(dict(
@@ -157,7 +153,8 @@ def base_config() -> ml_collections.ConfigDict:
   # distill: trajectories -> T3D student (docs/method.md §2-§3)
   c.distill = ml_collections.ConfigDict(dict(
       data="",                 # trajectories JSONL (rollout output, dLLM-RL layout)
-      name="student",          # the run: <workdir>/distill/<name>/ (checkpoints, tb, metrics)
+      name="",                 # the run: <workdir>/distill/<name>/ (checkpoints, tb, metrics);
+                               # "": every pipeline.variants entry, else one run "student"
       method="t3d",            # t3d | ddo | naive_td | sft | dparallel (distill/methods.py)
       student_dir="",          # default <workdir>/distill/<name>/model: the student model dir
       original_prompts=False,  # True: chat template on the bare question (released code)
@@ -200,6 +197,6 @@ def base_config() -> ml_collections.ConfigDict:
 
 def library_defaults() -> dict:
   """Every config key's library default (:func:`base_config`) as JSON: the ``defaults``
-  of ``settings.differences`` for records whose sections are config sections."""
-  from t3d_jax.settings import as_json
+  of ``config_keys.differences`` for records whose sections are config sections."""
+  from t3d_jax.config_keys import as_json
   return as_json(base_config().to_dict())

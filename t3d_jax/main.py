@@ -1,7 +1,7 @@
 """The one entry point: python -m t3d_jax.main --config configs/X.py [--config.key=value ...].
 
-Parses the config, initialises multi-host JAX when asked, and dispatches ``config.mode``
-to ``t3d_jax.modes.<mode>.run(config)``.
+Parses the config, initialises multi-host JAX when asked, and runs the stage ``config.mode``
+names (t3d_jax/modes/registry.py) through the pipeline's guards.
 """
 from __future__ import annotations
 
@@ -15,61 +15,52 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from t3d_jax.errors import InputError, Interrupted
-
-MODES = ("convert", "export", "task", "tokenizer", "pretrain", "rollout", "distill", "eval",
-         "compare", "pipeline")
+from t3d_jax.workdir import Workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
 
 
-def run(config) -> None:
-  if config.mode not in MODES:
-    raise InputError(f"config.mode={config.mode!r} is not one of {', '.join(MODES)}")
+def run(config):
+  """Runs ``config.mode`` as the CLI does (lock, record, guards); returns its Result."""
+  from t3d_jax.modes import registry
+  registry.get(config.mode)
   check_numerics(config)
   from t3d_jax.distributed import initialize_from_config
   initialize_from_config(config)  # only when jax_distributed or a multi-process env
   from t3d_jax.modes.pipeline import run_mode
   with workdir_lock(config):  # one run per workdir at a time
     recorded = record_config(config)
-    run_mode(config)  # pipeline configs: the workdir guard and input checks around it
+    result = run_mode(config)  # pipeline configs: the workdir guard and input checks around it
   if recorded:  # after the summary, so that an error stays the only line of a failed run
     print(f"[{config.mode}] config: {recorded}", file=sys.stderr, flush=True)
+  return result
 
 
 def check_numerics(config) -> None:
   """config.model's dtype / param_dtype / remat / attention, as one line each."""
-  if "model" not in config:
-    return
-  from t3d_jax.models.sdar import SDARConfig
-  m = config.model
-  try:
-    SDARConfig(1, 1, 1, 1, 1, 1, 1, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-               attention=m.attention)
-  except (TypeError, ValueError) as e:
-    raise InputError(f"config.model: {e}") from None
-
-
-def _local_workdir(config) -> bool:
-  """A workdir on this machine's filesystem (not empty, not a gs:// style URL)."""
-  return bool(config.workdir) and "://" not in str(config.workdir)
+  if "model" in config:
+    from t3d_jax.models.numerics import Numerics
+    Numerics.of(config.model)
 
 
 def record_config(config) -> Path | None:
   """The resolved config of this run, in ``<workdir>/last_run_config.json`` (process 0);
   returns its path (None where it is not written)."""
   from t3d_jax import distributed
-  if not _local_workdir(config) or not distributed.is_main_process():
+  layout = Workdir(config)
+  if not layout.local or not distributed.is_main_process():
     return None
   from t3d_jax.data.jsonl import write_json_atomic
-  return write_json_atomic(Path(config.workdir) / "last_run_config.json", config.to_dict())
+  return write_json_atomic(layout.last_config, config.to_dict())
 
 
 @contextlib.contextmanager
 def workdir_lock(config):
   """Process 0 holds ``<workdir>/.t3d_run.lock`` for the run; every process learns at
   once whether it got it (remote workdirs such as gs:// are not locked)."""
-  if not _local_workdir(config):
+  layout = Workdir(config)
+  if not layout.local:
     yield
     return
   from t3d_jax import distributed
@@ -78,8 +69,7 @@ def workdir_lock(config):
     refused = None
     if distributed.is_main_process():
       try:
-        stack.enter_context(exclusive_lock(Path(config.workdir) / ".t3d_run.lock",
-                                           f"workdir {config.workdir}"))
+        stack.enter_context(exclusive_lock(layout.lock, f"workdir {config.workdir}"))
       except LockedError as e:
         refused = e
     if not distributed.broadcast_from_main(refused is None):

@@ -8,7 +8,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "t3d_jax"
 # Lowest first; a module may import from its own layer or a lower one.
 LAYERS = [
     ("errors", "fileio", "dtypes", "masks"),
-    ("settings",),
+    ("config_keys", "digests", "workdir"),
     ("models",),
     ("sharding", "distributed"),
     ("data",),

@@ -14,7 +14,7 @@ import pytest
 
 from t3d_jax.data import code_sets
 from t3d_jax.evaluation.metrics import pass_at_k, pass_at_ks
-from t3d_jax.tasks import load_grader, sandbox
+from t3d_jax.tasks import load_task, sandbox
 from t3d_jax.tasks.code import extract_code
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def test_humaneval_is_read_from_the_package(humaneval):
 
 def test_canonical_solutions_pass_and_mutated_ones_fail(humaneval):
   rows, canonical = humaneval
-  grader = load_grader("code")
+  grader = load_task("code")
   for row, solution in list(zip(rows, canonical))[:N_CANONICAL]:
     q, a = row["question"], row["answer"]
     ok = grader(q, a, solution + "\n```\n")                     # completes the opened block
@@ -70,7 +70,7 @@ def test_mbpp_layout_rows_prompts_and_grading(tmp_path, tmp_path_factory):
   got = load_rows(d)
   assert [r["index"] for r in got] == [0, 1] and got[0]["prefix"] == ""
   assert got[0]["question"].endswith("assert add(1, 2) == 3\nassert add(-1, 1) == 0")
-  grader = load_grader("code")
+  grader = load_task("code")
   q, a = got[0]["question"], got[0]["answer"]
   assert grader(q, a, "```python\ndef add(a, b):\n    return a + b\n```").correct
   bad = grader(q, a, "```python\ndef add(a, b):\n    return a - b\n```")
@@ -100,7 +100,7 @@ def test_bad_code_rows_are_one_line(tmp_path):
   with pytest.raises(InputError, match=r"bad.jsonl, row 2: MBPP layout: 'test_list' must be "
                      "a non-empty list"):
     code_sets.load_code_rows(str(path))
-  grader = load_grader("code")
+  grader = load_task("code")
   with pytest.raises(InputError, match=r"q.jsonl, question 1: task.name=code cannot grade "
                      "it"):
     grader.check([dict(question="What is 2+2?", answer="4")], "q.jsonl")
@@ -131,7 +131,7 @@ HOSTILE = {
 
 
 def test_hostile_programs_are_contained_and_the_grader_keeps_working(tmp_path):
-  grader = load_grader("code")
+  grader = load_task("code")
   q, a = "Write f.", "assert f() == 1\n"
   good = "```python\ndef f():\n    return 1\n```"
   outside = tmp_path / "escaped.txt"

@@ -167,10 +167,10 @@ def _leaves(d, prefix=""):
 
 def test_every_path_key_expands_workdir():
   """Every path-valued key of base_config (found by its name: *_dir, data, init, output,
-  models) is in settings.PATH_KEYS, and each one expands "{workdir}"."""
+  models) is in workdir.PATH_KEYS, and each one expands "{workdir}"."""
   import re
   from t3d_jax.config_base import base_config
-  from t3d_jax.settings import PATH_KEYS, resolve_paths
+  from t3d_jax.workdir import PATH_KEYS, resolve_paths
   c = base_config()
   pathlike = {k for k, _ in _leaves(c.to_dict())
               if re.search(r"(^|\.)(\w+_dir|data|init|output|models)$", k)

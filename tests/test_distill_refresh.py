@@ -20,7 +20,7 @@ from t3d_jax.distill.refresh import Refresher, period
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation.grading import GradeResult
 from t3d_jax.sampling import DecodeConfig
-from t3d_jax.tasks import Grader
+from t3d_jax.tasks import Task
 from test_sampler import naive_decode
 
 VOCAB, MASK, EOS = 64, 63, 62
@@ -107,7 +107,7 @@ def test_the_filter_keeps_only_trajectories_the_grader_passes(tiny, tmp_path):
     ok = int(question[1:]) % 2 == 0
     return GradeResult(ok, "", None, answer)
 
-  r = refresher(tmp_path, tiny, grader=Grader("even", even_rows))
+  r = refresher(tmp_path, tiny, grader=Task("even", even_rows))
   teacher = list(r.samples)
   state = types.SimpleNamespace(params=params)
   r(0, state)
@@ -123,7 +123,7 @@ def test_the_filter_keeps_only_trajectories_the_grader_passes(tiny, tmp_path):
     assert graded[:8] == [str(x) for x in u.response_ids] and len(graded) >= len(u.response_ids)
   assert r.last == {"refresh_replaced": 0.5, "refresh_correct": 0.5}
   # the resumed run rebuilds the filtered set from the file
-  again = refresher(tmp_path, tiny, grader=Grader("even", even_rows))
+  again = refresher(tmp_path, tiny, grader=Task("even", even_rows))
   again(3, state)
   assert again.samples_for(3) == new
 

@@ -195,8 +195,8 @@ def test_graders_by_name(tmp_path, monkeypatch):
   wrong, reason says so), and one-line errors for unknown names, failed imports and rows
   a grader cannot grade."""
   from t3d_jax.errors import InputError
-  from t3d_jax.tasks import ERROR_PREFIX, load_grader
-  exact = load_grader("exact")
+  from t3d_jax.tasks import ERROR_PREFIX, load_task
+  exact = load_task("exact")
   assert exact("q", "Paris", "  paris \n").correct
   assert not exact("q", "Paris", "Paris, France").correct
   (tmp_path / "my_grader.py").write_text(
@@ -205,12 +205,12 @@ def test_graders_by_name(tmp_path, monkeypatch):
       "def boom(q, a, r):\n  raise ValueError('bad row')\n"
       "def bad(q, a, r):\n  return 'yes'\n")
   monkeypatch.syspath_prepend(str(tmp_path))
-  assert load_grader("my_grader:ok")("q", "cat|dog", "dog barks").correct
-  g = load_grader("my_grader:why")("q", "a", "b")
+  assert load_task("my_grader:ok")("q", "cat|dog", "dog barks").correct
+  g = load_task("my_grader:why")("q", "a", "b")
   assert not g.correct and g.reason == "compared b"
-  g = load_grader("my_grader:boom")("q", "a", "b")
+  g = load_task("my_grader:boom")("q", "a", "b")
   assert not g.correct and g.reason == f"{ERROR_PREFIX}ValueError: bad row"
-  g = load_grader("my_grader:bad")("q", "a", "b")
+  g = load_task("my_grader:bad")("q", "a", "b")
   assert not g.correct and g.reason.startswith(f"{ERROR_PREFIX}TypeError: returned str")
   for name, match in [("chess", "task.name='chess' is not one of math, words, exact, code or "
                        "package.module:function"),
@@ -218,9 +218,9 @@ def test_graders_by_name(tmp_path, monkeypatch):
                        "\\(ModuleNotFoundError"),
                       ("my_grader:nope", "cannot import it \\(AttributeError")]:
     with pytest.raises(InputError, match=match):
-      load_grader(name)
+      load_task(name)
   rows = [dict(question="ANM FOD", answer="x"), dict(question="k10 k3=", answer="y")]
   with pytest.raises(InputError, match="q.jsonl, question 2: task.name=words cannot grade "
                      "it \\(not a words-task question 'k10 k3='\\)"):
-    load_grader("words").check(rows, "q.jsonl")
-  load_grader("exact").check(rows, "q.jsonl")
+    load_task("words").check(rows, "q.jsonl")
+  load_task("exact").check(rows, "q.jsonl")

@@ -165,15 +165,18 @@ def get_config():
 
 
 def test_named_runs_and_variants_share_the_workdir(demo, tmp_path):
-  """A second student by name beside the first; a pipeline of two variants: each run in
-  its own <workdir>/distill/<name>/, eval takes them by name, the first student untouched."""
+  """A second student by name beside the first (named "student", the one run's name
+  without variants: it is one run, not every variant); a pipeline of two variants: each
+  run in its own <workdir>/distill/<name>/, eval takes them by name, the first student
+  untouched."""
   work, _ = demo
   first = (work / "distill/t3d_s0/model/params.sha256").read_text()
-  r = main(work, "--config.mode=distill", "--config.distill.name=second",
+  r = main(work, "--config.mode=distill", "--config.distill.name=student",
            "--config.distill.seed=3")
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "[distill] second (t3d): 4 updates" in r.stdout
-  second = work / "distill/second"
+  assert "[distill] student (t3d): 4 updates" in r.stdout
+  assert sum("[distill] " in x for x in r.stdout.splitlines()) == 1  # not the 5 variants
+  second = work / "distill/student"
   assert (second / "model/params.sha256").read_text() != first
   assert rows(second / "metrics.jsonl")[-1]["step"] == 4
   cfg = tmp_path / "variants.py"
@@ -188,52 +191,8 @@ def test_named_runs_and_variants_share_the_workdir(demo, tmp_path):
   assert {x["model"] for x in s["results"]} == {"base", "a", "b"}
   assert s["models"]["a"] == str(work / "distill/a/model")
   record = json.loads((work / "t3d_config.json").read_text())["stages"]
-  assert {"distill/t3d_s0", "distill/second", "distill/a", "distill/b"} <= set(record)
+  assert {"distill/t3d_s0", "distill/student", "distill/a", "distill/b"} <= set(record)
   assert record["distill/a"]["distill.seed"] == 5 and record["distill/b"]["optim.lr"] == 1e-4
-
-
-def test_a_workdir_of_the_old_layout_gets_the_move_commands(tmp_path):
-  w = tmp_path / "old"
-  (w / "checkpoints/4").mkdir(parents=True)
-  (w / "student").mkdir()
-  (w / "model").mkdir()
-  (w / "trajectories.jsonl").write_text("")
-  for mode in ("distill", "eval"):
-    r = main(w, f"--config.mode={mode}")
-    assert r.returncode == 2
-    line = r.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: {w} holds a distill run in the layout before named runs")
-    assert f"mv {w}/student {w}/distill/student/model" in line, r.stderr[-2000:]
-
-
-def test_a_record_of_the_older_format_is_read_as_stage_views(tmp_path):
-  """One config recorded for the whole workdir (before per-stage records): each stage
-  compares its own keys with it, keys added since are not compared, and the next record
-  is per stage."""
-  from t3d_jax.config_base import config_module
-  from t3d_jax.errors import InputError
-  from t3d_jax.modes import pipeline
-  from t3d_jax.settings import as_json
-  c = config_module(REPO / "configs/demo.py").get_config()
-  c.workdir = str(tmp_path)
-  old = as_json(c.to_dict())
-  for k in ("mode", "workdir", "overwrite", "force", "jax_distributed", "distributed"):
-    old.pop(k)
-  old["distill"].pop("allow_other_block")  # a key added since
-  (tmp_path / "t3d_config.json").write_text(json.dumps(old))
-  for stage in ("task", "pretrain", "rollout", "distill", "eval", "export"):
-    pipeline.check_stage(c, stage)
-  c.pretrain.max_steps = 7
-  with pytest.raises(InputError, match=r"its pretrain stage ran with a different config \(1 "
-                     r"keys differ: pretrain.max_steps: 600 -> 7\)"):
-    pipeline.check_stage(c, "pretrain")
-  pipeline.check_stage(c, "eval")  # not eval's key
-  pipeline.record_stage(c, "pretrain")
-  record = json.loads((tmp_path / "t3d_config.json").read_text())
-  assert record["format"] == 2 and record["stages"]["pretrain"]["pretrain.max_steps"] == 7
-  assert set(record["stages"]) == {"task", "pretrain", "rollout", "distill/student", "eval",
-                                  "compare"}
-  pipeline.check_stage(c, "pretrain")
 
 
 def test_keys_added_since_a_record_refuse_only_off_their_default(tmp_path):
@@ -242,8 +201,9 @@ def test_keys_added_since_a_record_refuse_only_off_their_default(tmp_path):
   record is another run's. A changed recorded key refuses."""
   from t3d_jax.config_base import config_module
   from t3d_jax.errors import InputError
+  from t3d_jax.config_keys import differences
   from t3d_jax.modes import pipeline
-  from t3d_jax.settings import differences
+  from t3d_jax.modes.registry import STAGES
   assert differences({"a": 1}, {"a": 1, "b": 2}) == (1, "b: '<unset>' -> 2")
   assert differences({"a": 1}, {"a": 1, "b": 2}, defaults={"b": 2}) == (0, "")
   assert differences({"a": 1}, {"a": 1, "b": 3}, defaults={"b": 2})[0] == 1  # not default
@@ -251,25 +211,27 @@ def test_keys_added_since_a_record_refuse_only_off_their_default(tmp_path):
   assert differences({"a": 1, "c": 3}, {"a": 1}, defaults={"c": 3})[0] == 1  # removed
   c = config_module(REPO / "configs/demo.py").get_config()
   c.workdir = str(tmp_path)
-  pipeline.record_stage(c, "distill")
+  distill = STAGES["distill"]
+  pipeline.record_stage(c, distill)
   path = tmp_path / "t3d_config.json"
   record = json.loads(path.read_text())
   assert record["stages"]["distill/student"]["decode.temperature"] == 0.1  # it re-decodes
   del record["stages"]["distill/student"]["loss.entropy_weight"]  # demo: the default
   path.write_text(json.dumps(record))
-  pipeline.check_stage(c, "distill")
+  pipeline.check_stage(c, distill)
   del record["stages"]["distill/student"]["distill.refresh_every"]  # demo: 4, not 0
   path.write_text(json.dumps(record))
   with pytest.raises(InputError, match=r"distill.refresh_every: '<unset>' -> 4"):
-    pipeline.check_stage(c, "distill")
+    pipeline.check_stage(c, distill)
   c.loss.alpha = 0.9
   with pytest.raises(InputError, match="loss.alpha: 0.5 -> 0.9"):
-    pipeline.check_stage(c, "distill")
+    pipeline.check_stage(c, distill)
 
 
 def test_distill_name_picks_one_variant():
-  """With pipeline.variants: the default name runs every variant, a variant's name only
-  that one (its keys applied), any other name one run with the config's own keys."""
+  """With pipeline.variants: the default name ("") runs every variant, a variant's name
+  only that one (its keys applied), any other name one run with the config's own keys,
+  "student" (the name of the one run without variants) included."""
   from t3d_jax.config_base import config_module
   from t3d_jax.modes import pipeline
   c = config_module(REPO / "configs/demo.py").get_config()
@@ -281,3 +243,10 @@ def test_distill_name_picks_one_variant():
   c.distill.name, c.distill.seed = "mine", 7
   (own,) = pipeline.variants(c)
   assert (own.distill.name, own.distill.seed, dict(own.pipeline.variants)) == ("mine", 7, {})
+  c.distill.name, c.distill.seed = "student", -1
+  (student,) = pipeline.variants(c)
+  assert (student.distill.name, student.distill.seed, dict(student.pipeline.variants)) == \
+      ("student", -1, {})
+  c.pipeline.variants, c.distill.name = {}, ""
+  (default,) = pipeline.variants(c)
+  assert default.distill.name == "student"

@@ -247,7 +247,7 @@ def test_stage_seeds_are_independent(setup, tmp_path, monkeypatch):
   are, nothing decoded); another rollout.seed is refused, naming it."""
   from t3d_jax.modes import rollout
   from t3d_jax.sampling import batched
-  from t3d_jax.settings import stage_seed
+  from t3d_jax.config_keys import stage_seed
   root, data = setup
   c = _config(tmp_path, root / "model", data)
   c.rollout.plot_trajectories = 0

@@ -4,7 +4,7 @@ canonical solutions (expected: all 164 pass).
 python -m t3d_jax.bench code_grader [--limit N] [--timeout 10]
 
 Each canonical solution is graded as a model response would be (the completion after
-the prompt's opened ```python block), through ``tasks.load_grader("code")``: extraction,
+the prompt's opened ```python block), through ``tasks.load_task("code")``: extraction,
 the sandboxed child process with its limits, the problem's tests. Prints the isolation
 this machine allows, the pass count, mean / median seconds per sample, and every failure
 with its reason.
@@ -25,14 +25,14 @@ def main(argv) -> int:
   import json
 
   from t3d_jax.data.code_sets import humaneval_file, load_code_rows
-  from t3d_jax.tasks import load_grader, sandbox
+  from t3d_jax.tasks import load_task, sandbox
   rows = load_code_rows("humaneval", limit=args.limit or None)
   with gzip.open(humaneval_file(), "rt") as f:
     canonical = [json.loads(line)["canonical_solution"] for line in f][:len(rows)]
   iso = sandbox.isolation()
   print(f"isolation: network namespace {'yes' if not iso['net'] else 'no: ' + iso['net']}; "
         f"user {'nobody' if iso['user'] else 'this user (' + iso['user_note'] + ')'}", flush=True)
-  grader = load_grader("code")
+  grader = load_task("code")
   times, failed = [], []
   for row, solution in zip(rows, canonical):
     t0 = time.perf_counter()

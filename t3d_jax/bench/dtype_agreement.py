@@ -26,6 +26,7 @@ from t3d_jax.convert import load_model
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.jsonl import iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError
+from t3d_jax.models.numerics import Numerics
 from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
 
 
@@ -78,9 +79,9 @@ def main(argv=None) -> int:
     rows = rows[:a.limit] if a.limit else rows
     if not rows or any("question" not in r for r in rows):
       raise InputError(f"{a.data}: needs rows with a 'question' field")
-    ref = load_model(a.model, "float32", dtype="float32")
-    low = load_model(a.model, a.dtype, param_dtype=a.dtype if a.cast_params else "",
-                     dtype=a.dtype)
+    ref = load_model(a.model, "float32", numerics=Numerics("float32", "", "", ""))
+    low = load_model(a.model, a.dtype, numerics=Numerics(
+        a.dtype, a.dtype if a.cast_params else "", "", ""))
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -69,20 +69,20 @@ def model_config(config):
   """SDARConfig of a config: ``config.arch`` when it names its vocab_size (planning
   configs, training from scratch), else the model dir's sdar_config.json; numerics from
   ``config.model``."""
+  from t3d_jax.models.numerics import Numerics
   from t3d_jax.models.sdar import SDARConfig
-  numerics = {}
-  if "model" in config:
-    numerics = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                    remat=config.model.remat, attention=config.model.attention)
+  numerics = Numerics.of(config.model) if "model" in config else Numerics()
   if "arch" in config and config.arch.vocab_size:
-    return SDARConfig(**dict(config.arch), **numerics)
+    return numerics.apply(SDARConfig(**dict(config.arch), param_dtype=numerics.param_dtype),
+                          train=True)
   from pathlib import Path
 
   from t3d_jax.checkpoint import load_model_config
-  from t3d_jax.settings import model_dir
-  d = model_dir(config) if (config.get("model_dir") or config.get("workdir")) else ""
+  from t3d_jax.workdir import Workdir
+  d = Workdir(config).model if (config.get("model_dir") or config.get("workdir")) else ""
   if d and (Path(d) / "sdar_config.json").is_file():
-    return load_model_config(d).replace(**numerics)
+    return numerics.apply(load_model_config(d).replace(param_dtype=numerics.param_dtype),
+                          train=True)
   raise InputError("the config has no architecture: set config.arch (see configs/sdar_*.py) "
                    "or point model_dir/workdir at a converted model dir")
 

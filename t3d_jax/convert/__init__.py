@@ -16,6 +16,7 @@ from t3d_jax.convert.hf import (config_from_hf, get_path, hf_config_from, iter_h
                                 save_hf_params, set_path)
 from t3d_jax.dtypes import as_dtype
 from t3d_jax.errors import InputError
+from t3d_jax.models.numerics import Numerics
 from t3d_jax.models.sdar import SDARConfig, abstract_params
 
 
@@ -100,22 +101,20 @@ class Model:
   ids: object
 
 
-def load_model(path, name: str = "model", tokenizer_dir: str = "", param_dtype: str = "",
-               dtype: str = "", attention: str = "") -> Model:
-  """Params, config, tokenizer and special ids of an HF dir or a t3d_jax model dir;
-  ``param_dtype`` casts the weights, ``dtype`` sets the compute dtype, ``attention`` the
-  kernel ('' keeps them)."""
+def load_model(path, name: str = "model", tokenizer_dir: str = "",
+               numerics: Numerics | None = None) -> Model:
+  """Params, config, tokenizer and special ids of an HF dir or a t3d_jax model dir, for
+  decoding with ``numerics`` (config.model: its param_dtype casts the weights, its dtype
+  and attention kernel apply; None or "" fields keep the model's)."""
   from t3d_jax.data import tokenizer as tok_lib
   p = Path(path)
   if not p.exists():
     raise InputError(f"model {name!r}: {p} does not exist (a model dir from the convert or "
                      f"distill mode, or an HF dir)")
-  params, cfg = load_params(p, param_dtype=param_dtype or None)
+  numerics = numerics or Numerics("", "", "", "")
+  params, cfg = load_params(p, param_dtype=numerics.param_dtype or None)
   checkpoint.check_finite(params, p)
-  if dtype:
-    cfg = cfg.replace(dtype=dtype)
-  if attention:
-    cfg = cfg.replace(attention=attention)
+  cfg = numerics.apply(cfg, train=False)
   tokenizer = tok_lib.load_tokenizer(tokenizer_dir or checkpoint.meta_dir_of(p))
   ids = tok_lib.special_ids(tokenizer)
   if ids.vocab_size > cfg.vocab_size:

@@ -21,7 +21,7 @@ from typing import Optional, Union
 
 from t3d_jax.data import code_sets, jsonl
 from t3d_jax.errors import InputError
-from t3d_jax.settings import expand_workdir
+from t3d_jax.workdir import expand_workdir
 
 FILES_DIR = pathlib.Path(__file__).resolve().parent / "files"
 SHIPPED = {

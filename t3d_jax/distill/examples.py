@@ -56,7 +56,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from t3d_jax.settings import dataclass_from_config
+from t3d_jax.config_keys import dataclass_from_config
 
 # re-exported: the examples API that T3D and pretraining share
 from t3d_jax.train.examples import (as_seeds, assemble, check_inputs, drop_empty,  # noqa: F401

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from t3d_jax.sampling.logits import argmax_last  # noqa: F401  (methods use it from here)
-from t3d_jax.settings import dataclass_from_config
+from t3d_jax.config_keys import dataclass_from_config
 from t3d_jax.train.logprobs import (batch_mean, log_normalizer, masked_mean,  # noqa: F401
                                     masked_mean_logp, token_logprobs)
 

@@ -1,5 +1,7 @@
 """The distillation objectives ``distill.method`` selects, on the same trajectories and
-optimiser (README, "Baselines"). x0 = the teacher's response, xt = a masked copy, M the
+optimiser (README, "Baselines"): :data:`METHODS`, one :class:`Method` entry each (its
+batches, its loss, whether it trains against a reference model); the distill mode, the
+compare config and the docs read this table, and adding a method is one entry. x0 = the teacher's response, xt = a masked copy, M the
 trained positions of an example (p_mask), b examples of a batch averaged with equal
 weight:
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +37,9 @@ import numpy as np
 
 from t3d_jax import masks
 from t3d_jax.distill import step as t3d_step
+from t3d_jax.distill.data import make_batch as trajectory_make_batch
+from t3d_jax.distill.examples import ExampleConfig
+from t3d_jax.errors import InputError
 from t3d_jax.distill.losses import argmax_last
 from t3d_jax.models.sdar import SDARConfig, forward
 from t3d_jax.train import pretrain as pt
@@ -44,8 +49,6 @@ from t3d_jax.train.examples import (as_seeds, assemble, check_batching, check_in
 from t3d_jax.train.logprobs import batch_mean, masked_mean, token_logprobs
 
 Array = jax.Array
-METHODS = ("t3d", "ddo", "naive_td", "sft", "dparallel")
-WITH_REFERENCE = ("t3d", "ddo")       # the others train without a reference model
 _STREAM_CERTAINTY = 7                 # the example's random stream (T3D 1-4, pretrain 5-6)
 
 
@@ -145,22 +148,104 @@ def dparallel_micro_loss(params, ref_params, mb: dict, rng, *, model: SDARConfig
                         loss_cfg.entropy_weight, loss_cfg.entropy_temperature, mb["weight"])
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+  """What every method's batches are built from (the distill mode fills it once)."""
+  examples: ExampleConfig             # trajectory examples (block size, mask strategy, ...)
+  loss: object                        # LossConfig (dparallel's certainty_mask_ratio)
+  mask_eps: float                     # sft: t ~ U(mask_eps, 1] per example
+  micro_batch: int
+  length_bucket: int
+  pad_id: int
+  mask_id: int
+  vocab_size: int
+  seed: int
+
+
+def _trajectory_batch(spec: BatchSpec, samples, idx, noise_step: int) -> dict:
+  """Examples at the trajectory's states (t3d, ddo, naive_td)."""
+  return trajectory_make_batch(samples, idx, spec.examples, micro_batch=spec.micro_batch,
+                               length_bucket=spec.length_bucket, pad_id=spec.pad_id,
+                               mask_id=spec.mask_id, vocab_size=spec.vocab_size,
+                               seed=spec.seed, noise_step=noise_step)
+
+
+def _sft_batch(spec: BatchSpec, samples, idx, noise_step: int) -> dict:
+  """The teacher's final outputs with random masks (a Sample is a pt.Pair)."""
+  ex = spec.examples
+  cfg = pt.PretrainExamples(block_size=ex.block_size, post_num=ex.post_num,
+                            mask_eps=spec.mask_eps)
+  return pt.make_batch(samples, idx, cfg, micro_batch=spec.micro_batch,
+                       length_bucket=spec.length_bucket, pad_id=spec.pad_id,
+                       mask_id=spec.mask_id, seed=spec.seed, step=noise_step)
+
+
+def _certainty_batch(spec: BatchSpec, samples, idx, noise_step: int) -> dict:
+  return certainty_make_batch(
+      samples, idx, block_size=spec.examples.block_size,
+      ratio=spec.loss.certainty_mask_ratio, post_num=spec.examples.post_num,
+      micro_batch=spec.micro_batch, length_bucket=spec.length_bucket, pad_id=spec.pad_id,
+      mask_id=spec.mask_id, seed=spec.seed, step=noise_step)
+
+
+def _t3d_loss(model, loss_cfg, mask_id, pad_id):
+  return functools.partial(t3d_step.micro_loss, model=model, loss_cfg=loss_cfg,
+                           mask_id=mask_id, pad_id=pad_id)
+
+
+def _ddo_loss(model, loss_cfg, mask_id, pad_id):
+  return _t3d_loss(model, dataclasses.replace(loss_cfg, lambda_path=0.0), mask_id, pad_id)
+
+
+def _naive_td_loss(model, loss_cfg, mask_id, pad_id):
+  del mask_id
+  return functools.partial(naive_td_micro_loss, model=model, block_size=loss_cfg.block_size,
+                           pad_id=pad_id)
+
+
+def _sft_loss(model, loss_cfg, mask_id, pad_id):
+  del mask_id
+  return functools.partial(pt.micro_loss, model=model, block_size=loss_cfg.block_size,
+                           pad_id=pad_id)
+
+
+def _dparallel_loss(model, loss_cfg, mask_id, pad_id):
+  del mask_id
+  return functools.partial(dparallel_micro_loss, model=model, loss_cfg=loss_cfg, pad_id=pad_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One ``distill.method``: ``make_batch(spec, samples, indices, noise_step)`` builds a
+  global batch ([A, M, ...] numpy arrays), ``loss(model, loss_cfg, mask_id, pad_id)`` the
+  trainer's ``loss_fn(params, ref_params, micro_batch, rng)``; ``needs_reference``: it
+  trains against a reference model (and self-play rounds replace it)."""
+  name: str
+  needs_reference: bool
+  make_batch: Callable[..., dict]
+  loss: Callable[..., Callable]
+  summary: str = ""
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("t3d", True, _trajectory_batch, _t3d_loss, "DDO + path loss (the default)"),
+    Method("ddo", True, _trajectory_batch, _ddo_loss, "DDO alone (lambda_path = 0)"),
+    Method("naive_td", False, _trajectory_batch, _naive_td_loss,
+           "forward KL at the trajectory's states"),
+    Method("sft", False, _sft_batch, _sft_loss,
+           "masked diffusion on the teacher's outputs, random masks"),
+    Method("dparallel", False, _certainty_batch, _dparallel_loss,
+           "certainty-forcing distillation (dParallel)"),
+)}
+
+
+def get(name: str) -> Method:
+  """The method ``config.distill.method`` names (an InputError naming the choices)."""
+  if name not in METHODS:
+    raise InputError(f"config distill.method={name!r} is not one of {', '.join(METHODS)}")
+  return METHODS[name]
+
+
 def loss_fn(method: str, model: SDARConfig, loss_cfg, *, mask_id: int, pad_id: int):
   """The trainer's ``loss_fn(params, ref_params, micro_batch, rng)`` of ``method``."""
-  if method == "t3d":
-    return functools.partial(t3d_step.micro_loss, model=model, loss_cfg=loss_cfg,
-                             mask_id=mask_id, pad_id=pad_id)
-  if method == "ddo":
-    return functools.partial(t3d_step.micro_loss, model=model,
-                             loss_cfg=dataclasses.replace(loss_cfg, lambda_path=0.0),
-                             mask_id=mask_id, pad_id=pad_id)
-  if method == "naive_td":
-    return functools.partial(naive_td_micro_loss, model=model,
-                             block_size=loss_cfg.block_size, pad_id=pad_id)
-  if method == "sft":
-    return functools.partial(pt.micro_loss, model=model, block_size=loss_cfg.block_size,
-                             pad_id=pad_id)
-  if method == "dparallel":
-    return functools.partial(dparallel_micro_loss, model=model, loss_cfg=loss_cfg,
-                             pad_id=pad_id)
-  raise ValueError(f"unknown method {method!r}")
+  return get(method).loss(model, loss_cfg, mask_id, pad_id)

@@ -36,6 +36,21 @@ Array = jax.Array
 REMAT = {"none": None, "dots": "dots_saveable", "full": "nothing_saveable"}
 
 
+def check_numerics(dtype: str, param_dtype: str, remat: Any, kernel: str) -> str:
+  """Raises ValueError for a dtype, remat policy or attention kernel that does not exist
+  (or cudnn at a dtype it does not take); returns the remat policy's name (bools
+  accepted: False = none, True = full)."""
+  as_dtype(dtype), as_dtype(param_dtype)
+  name = {False: "none", True: "full"}.get(remat, remat)
+  if name not in REMAT:
+    raise ValueError(f"unknown remat {remat!r}; expected one of {sorted(REMAT)}")
+  attention.resolve(kernel, backend="cpu")  # validates
+  if kernel == "cudnn" and jnp.dtype(as_dtype(dtype)).name not in attention.CUDNN_DTYPES:
+    raise ValueError(f"attention 'cudnn' needs dtype {' or '.join(attention.CUDNN_DTYPES)}, "
+                     f"got {dtype}")
+  return name
+
+
 @dataclasses.dataclass(frozen=True)
 class SDARConfig:
   """Architecture plus numerics. Hashable, so it can be a static jit argument."""
@@ -59,16 +74,8 @@ class SDARConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
-    as_dtype(self.dtype), as_dtype(self.param_dtype)
-    remat = {False: "none", True: "full"}.get(self.remat, self.remat)
-    if remat not in REMAT:
-      raise ValueError(f"unknown remat {self.remat!r}; expected one of {sorted(REMAT)}")
-    object.__setattr__(self, "remat", remat)
-    attention.resolve(self.attention, backend="cpu")  # validates
-    if (self.attention == "cudnn"
-        and jnp.dtype(as_dtype(self.dtype)).name not in attention.CUDNN_DTYPES):
-      raise ValueError(f"attention 'cudnn' needs dtype {' or '.join(attention.CUDNN_DTYPES)}, "
-                       f"got {self.dtype}")
+    object.__setattr__(self, "remat", check_numerics(self.dtype, self.param_dtype,
+                                                     self.remat, self.attention))
 
   def replace(self, **kw) -> "SDARConfig":
     return dataclasses.replace(self, **kw)

@@ -13,21 +13,20 @@ the table.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-import jax
 
 from t3d_jax.data.jsonl import write_json_atomic
+from t3d_jax.distributed import is_main_process
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation.compare import aggregate, format_table
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
-from t3d_jax.settings import eval_dir
+from t3d_jax.modes.stage import Result, Stage
+from t3d_jax.workdir import Workdir
 
 
-def run(config) -> None:
-  if not config.workdir:
-    raise InputError("compare mode needs --config.workdir")
-  path = eval_dir(config) / "summary.json"
+def run(config) -> Result:
+  layout = Workdir(config)
+  out = layout.compare  # needs the workdir
+  path = layout.eval / "summary.json"
   if not path.is_file():
     raise InputError(f"compare: {path} does not exist: run --config.mode=eval first")
   summary = json.loads(path.read_text())
@@ -38,9 +37,8 @@ def run(config) -> None:
     groups = aggregate(summary["results"], summary["aup"], config.compare.base)
   except ValueError as e:
     raise InputError(f"compare: {path}: {e} (config compare.base)") from None
-  if jax.process_index() != 0:
-    return
-  out = Path(config.workdir) / "compare"
+  if not is_main_process():
+    return Result("compare", (out,), dict(groups=groups))
   curves = {g: [(t, a["mean"], a["mean"] - a["sd"], a["mean"] + a["sd"])
                 for t, a in e["accuracy"].items()] for g, e in groups.items()}
   plot = plot_accuracy_vs_tpf(curves, out / "accuracy_vs_tpf.png",
@@ -51,3 +49,10 @@ def run(config) -> None:
   print(f"[compare] {summary['data']}: {summary['n']} questions, accuracy % (mean ± sd over "
         f"seeds)\n{format_table(groups, config.compare.base)}\n[compare] written to {out}",
         flush=True)
+  return Result("compare", (out,), dict(groups=groups))
+
+
+STAGE = Stage("compare", run, "groups eval results by method: mean ± sd over seeds",
+              keys=("compare", "eval.output_dir"),
+              inputs=lambda config, layout: [layout.eval / "summary.json"],
+              outputs=lambda config, layout: [layout.compare])

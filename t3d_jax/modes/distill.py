@@ -20,7 +20,6 @@ import dataclasses
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from absl import logging
 
@@ -29,35 +28,34 @@ from t3d_jax.config_base import library_defaults
 from t3d_jax.convert import model_config
 from t3d_jax.data.tokenizer import load_tokenizer, special_ids
 from t3d_jax.distill import methods, refresh
-from t3d_jax.distill.data import (load_trajectory_samples, make_batch, recorded_block_size,
+from t3d_jax.distill.data import (load_trajectory_samples, recorded_block_size,
                                   training_block_size)
 from t3d_jax.distill.examples import ExampleConfig
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.errors import InputError
+from t3d_jax.models.numerics import Numerics
 from t3d_jax.sampling import DecodeConfig
-from t3d_jax.settings import (content_digest, distill_dir, model_dir, old_distill_layout,
-                              stage_seed, student_dir)
-from t3d_jax.tasks import load_grader
+from t3d_jax.config_keys import stage_seed
+from t3d_jax.digests import content_digest
+from t3d_jax.modes.stage import Result, Stage
+from t3d_jax.tasks import load_task
 from t3d_jax.train import loop, recipe
-from t3d_jax.train import pretrain as pt
+from t3d_jax.workdir import Workdir
 
 
-def run(config) -> None:
+def run(config) -> Result:
   d = config.distill
   if not d.data:
     raise InputError("distill mode needs --config.distill.data=<trajectories JSONL> "
                      "(run --config.mode=rollout first)")
-  if not config.workdir:
-    raise InputError("distill mode needs --config.workdir")
-  old = old_distill_layout(config.workdir)
-  if old:
-    raise InputError(old)
-  work = distill_dir(config)
+  layout = Workdir(config)
+  layout.root("distill mode")
+  work = layout.distill()
   data = d.data
   seed = stage_seed(config, "distill")
-  src = Path(model_dir(config))
-  mcfg = model_config(src, param_dtype=config.model.param_dtype).replace(
-      dtype=config.model.dtype, remat=config.model.remat, attention=config.model.attention)
+  src = layout.model
+  numerics = Numerics.of(config.model)
+  mcfg = numerics.apply(model_config(src, param_dtype=numerics.param_dtype), train=True)
   tokenizer = load_tokenizer(config.tokenizer_dir or checkpoint.meta_dir_of(src))
   ids = special_ids(tokenizer)
   samples, counts = load_trajectory_samples(
@@ -69,11 +67,11 @@ def run(config) -> None:
   ex_cfg = ExampleConfig.from_config(config.examples, block_size=block)
   loss_cfg = LossConfig.from_config(config.loss, block_size=ex_cfg.block_size)
 
-  if d.method not in methods.METHODS:
-    raise InputError(f"config distill.method={d.method!r} is not one of "
-                     f"{', '.join(methods.METHODS)}")
-  pt_cfg = pt.PretrainExamples(block_size=block, post_num=config.examples.post_num,
-                               mask_eps=config.pretrain.mask_eps)  # sft: random masks
+  method = methods.get(d.method)
+  spec = methods.BatchSpec(examples=ex_cfg, loss=loss_cfg, mask_eps=config.pretrain.mask_eps,
+                           micro_batch=d.micro_batch, length_bucket=d.length_bucket,
+                           pad_id=ids.pad_id, mask_id=ids.mask_id,
+                           vocab_size=tokenizer.vocab_size, seed=seed)
   every = refresh.period(d.refresh_every, d.round_interval)
   refresher = (refresh.Refresher(
       out=work / "refresh", every=every, samples=samples, model=mcfg.replace(remat="none"),
@@ -82,23 +80,9 @@ def run(config) -> None:
       **_filter_args(config, data)) if every else None)
 
   def batch(idx, step):
-    noise_step = 0 if d.fixed_noise else step
     samples_now = refresher.samples_for(step) if refresher else samples
     info = dict(refresher.last) if refresher else {}
-    if d.method == "sft":  # the teacher's final outputs (a Sample is a pt.Pair)
-      b = pt.make_batch(samples_now, idx, pt_cfg, micro_batch=d.micro_batch,
-                        length_bucket=d.length_bucket, pad_id=ids.pad_id,
-                        mask_id=ids.mask_id, seed=seed, step=noise_step)
-    elif d.method == "dparallel":
-      b = methods.certainty_make_batch(
-          samples_now, idx, block_size=block, ratio=loss_cfg.certainty_mask_ratio,
-          post_num=config.examples.post_num, micro_batch=d.micro_batch,
-          length_bucket=d.length_bucket, pad_id=ids.pad_id, mask_id=ids.mask_id,
-          seed=seed, step=noise_step)
-    else:
-      b = make_batch(samples_now, idx, ex_cfg, micro_batch=d.micro_batch,
-                     length_bucket=d.length_bucket, pad_id=ids.pad_id, mask_id=ids.mask_id,
-                     vocab_size=tokenizer.vocab_size, seed=seed, noise_step=noise_step)
+    b = method.make_batch(spec, samples_now, idx, 0 if d.fixed_noise else step)
     return b, dict(info, dropped=int(np.sum(b["weight"] == 0)))
 
   # what a resumed run must share with the run that wrote the checkpoints
@@ -114,17 +98,16 @@ def run(config) -> None:
     settings.update(refresh=dict(decode=dataclasses.asdict(refresher.dcfg),
                                  batch_size=config.decode.batch_size,
                                  task=config.task.name if d.refresh_filter else ""))
-  with_reference = d.method in methods.WITH_REFERENCE
+  with_reference = method.needs_reference
   t0 = time.time()
   res = recipe.run(
       config, name="distill", section=d, optim_section=config.optim, out=work,
       n=len(samples), data=data, start=recipe.Start(mcfg, str(src)),
-      loss_fn=lambda m: methods.loss_fn(d.method, m, loss_cfg, mask_id=ids.mask_id,
-                                        pad_id=ids.pad_id),
+      loss_fn=lambda m: method.loss(m, loss_cfg, ids.mask_id, ids.pad_id),
       make_batch=batch, settings=settings, reference=with_reference,
       round_interval=d.round_interval if d.multi_round and with_reference else 0,
       on_data=refresher, data_every=every, defaults=library_defaults())
-  student = student_dir(config)
+  student = layout.student()
   if distributed.is_main_process():  # only process 0 writes the student
     checkpoint.save_model_dir(student, res.params, mcfg.replace(remat="none"),
                               meta_dir=checkpoint.meta_dir_of(src), overwrite=True,
@@ -135,11 +118,12 @@ def run(config) -> None:
             else "")
   fit = (f"last logp_target_real {last['logp_target_real']:.3f}{versus}"
          if "logp_target_real" in last else f"last loss {last.get('loss', float('nan')):.4f}")
-  msg = (f"[distill] {d.name} ({d.method}): {res.total} updates on {len(samples)} "
+  msg = (f"[distill] {layout.run} ({d.method}): {res.total} updates on {len(samples)} "
          f"trajectories; {fit}; student {student} ({time.time() - t0:.0f}s this run)")
-  if jax.process_index() == 0:
+  if distributed.is_main_process():
     print(msg, flush=True)
   logging.info(msg)
+  return Result("distill", (student,), dict(last, updates=res.total), value=res.params)
 
 
 def _filter_args(config, data: str) -> dict:
@@ -147,7 +131,21 @@ def _filter_args(config, data: str) -> dict:
   task's grader, checked on every row before anything trains."""
   if not config.distill.refresh_filter:
     return {}
-  grader = load_grader(config.task.name)
+  grader = load_task(config.task.name)
   questions = refresh.row_questions(data)
   grader.check([dict(question=q, answer=a) for q, a in questions.values()], data)
   return dict(grader=grader, questions=questions)
+
+
+def _refresh_keys(config) -> tuple[str, ...]:
+  """What a distill run that re-decodes its questions (distill.refresh_every) also reads."""
+  return ("decode", "task.name") if config.distill.refresh_every else ()
+
+
+STAGE = Stage("distill", run, "trajectories JSONL -> few-step student (distill.method)",
+              keys=("distill", "examples", "loss", "optim", "model", "model_dir",
+                    "tokenizer_dir", "seed"),
+              more_keys=_refresh_keys, per_run=True,
+              inputs=lambda config, layout: [layout.model,
+                                             Path(layout.expand(config.distill.data))],
+              outputs=lambda config, layout: [layout.student(n) for n in layout.runs])

@@ -56,15 +56,18 @@ from t3d_jax.convert import load_model
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import count_rows, write_json_atomic, write_jsonl_atomic
-from t3d_jax.distributed import broadcast_from_main
+from t3d_jax.distributed import broadcast_from_main, is_main_process
 from t3d_jax.errors import InputError, Interrupted
+from t3d_jax.models.numerics import Numerics
 from t3d_jax.evaluation.metrics import aup, pass_at_ks, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
 from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
-from t3d_jax.settings import (content_digest, eval_dir, fingerprint, model_entries,
-                              old_distill_layout, stage_seed)
-from t3d_jax.tasks import ERROR_PREFIX, load_grader
+from t3d_jax.config_keys import stage_seed
+from t3d_jax.digests import content_digest, fingerprint
+from t3d_jax.modes.stage import Result, Stage, workdir_data
+from t3d_jax.tasks import ERROR_PREFIX, load_task
 from t3d_jax.train.preemption import StopRequests
+from t3d_jax.workdir import Workdir
 
 SHORT = {"sequential": "seq", "low_confidence_static": "static",
          "low_confidence_dynamic": "dynamic", "entropy_bounded": "entropy"}
@@ -95,16 +98,15 @@ class Setting:
 
 
 def parse_models(config) -> list[tuple[str, str]]:
-  """``eval.models`` as (name, path) (t3d_jax.settings.model_entries), each checked."""
+  """``eval.models`` as (name, path) (t3d_jax.workdir.Workdir.models), each checked."""
   out, seen = [], set()
-  for name, path in model_entries(config):
+  for name, path in Workdir(config).models():
     if not name or not path or "/" in name:
       raise InputError(f"config eval.models entry {name}={path!r}: expected 'name=path'")
     if name in seen:
       raise InputError(f"config eval.models: model name {name!r} given twice")
     if not Path(path).exists():
-      old = old_distill_layout(config.workdir) if config.workdir else None
-      raise InputError(old or f"config eval.models: model {name!r}: {path} does not exist")
+      raise InputError(f"config eval.models: model {name!r}: {path} does not exist")
     seen.add(name)
     out.append((name, path))
   return out
@@ -227,18 +229,16 @@ def format_table(results: list[dict], aups: dict, multi: bool) -> str:
   return "\n".join(lines)
 
 
-def run(config) -> None:
+def run(config) -> Result:
   e, d = config.eval, config.decode
-  if not config.workdir and not e.output_dir:
-    raise InputError("eval mode needs --config.workdir (or eval.output_dir)")
   for key, value in (("decode.batch_size", d.batch_size),
                      ("decode.width_multiple", d.width_multiple)):
     if value < 1:
       raise InputError(f"config {key} must be >= 1, got {value}")
-  out = eval_dir(config)
+  out = Workdir(config).eval
   models = parse_models(config)
   settings = parse_settings(config)
-  grader = load_grader(config.task.name)  # an unknown or broken grader: before decoding
+  grader = load_task(config.task.name)  # an unknown or broken grader: before decoding
   questions = load_rows(e, config.workdir or str(out))
   grader.check(questions, e.data)  # rows it cannot grade: before decoding
   if e.num_samples < 1:
@@ -246,7 +246,7 @@ def run(config) -> None:
   if e.num_samples > 1:  # every question num_samples times: rows carry their sample index
     questions = [dict(q, sample=j) for q in questions for j in range(e.num_samples)]
   multi = len({_family(s) for s in settings}) > 1
-  main = jax.process_index() == 0
+  main = is_main_process()
   n = len(questions)
   seed = stage_seed(config, "eval")
   rng = jax.random.key(seed)
@@ -256,8 +256,7 @@ def run(config) -> None:
   try:
     with StopRequests() as signals:  # SIGTERM / SIGINT: stop after the run in flight
       for name, path in models:
-        model = load_model(path, name, config.tokenizer_dir, config.model.param_dtype,
-                           config.model.dtype, config.model.attention)
+        model = load_model(path, name, config.tokenizer_dir, Numerics.of(config.model))
         base_dcfg = DecodeConfig.from_config(d, model.ids)
         prompts, prompt_ids = tok_lib.build_prompts(model.tokenizer, questions,
                                                     config.prompt_template, e.data, base_dcfg,
@@ -298,7 +297,7 @@ def run(config) -> None:
   finally:
     bar.close()
   if not main:
-    return
+    return Result("eval", (out,))
 
   data = e.data
   curves: dict[str, list] = {}
@@ -331,3 +330,12 @@ def run(config) -> None:
       writer.add_scalar(f"{c}/aup", v, 0)
   print(header + "\n" + table + f"\n[eval] written to {out}", flush=True)
   logging.info("eval summary written to %s", out / "summary.json")
+  return Result("eval", (out,), dict(results=results, aup=aups, table=table))
+
+
+STAGE = Stage("eval", run, "models x decoding settings -> accuracy, NFE, TPF, tokens/s, AUP",
+              keys=("eval", "decode", "prompt_template", "task.name", "model_dir",
+                    "tokenizer_dir", "model", "seed"),
+              inputs=lambda config, layout: [Path(p) for _, p in layout.models()]
+              + workdir_data(layout, config.eval.data),
+              outputs=lambda config, layout: [layout.eval])

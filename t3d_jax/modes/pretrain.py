@@ -29,10 +29,14 @@ from t3d_jax.convert import count_params, hf_config_from, model_config
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.errors import InputError
+from t3d_jax.models.numerics import Numerics
 from t3d_jax.models.sdar import SDARConfig
-from t3d_jax.settings import content_digest, model_dir, stage_seed
+from t3d_jax.config_keys import stage_seed
+from t3d_jax.digests import content_digest
+from t3d_jax.modes.stage import Result, Stage, workdir_data
 from t3d_jax.train import loop, recipe
 from t3d_jax.train import pretrain as pt
+from t3d_jax.workdir import Workdir
 
 
 # where the rows come from: their content digest stands for them in the resume check
@@ -45,7 +49,7 @@ def _tokenizer_dir(config) -> Path:
     return Path(config.tokenizer_dir)
   if p.init:
     return checkpoint.meta_dir_of(p.init)
-  return Path(config.workdir) / "tokenizer"
+  return Workdir(config).tokenizer
 
 
 def _start(config, vocab_size: int) -> tuple[recipe.Start, Path | None]:
@@ -75,10 +79,10 @@ def _write_meta(tmp: Path, tok_dir: Path, cfg) -> Path:
   return meta
 
 
-def run(config) -> None:
+def run(config) -> Result:
   p = config.pretrain
-  if not config.workdir:
-    raise InputError("pretrain mode needs --config.workdir")
+  layout = Workdir(config)
+  work = layout.pretrain  # needs the workdir
   if not p.data:
     raise InputError("pretrain mode needs --config.pretrain.data (a question/answer JSONL "
                      "or a shipped set name)")
@@ -102,8 +106,7 @@ def run(config) -> None:
   if ids.vocab_size > start.model.vocab_size:
     raise InputError(f"{tok_dir}: tokenizer has {ids.vocab_size} tokens but the model's "
                      f"vocabulary is {start.model.vocab_size}")
-  mcfg = start.model.replace(dtype=config.model.dtype, remat=config.model.remat,
-                             attention=config.model.attention)
+  mcfg = Numerics.of(config.model).apply(start.model, train=True)
   seed = stage_seed(config, "pretrain")
   ex_cfg = pt.PretrainExamples.from_config(  # 0: the block the model will decode with
       config.examples, mask_eps=p.mask_eps,
@@ -114,9 +117,8 @@ def run(config) -> None:
                          length_bucket=p.length_bucket, pad_id=ids.pad_id,
                          mask_id=ids.mask_id, seed=seed, step=step), {}
 
-  work = Path(config.workdir)
   res = recipe.run(
-      config, name="pretrain", section=p, optim_section=p.optim, out=work / "pretrain",
+      config, name="pretrain", section=p, optim_section=p.optim, out=work,
       n=len(pairs), data=p.data, start=recipe.Start(mcfg, start.path),
       loss_fn=lambda m: functools.partial(pt.micro_loss, model=m, block_size=ex_cfg.block_size,
                                           pad_id=ids.pad_id),
@@ -128,17 +130,28 @@ def run(config) -> None:
                     examples=dataclasses.asdict(ex_cfg), seed=seed,
                     numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
                     special_ids=dict(mask=ids.mask_id, pad=ids.pad_id)))
-  out = Path(model_dir(config))
+  out = layout.model
   if distributed.is_main_process():
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
+    with tempfile.TemporaryDirectory(dir=work.parent) as tmp:
       meta = meta_src or _write_meta(Path(tmp), tok_dir, mcfg)
       checkpoint.save_model_dir(out, res.params, mcfg.replace(remat="none", dtype="float32"),
                                 meta_dir=meta, overwrite=True, this_process_only=True)
   distributed.barrier("pretrain: model dir written")
+  result = Result("pretrain", (out,), value=res.params)
   if not distributed.is_main_process():
-    return
-  last = loop.last_metrics(work / "pretrain")
+    return result
+  last = loop.last_metrics(work)
   print(f"[pretrain] {res.total} updates, {len(pairs)} pairs, "
         f"{count_params(res.params)/1e6:.2f}M params; final loss "
         f"{last.get('loss', float('nan')):.4f}; model dir {out}", flush=True)
   logging.info("pretrain done: %s", out)
+  return dataclasses.replace(result, summary=dict(updates=res.total, final_loss=last.get("loss")))
+
+
+STAGE = Stage("pretrain", run, "question/answer pairs -> model dir (masked diffusion; SFT "
+              "with pretrain.init)",
+              keys=("pretrain", "arch", "model", "model_dir", "tokenizer_dir",
+                    "decode.block_size", "seed"),
+              inputs=lambda config, layout: workdir_data(layout, config.pretrain.data) + (
+                  [Path(layout.expand(config.pretrain.init))] if config.pretrain.init else []),
+              outputs=lambda config, layout: [layout.model])

@@ -60,18 +60,17 @@ from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError, Interrupted
+from t3d_jax.models.numerics import Numerics
 from t3d_jax.sampling import DecodeConfig, batched
 from t3d_jax.config_base import library_defaults
-from t3d_jax.settings import (as_json, content_digest, differences, model_dir, stage_seed)
-from t3d_jax.settings import fingerprint as config_fingerprint
-from t3d_jax.tasks import Grader, load_grader
+from t3d_jax.config_keys import as_json, differences, stage_seed
+from t3d_jax.digests import content_digest
+from t3d_jax.digests import fingerprint as config_fingerprint
+from t3d_jax.distributed import broadcast_from_main, is_main_process
+from t3d_jax.modes.stage import Result, Stage, workdir_data
+from t3d_jax.tasks import Task, load_task
 from t3d_jax.train.preemption import StopRequests
-
-
-def _paths(config) -> tuple[Path, Path, Path]:
-  out = Path(config.rollout.output) if config.rollout.output else \
-      Path(config.workdir) / "trajectories.jsonl"
-  return out, out.with_name(out.stem + ".meta.json"), out.with_name(out.stem + ".step_maps.png")
+from t3d_jax.workdir import Workdir
 
 
 def fingerprint(config, model_path: str, dcfg, prompts, questions) -> dict:
@@ -83,11 +82,6 @@ def fingerprint(config, model_path: str, dcfg, prompts, questions) -> dict:
               decode=dataclasses.asdict(dcfg), **batched.key_record(dcfg))
 
 
-# how sequences are grouped, which older records list: it never decides a row (greedy
-# rows never depended on it, sampled ones since per-sequence keys, recorded as sample_keys)
-_GROUPING = ("chunk_prompts", "batch_size", "width_multiple")
-
-
 def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
   """Refuse to resume onto rows written with other settings; record the settings."""
   digest = config_fingerprint(fp)
@@ -95,8 +89,7 @@ def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
     old = json.loads(meta.read_text()) if meta.is_file() else {}
     if old.get("fingerprint") == digest:
       return
-    recorded = {k: v for k, v in old.get("settings", {}).items() if k not in _GROUPING}
-    changed = differences(recorded, as_json(fp), defaults=library_defaults())
+    changed = differences(old.get("settings", {}), as_json(fp), defaults=library_defaults())
     if "settings" in old and not changed[0]:
       return  # the same settings, or keys added since that hold their defaults
     if not overwrite:
@@ -113,7 +106,6 @@ def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
 def _open_output(out: Path, meta: Path, fp: dict, overwrite: bool, n: int, main: bool):
   """Process 0 checks / records the settings and opens the output; every process gets its
   row count (the rows to skip). Returns (writer or None, rows done)."""
-  from t3d_jax.distributed import broadcast_from_main
   writer, done = None, -1
   try:
     if main:
@@ -131,7 +123,7 @@ def _open_output(out: Path, meta: Path, fp: dict, overwrite: bool, n: int, main:
   return writer, done
 
 
-def _row(model, q: dict, prompt: str, samples: list[dict], grader: Grader) -> dict:
+def _row(model, q: dict, prompt: str, samples: list[dict], grader: Task) -> dict:
   tok = model.tokenizer
   texts = [tok.decode(s["response_ids"], skip_special_tokens=False) for s in samples]
   outputs = [tok.decode(s["response_ids"], skip_special_tokens=True) for s in samples]
@@ -159,28 +151,28 @@ def plot_trajectories(out: Path, png: Path, prompt_ids, dcfg, k: int) -> None:
     plot_step_maps(maps, png, block_size=dcfg.block_size, titles=titles)
 
 
-def run(config) -> None:
+def run(config) -> Result:
   r, d = config.rollout, config.decode
-  if not config.workdir:
-    raise InputError("rollout mode needs --config.workdir")
+  layout = Workdir(config)
+  layout.root("rollout mode")
   for key, value in (("rollout.num_samples", r.num_samples),
                      ("rollout.chunk_prompts", r.chunk_prompts),
                      ("decode.batch_size", d.batch_size),
                      ("decode.width_multiple", d.width_multiple)):
     if value < 1:
       raise InputError(f"config {key} must be >= 1, got {value}")
-  grader = load_grader(config.task.name)  # an unknown or broken grader: before decoding
-  src = model_dir(config)
-  model = load_model(src, "teacher", config.tokenizer_dir, config.model.param_dtype,
-                     config.model.dtype, config.model.attention)
+  grader = load_task(config.task.name)  # an unknown or broken grader: before decoding
+  src = layout.model
+  model = load_model(src, "teacher", config.tokenizer_dir, Numerics.of(config.model))
   dcfg = DecodeConfig.from_config(d, model.ids)
   mesh = batched.decode_mesh(d)
   questions = load_rows(r, config.workdir)
   prompts, prompt_ids = tok_lib.build_prompts(model.tokenizer, questions,
                                               config.prompt_template, r.data, dcfg,
                                               grader.user_message)
-  out, meta, png = _paths(config)
-  main = jax.process_index() == 0
+  out = layout.trajectories
+  meta, png = layout.beside_trajectories(".meta.json"), layout.beside_trajectories(".step_maps.png")
+  main = is_main_process()
   n, ns = len(questions), r.num_samples
   writer, done = _open_output(out, meta, fingerprint(config, src, dcfg, prompts, questions),
                               config.overwrite, n,
@@ -239,3 +231,12 @@ def run(config) -> None:
   if main:
     print(msg, flush=True)
   logging.info(msg)
+  return Result("rollout", (out,), dict(rows=n, samples=n * ns, tokens=tokens, nfe=nfe))
+
+
+STAGE = Stage("rollout", run, "question/answer JSONL -> the teacher's trajectories JSONL",
+              keys=("rollout", "decode", "prompt_template", "model_dir", "tokenizer_dir",
+                    "model", "seed"),
+              inputs=lambda config, layout: [layout.model] + workdir_data(
+                  layout, config.rollout.data),
+              outputs=lambda config, layout: [layout.trajectories])

@@ -18,16 +18,15 @@ An existing tokenizer is kept unless ``--config.overwrite=True``.
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
-
-import jax
 
 from t3d_jax.data import datasets
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.tokenizer_build import SDAR_SPECIAL_TOKENS, build_char_tokenizer, train_tiny_bpe
-from t3d_jax.distributed import barrier
+from t3d_jax.distributed import barrier, is_main_process
 from t3d_jax.errors import InputError
 from t3d_jax.fileio import atomic_dir
+from t3d_jax.modes.stage import Result, Stage, workdir_data
+from t3d_jax.workdir import Workdir
 
 KINDS = ("char", "bpe")
 
@@ -55,14 +54,12 @@ def prompt_characters(config, texts: list[str]) -> str:
   return rendered
 
 
-def run(config) -> None:
+def run(config) -> Result:
   t = config.tokenizer
   if t.kind not in KINDS:
     raise InputError(f"config tokenizer.kind={t.kind!r} is not one of {', '.join(KINDS)}")
-  if not config.workdir:
-    raise InputError("tokenizer mode needs --config.workdir")
-  out = Path(config.workdir) / "tokenizer"
-  if jax.process_index() == 0:  # one writer; the others wait
+  out = Workdir(config).tokenizer
+  if is_main_process():  # one writer; the others wait
     if (out / "tokenizer_config.json").is_file() and not config.overwrite:
       print(f"[tokenizer] {out} exists, kept (--config.overwrite=True rebuilds it)",
             flush=True)
@@ -81,3 +78,12 @@ def run(config) -> None:
       n = len(tok_lib.load_tokenizer(out))
       print(f"[tokenizer] {t.kind}: {n} tokens from {len(texts)} texts in {out}", flush=True)
   barrier("tokenizer: written")
+  return Result("tokenizer", (out,))
+
+
+STAGE = Stage("tokenizer", run, "builds a char or BPE tokenizer over the pretraining data",
+              keys=("tokenizer", "tokenizer_dir", "prompt_template", "pretrain.data",
+                    "pretrain.question_field", "pretrain.answer_field"),
+              inputs=lambda config, layout: workdir_data(layout, config.pretrain.data,
+                                                         *config.tokenizer.data),
+              outputs=lambda config, layout: [layout.tokenizer])

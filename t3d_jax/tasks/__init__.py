@@ -1,6 +1,9 @@
-"""Tasks: how a response is graded and what rollout stores as its extracted answer.
+"""Tasks: what a task *is* (how its prompt asks, what the response continues, how a response
+is graded, what rollout stores as its extracted answer, the rows it can grade, the data it
+builds), one :class:`Task` entry each in :data:`TASKS`; no module outside this one
+compares a task name.
 
-``config.task.name`` picks the grader (:func:`load_grader`):
+``config.task.name`` picks the task (:func:`load_task`):
 
 * ``math``: GSM8K / MATH500: last ``\\boxed{}``, normalised match, then math_verify
   (:mod:`t3d_jax.evaluation.grading`);
@@ -15,7 +18,7 @@
 Each grader returns :class:`t3d_jax.evaluation.grading.GradeResult`. A grader that
 raises grades that row wrong with the exception as its reason (counted by the caller).
 A grader that cannot grade a row at all (``words`` on a question that is not a words
-question) says so in :meth:`Grader.check`, before any decoding: an accuracy no grader
+question) says so in :meth:`Task.check`, before any decoding: an accuracy no grader
 computed is never reported.
 """
 from __future__ import annotations
@@ -26,11 +29,11 @@ import os
 import sys
 from typing import Callable, Optional
 
+from t3d_jax.data import code_sets
 from t3d_jax.data.tokenizer import math_user_message
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation.grading import GradeResult, extract_prediction, grade
 
-BUILTIN = ("math", "words", "exact", "code")
 ERROR_PREFIX = "grader raised: "
 
 
@@ -72,12 +75,58 @@ def _code_question_problem(question, answer) -> Optional[str]:
   return None
 
 
+def _no_problem(question, answer) -> Optional[str]:
+  del question, answer
+  return None
+
+
+def _no_prefix(question: str) -> str:
+  del question
+  return ""
+
+
+def _stripped(response: str) -> str:
+  return response.strip()
+
+
+def _boxed(response: str) -> str:
+  pred, _ = extract_prediction(response)
+  return pred or ""
+
+
 @dataclasses.dataclass(frozen=True)
-class Grader:
+class Synthetic:
+  """A task that builds its own data: ``rows(task_section, seed) -> (train, test)`` and
+  ``tokenizer(out_dir)`` (the task mode writes both under the workdir)."""
+  rows: Callable[..., tuple[list, list]]
+  tokenizer: Callable[..., object]
+
+
+def _words_rows(t, seed: int):
+  from t3d_jax.tasks import words
+  return words.split_rows(t.num_train, t.num_test, seed=seed, min_words=t.min_words,
+                          max_words=t.max_words)
+
+
+def _words_tokenizer(out_dir):
+  from t3d_jax.tasks import words
+  return words.build_tokenizer(out_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One ``config.task.name``: ``fn(question, answer, response, timeout_s)`` grades;
+  ``question_problem(question, answer)`` says why a row cannot be graded (None: it can);
+  ``user_message(question)`` is the prompt's user turn; ``prefix(question)`` the text the
+  response continues (appended to the prompt); ``extract_answer(response)`` the answer
+  part rollout stores; ``synthetic``: the data it builds (task mode), if any."""
   name: str
-  fn: Callable[..., GradeResult]                    # (question, answer, response, timeout_s)
-  question_problem: Callable[[str, object], Optional[str]] = lambda q, a: None
-  user_message: Callable[[str], str] = math_user_message   # the prompt's user turn
+  fn: Callable[..., GradeResult]
+  question_problem: Callable[[str, object], Optional[str]] = _no_problem
+  user_message: Callable[[str], str] = math_user_message
+  prefix: Callable[[str], str] = _no_prefix
+  extract_answer: Callable[[str], str] = _stripped
+  synthetic: Optional[Synthetic] = None
 
   def __call__(self, question, answer, response: str, timeout_s: float = 5.0) -> GradeResult:
     """Grades ``response`` (special tokens removed); an exception in the grader grades
@@ -89,24 +138,36 @@ class Grader:
                          str(answer))
 
   def check(self, rows, where: str) -> None:
-    """Every row must be one this grader can grade (before anything is decoded)."""
+    """Every row must be one this task can grade (before anything is decoded)."""
     for i, r in enumerate(rows):
       problem = self.question_problem(r["question"], r["answer"])
       if problem:
         raise InputError(f"{where}, question {i + 1}: task.name={self.name} cannot grade it "
                          f"({problem}); set --config.task.name to this data's grader "
-                         f"({', '.join(BUILTIN)} or package.module:function)")
+                         f"({', '.join(TASKS)} or package.module:function)")
 
   def extract(self, response: str) -> str:
     """The answer part of a response ('' when none): the last \\boxed{} for math, the
     stripped response otherwise."""
-    if self.name == "math":
-      pred, _ = extract_prediction(response)
-      return pred or ""
-    return response.strip()
+    return self.extract_answer(response)
 
 
-def _user(name: str) -> Grader:
+def _code(question, answer, response, timeout_s) -> GradeResult:
+  from t3d_jax.tasks.code import grade_code
+  return grade_code(question, answer, response, timeout_s)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("math", _math, extract_answer=_boxed),
+    Task("words", _words, _words_question_problem,
+         synthetic=Synthetic(_words_rows, _words_tokenizer)),
+    Task("exact", _exact),
+    Task("code", _code, _code_question_problem, code_sets.code_user_message,
+         code_sets.prefix_of),
+)}
+
+
+def _user(name: str) -> Task:
   module, _, attr = name.partition(":")
   if "" not in sys.path and os.getcwd() not in sys.path:
     sys.path.insert(0, os.getcwd())  # a grader module next to the user's data
@@ -126,32 +187,25 @@ def _user(name: str) -> Grader:
       raise TypeError(f"returned {type(out).__name__}, expected bool or (bool, reason)")
     return GradeResult(bool(ok), str(reason) or ("correct" if ok else "wrong"), None,
                        str(answer))
-  return Grader(name, call)
+  return Task(name, call)
 
 
-def load_grader(name: str) -> Grader:
-  """The grader ``config.task.name`` names (an InputError for an unknown one)."""
-  if name == "math":
-    return Grader(name, _math)
-  if name == "words":
-    return Grader(name, _words, _words_question_problem)
-  if name == "exact":
-    return Grader(name, _exact)
-  if name == "code":
-    from t3d_jax.data.code_sets import code_user_message
-    from t3d_jax.tasks.code import grade_code
-    return Grader(name, grade_code, _code_question_problem, code_user_message)
+def load_task(name: str) -> Task:
+  """The task ``config.task.name`` names: a built-in of :data:`TASKS` or a user grader
+  ``package.module:function`` (an InputError for anything else)."""
+  if name in TASKS:
+    return TASKS[name]
   if ":" in name and all(name.partition(":")[::2]):
     return _user(name)
-  raise InputError(f"config task.name={name!r} is not one of {', '.join(BUILTIN)} or "
+  raise InputError(f"config task.name={name!r} is not one of {', '.join(TASKS)} or "
                    "package.module:function")
 
 
 def grade_response(task: str, question: str, answer: str, response: str,
                    timeout_s: float = 5.0) -> GradeResult:
   """Grades ``response`` (special tokens removed) with the grader ``task`` names."""
-  return load_grader(task)(question, answer, response, timeout_s)
+  return load_task(task)(question, answer, response, timeout_s)
 
 
 def extract(task: str, response: str) -> str:
-  return load_grader(task).extract(response)
+  return load_task(task).extract(response)

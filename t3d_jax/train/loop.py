@@ -40,7 +40,8 @@ from tqdm import tqdm
 from t3d_jax import checkpoint, distributed
 from t3d_jax.data.jsonl import JsonlAppender, write_jsonl_atomic
 from t3d_jax.errors import InputError, Interrupted
-from t3d_jax.settings import as_json, differences, fingerprint
+from t3d_jax.config_keys import as_json, differences
+from t3d_jax.digests import fingerprint
 from t3d_jax.train.preemption import StopRequests
 
 

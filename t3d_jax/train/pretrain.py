@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t3d_jax import masks
-from t3d_jax.settings import dataclass_from_config
+from t3d_jax.config_keys import dataclass_from_config
 from t3d_jax.train.logprobs import batch_mean, masked_mean_logp, token_logprobs
 from t3d_jax.models.sdar import SDARConfig, forward
 from t3d_jax.train.examples import (as_seeds, assemble, check_batching, check_inputs,

@@ -21,7 +21,7 @@ from t3d_jax import distributed, sharding
 from t3d_jax.convert import load_params_sharded
 from t3d_jax.data.loader import epoch_order
 from t3d_jax.errors import InputError
-from t3d_jax.settings import stage_seed
+from t3d_jax.config_keys import stage_seed
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.train import loop, sharded
 from t3d_jax.train.trainer import OptimConfig, copy_tree, make_optimizer, make_train_step

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from t3d_jax.settings import dataclass_from_config
+from t3d_jax.config_keys import dataclass_from_config
 
 Array = jax.Array
 
