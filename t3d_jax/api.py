@@ -32,7 +32,7 @@ from t3d_jax.config_base import base_config, config_module
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.errors import InputError
 from t3d_jax.models.numerics import Numerics
-from t3d_jax.sampling import DecodeConfig, batched
+from t3d_jax.sampling import DecodeConfig, Decoder
 from t3d_jax.config_keys import apply_overrides
 from t3d_jax.tasks import load_task
 
@@ -77,6 +77,17 @@ class Model:
   tokenizer: Any
   ids: Any                # tokenizer special ids
   config: Any             # ConfigDict
+  _decoder: Any = dataclasses.field(default=None, init=False, repr=False)
+
+  def decoder(self, tokens_per_forward: int = 1, **knobs) -> Decoder:
+    """The config's decode section as a :class:`Decoder` (its batching and
+    ``decode.data_parallel`` mesh) at :meth:`decode_config`; every decoder of this model
+    shares one set of compilations."""
+    dcfg = self.decode_config(tokens_per_forward, **knobs)
+    if self._decoder is None:
+      self._decoder = Decoder.from_config(self.config.decode, self.ids, self.cfg)
+    base = self._decoder
+    return Decoder(self.cfg, dcfg, base.batching, base.mesh, base.executables)
 
   def decode_config(self, tokens_per_forward: int = 1, **knobs) -> DecodeConfig:
     """The config's decode section at ``tokens_per_forward`` (block_size / tokens per
@@ -113,9 +124,10 @@ class Model:
     items = [questions_or_ids] if isinstance(questions_or_ids, str) else list(questions_or_ids)
     if not items:
       return []
-    dcfg = self.decode_config(tokens_per_forward, strategy=strategy, threshold=threshold,
-                              temperature=temperature, top_p=top_p, top_k=top_k,
-                              max_new_tokens=max_new_tokens)
+    decoder = self.decoder(tokens_per_forward, strategy=strategy, threshold=threshold,
+                           temperature=temperature, top_p=top_p, top_k=top_k,
+                           max_new_tokens=max_new_tokens)
+    dcfg = decoder.dcfg
     if all(isinstance(x, str) for x in items):
       texts, prompt_ids = self.prompts(items, dcfg)
     elif all(not isinstance(x, str) and all(isinstance(t, int) for t in x) for x in items):
@@ -124,10 +136,10 @@ class Model:
     else:
       raise InputError("generate: give a question string, a list of them, or a list of "
                        "token-id lists")
-    d = self.config.decode
-    rows = min(batch_size or d.batch_size, len(prompt_ids))
-    results = batched.decode(self.params, self.cfg, prompt_ids, dcfg, jax.random.key(seed),
-                             batch_size=rows, width_multiple=d.width_multiple)
+    rows = batch_size or decoder.batching.batch_size
+    if decoder.mesh is None:  # a batch split over devices keeps its size (copies fill it)
+      rows = min(rows, len(prompt_ids))
+    results = decoder.decode(self.params, prompt_ids, jax.random.key(seed), batch_size=rows)
     decode = self.tokenizer.decode
     return [Generation(prompt=t, text=decode(r["response_ids"], skip_special_tokens=True),
                        full_text=decode(r["response_ids"], skip_special_tokens=False),

@@ -12,7 +12,6 @@ Writes go to a temp dir that is renamed into place, so a crash leaves no half mo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -24,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from t3d_jax.errors import InputError
 from t3d_jax.fileio import atomic_dir
+from t3d_jax.models.family import config_from_json, config_to_json
 from t3d_jax.models.sdar import SDARConfig
 
 PARAMS, CONFIG, HF_META, DIGEST = "params", "sdar_config.json", "hf_meta", "params.sha256"
@@ -170,7 +170,7 @@ def save_model_dir(model_dir, params, cfg: SDARConfig, meta_dir=None, overwrite=
   with atomic_dir(model_dir) as tmp:
     save_params(tmp / PARAMS, params, this_process_only=this_process_only)
     (tmp / DIGEST).write_text(params_digest(params) + "\n")
-    arch = dataclasses.asdict(cfg)
+    arch = config_to_json(cfg)
     arch.pop("attention")  # a choice of the run that loads it, not of the weights
     (tmp / CONFIG).write_text(json.dumps(arch, indent=2) + "\n")
     (tmp / HF_META).mkdir()
@@ -190,7 +190,7 @@ def meta_dir_of(path) -> Path:
 
 
 def load_model_config(model_dir) -> SDARConfig:
-  return SDARConfig(**json.loads((Path(model_dir) / CONFIG).read_text()))
+  return config_from_json(json.loads((Path(model_dir) / CONFIG).read_text()))
 
 
 class TrainCheckpointer:

@@ -211,8 +211,8 @@ def batch_spec(rules: Rules) -> P:
 
 def param_shardings(model_cfg, mesh: Mesh, rules: Rules):
   """NamedShardings of the params of ``model_cfg`` under validated ``rules``."""
-  from t3d_jax.models.sdar import abstract_params
-  boxed = abstract_params(model_cfg)
+  from t3d_jax.models.family import of_config
+  boxed = of_config(model_cfg).network.abstract_params(model_cfg)
   return named(mesh, param_specs(boxed, make_rules(rules, mesh, logical_names(boxed)), mesh))
 
 

@@ -3,6 +3,8 @@ same prompts, rollout -> distill -> evaluate write what the CLI writes, and bad 
 one InputError."""
 import json
 
+import jax
+import numpy as np
 import pytest
 
 from decode_setup import QUESTIONS, read_jsonl, tiny_model, write_questions
@@ -45,6 +47,11 @@ def test_generate_equals_eval_and_knobs_act(setup, tmp_path):
     assert [g.text for g in gen] == [r["output"] for r in rows]
     assert [g.step_map for g in gen] == [r["step_map"] for r in rows]
     assert [g.nfe for g in gen] == [r["nfe"] for r in rows]
+    if t == 4:  # decode.data_parallel: each batch split over the 8 devices, same tokens
+      split = api.load(base.path, name="base", **SETTINGS, **{"decode.data_parallel": True})
+      assert split.decoder().mesh.size == jax.local_device_count() == 8
+      assert [g.ids for g in split.generate(questions, tokens_per_forward=t)] == \
+          [g.ids for g in gen]
   one = base.generate(questions[2], temperature=0.0)  # one prompt, greedy: no rng
   assert len(one) == 1 and one[0].ids == base.generate(questions[2], temperature=0.0,
                                                        seed=7)[0].ids
@@ -70,6 +77,10 @@ def test_rollout_distill_evaluate(setup, tmp_path):
   assert student.path == str(w / "distill/s1/model") and student.name == "s1"
   assert read_jsonl(w / "distill/s1/metrics.jsonl")[-1]["step"] == 2
   assert student.generate("What is 2 + 3?")[0].nfe > 0
+  on_disk = api.load(student.path, config=base.config)  # the params returned in memory
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()),
+                                   student.params, on_disk.params))
+  assert student.cfg == on_disk.cfg
   report = api.evaluate([base, student], data, grader=grade_nonempty, tokens_per_forward=(4,),
                         workdir=tmp_path / "e")
   assert {r["model"] for r in report.results} == {"base", "s1"}

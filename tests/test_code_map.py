@@ -84,3 +84,36 @@ def test_imports_go_down_and_take_no_private_names():
         private.append(f"{name} -> {module}.{imported}")
   assert not upward, upward
   assert not private, private
+
+
+# the modules that hold each registry: the only ones that may compare a choice's name
+REGISTRIES = {"t3d_jax.modes.registry", "t3d_jax.distill.methods", "t3d_jax.tasks",
+              "t3d_jax.models.family"}
+
+
+def _choice_names() -> set[str]:
+  from t3d_jax.distill.methods import METHODS
+  from t3d_jax.models.family import FAMILIES
+  from t3d_jax.modes.registry import STAGES
+  from t3d_jax.tasks import TASKS
+  return set(STAGES) | set(METHODS) | set(TASKS) | set(FAMILIES)
+
+
+def test_only_the_registries_dispatch_on_a_choice_name():
+  """No module outside the registries compares a value with a mode, method, task or model
+  family name (``x == "sft"``, ``x in ("t3d", "ddo")``): each choice is made in its
+  registry, by looking the entry up."""
+  names = _choice_names()
+  found = []
+  for name, tree in _modules():
+    if name in REGISTRIES:
+      continue
+    for node in ast.walk(tree):
+      if not isinstance(node, ast.Compare):
+        continue
+      for side in [node.left, *node.comparators]:
+        consts = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+        hits = [c.value for c in consts if isinstance(c, ast.Constant) and c.value in names]
+        if hits:
+          found.append(f"{name}:{node.lineno} compares with {hits}")
+  assert not found, found

@@ -19,7 +19,7 @@ from t3d_jax.distill.data import Sample
 from t3d_jax.distill.refresh import Refresher, period
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation.grading import GradeResult
-from t3d_jax.sampling import DecodeConfig
+from t3d_jax.sampling import Batching, DecodeConfig, Decoder
 from t3d_jax.tasks import Task
 from test_sampler import naive_decode
 
@@ -59,8 +59,9 @@ def refresher(tmp_path, params_cfg, grader=None, samples=None):
   section = ml_collections.ConfigDict(dict(batch_size=4, width_multiple=4,
                                            data_parallel=False))
   questions = {s.row: (f"q{s.row}", "a") for s in samples}
-  return Refresher(out=tmp_path / "refresh", every=2, samples=samples, model=cfg, dcfg=dcfg,
-                   decode_section=section, tokenizer=Tok(), seed=0, grader=grader,
+  decoder = Decoder(cfg, dcfg, Batching.of(section))
+  return Refresher(out=tmp_path / "refresh", every=2, samples=samples, decoder=decoder,
+                   tokenizer=Tok(), seed=0, grader=grader,
                    questions=questions if grader else None, max_gen_length=8)
 
 

@@ -121,7 +121,7 @@ def test_a_threshold_sweep_is_its_own_curve_and_its_ends_equal_the_static_settin
 def test_timed_decode_equals_one_part_decode(setup):
   from t3d_jax.convert import load_model
   from t3d_jax.data import tokenizer as tok_lib
-  from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
+  from t3d_jax.sampling import DecodeConfig, Decoder, DecodeStats, batched
   root, _, _ = setup
   model = load_model(root / "model")
   c = load_config("eval")
@@ -138,16 +138,16 @@ def test_timed_decode_equals_one_part_decode(setup):
   assert ours == ref
   assert stats.batches == 3 and stats.decode_s > 0
   # decode.data_parallel: each batch split over the 8 (fake) local devices, same results
-  c.decode.data_parallel, c.decode.batch_size = True, 8
-  mesh = batched.decode_mesh(c.decode)
-  assert mesh.shape == {"data": jax.local_device_count()} == {"data": 8}
-  sharded = batched.decode(model.params, model.cfg, prompts, dcfg, key, batch_size=8,
-                           width_multiple=192, mesh=mesh)
+  c.decode.data_parallel, c.decode.batch_size, c.decode.width_multiple = True, 8, 192
+  decoder = Decoder.from_config(c.decode, model.ids, model.cfg, denoising_steps=2)
+  assert decoder.mesh.shape == {"data": jax.local_device_count()} == {"data": 8}
+  sharded = decoder.decode(model.params, prompts, key)
   assert sharded == batched.decode_part(model.params, model.cfg, prompts, dcfg, key,
                                         batch_size=8, width_multiple=192)
+  assert len(decoder.executables) == 1  # one compiled decoder, held by the Decoder
   c.decode.batch_size = 4
   with pytest.raises(InputError, match="batch_size=4 is not a multiple of the 8 local"):
-    batched.decode_mesh(c.decode)
+    Decoder.from_config(c.decode, model.ids, model.cfg)
 
 
 def _config(tmp_path, **eval_kw):

@@ -43,7 +43,7 @@ def write_random_checkpoint(out: Path, hidden: int, layers: int, vocab: int, dty
   from safetensors.numpy import save_file
 
   from t3d_jax.convert.hf import hf_config_from
-  from t3d_jax.convert.mapping import hf_order_entries
+  from t3d_jax.models.family import of_config
   from t3d_jax.dtypes import as_dtype
   from t3d_jax.models.sdar import SDARConfig
   cfg = SDARConfig(vocab_size=vocab, hidden_size=hidden,
@@ -51,7 +51,7 @@ def write_random_checkpoint(out: Path, hidden: int, layers: int, vocab: int, dty
                    num_layers=layers, num_heads=hidden // 64, num_kv_heads=max(1, hidden // 256),
                    head_dim=64, param_dtype=dtype)
   np_dtype = as_dtype(dtype)
-  ents = hf_order_entries(cfg)
+  ents = of_config(cfg).tensors_hf_order(cfg)
   rng = np.random.default_rng(0)
   out.mkdir(parents=True, exist_ok=True)
   per = -(-len(ents) // shards)

@@ -27,7 +27,7 @@ from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.jsonl import iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError
 from t3d_jax.models.numerics import Numerics
-from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
+from t3d_jax.sampling import DecodeStats, Decoder
 
 
 def parse(argv):
@@ -63,11 +63,11 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
               first_difference=float(np.mean(first)) if first else None)
 
 
-def _decode(model, prompts, dcfg, batch):
+def _decode(model, prompts, section):
   """(responses, tokens/s of the decoding calls: each batch shape compiled before)."""
   stats = DecodeStats()
-  out = batched.decode(model.params, model.cfg, prompts, dcfg, jax.random.key(0),
-                       batch_size=batch, width_multiple=16, stats=stats)
+  decoder = Decoder.from_config(section, model.ids, model.cfg)
+  out = decoder.decode(model.params, prompts, jax.random.key(0), stats=stats)
   return ([r["response_ids"] for r in out],
           sum(r["length"] for r in out) / max(stats.decode_s, 1e-9))
 
@@ -92,9 +92,9 @@ def main(argv=None) -> int:
   print(f"{'steps':>6}{'same seq %':>12}{'same tok %':>12}{'1st diff':>10}"
         f"{'float32 tok/s':>16}{a.dtype + ' tok/s':>16}")
   for s in (int(x) for x in a.steps.split(",") if x):
-    dcfg = DecodeConfig.from_config(_decode_section(a, s), ref.ids)
-    x, tps_ref = _decode(ref, prompts, dcfg, a.batch)
-    y, tps_low = _decode(low, prompts, dcfg, a.batch)
+    section = _decode_section(a, s)
+    x, tps_ref = _decode(ref, prompts, section)
+    y, tps_low = _decode(low, prompts, section)
     r = dict(steps=s, **agreement(x, y), tokens_per_s_float32=tps_ref,
              tokens_per_s_low=tps_low)
     results.append(r)
@@ -111,7 +111,8 @@ def _decode_section(a, steps: int):
   """A ``config.decode``-shaped section: greedy, this block and step count."""
   d = base_config().decode
   d.update(block_size=a.block, denoising_steps=steps, temperature=0.0,
-           prompt_mode=a.prompt_mode, max_new_tokens=a.max_new, batch_size=a.batch)
+           prompt_mode=a.prompt_mode, max_new_tokens=a.max_new, batch_size=a.batch,
+           width_multiple=16)
   return d
 
 

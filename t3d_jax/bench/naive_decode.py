@@ -21,7 +21,7 @@ from t3d_jax.models.sdar import SDARConfig, forward
 from t3d_jax.sampling.config import DecodeConfig, cache_length
 from t3d_jax.sampling.sampler import (BlockState, Context, StepState, blocks_left,
                                       init_state, denoise_block, finish_block,
-                                      decode_outputs, scatter_rows, compile_decoder,
+                                      decode_outputs, scatter_rows, CompiledDecoder,
                                       prompt_layout)
 
 Array = jax.Array
@@ -75,5 +75,5 @@ def make_naive_generate(cfg: SDARConfig, dcfg: DecodeConfig):
   """The no-cache decoder ``fn(params, prompt_ids [B, P], prompt_lens [B], rng) -> dict``
   (same call and outputs as :func:`t3d_jax.sampling.make_generate`; ``commit_mode`` is
   moot, nfe counts the denoising steps alone). ``fn.lower`` as there."""
-  return compile_decoder(functools.partial(_naive_generate, cfg=cfg, dcfg=dcfg.static()), cfg,
+  return CompiledDecoder(functools.partial(_naive_generate, cfg=cfg, dcfg=dcfg.static()), cfg,
                          dcfg)

@@ -17,7 +17,8 @@ from t3d_jax.convert.hf import (config_from_hf, get_path, hf_config_from, iter_h
 from t3d_jax.dtypes import as_dtype
 from t3d_jax.errors import InputError
 from t3d_jax.models.numerics import Numerics
-from t3d_jax.models.sdar import SDARConfig, abstract_params
+from t3d_jax.models.family import of_config
+from t3d_jax.models.sdar import SDARConfig
 
 
 def _model_dir_of(p: Path):
@@ -80,7 +81,7 @@ def load_params_sharded(path, mesh, rules, param_dtype: str | None = None):
     return params, cfg
   src = _model_dir_of(p)
   stored = checkpoint.load_model_config(src)
-  abstract = nn.unbox(abstract_params(stored))  # restore as stored, then cast on device
+  abstract = nn.unbox(of_config(stored).network.abstract_params(stored))  # restore as stored, then cast on device
   params = checkpoint.restore_params(src / checkpoint.PARAMS,
                                      sharding.abstract_sharded(abstract, shardings))
   if cfg.param_dtype != stored.param_dtype:

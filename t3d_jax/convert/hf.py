@@ -20,12 +20,12 @@ from safetensors.numpy import save_file
 from t3d_jax import dtypes
 from t3d_jax.checkpoint import (INDEX_FILE, ConversionError, check_finite, check_target,
                                 copy_meta_files)
-from t3d_jax.convert.mapping import entries, hf_order_entries
 from t3d_jax.dtypes import as_dtype
+from t3d_jax.errors import InputError
 from t3d_jax.fileio import atomic_dir
+from t3d_jax.models import family as families
 from t3d_jax.models.sdar import SDARConfig
 
-SUPPORTED_MODEL_TYPES = ("qwen3", "sdar")
 SINGLE_FILE = "model.safetensors"
 _SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
@@ -45,10 +45,27 @@ def read_hf_config(hf_dir) -> dict[str, Any]:
     hf = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ConversionError(f"{path}: invalid JSON ({e})") from None
-  if hf.get("model_type") not in SUPPORTED_MODEL_TYPES:
-    raise ConversionError(f"{path}: unsupported model_type {hf.get('model_type')!r}; "
-                          f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+  try:
+    families.for_model_type(hf.get("model_type"), str(path))
+  except InputError as e:
+    raise ConversionError(str(e)) from None
   return hf
+
+
+def config_from_hf(hf: dict[str, Any], **overrides):
+  """The model config of a transformers config.json dict, by its family (model_type)."""
+  return families.for_model_type(hf.get("model_type"), "config.json").config_from_hf(
+      hf, **overrides)
+
+
+def hf_config_from(cfg) -> dict[str, Any]:
+  """A config.json of ``cfg``'s family for params that came without one."""
+  return families.of_config(cfg).hf_config_from(cfg)
+
+
+def entries(cfg):
+  """(hf name, row, layer or None) per tensor of ``cfg`` (its family's table)."""
+  return families.of_config(cfg).tensors(cfg)
 
 
 @contextlib.contextmanager
@@ -120,41 +137,6 @@ def get_path(tree, path: tuple[str, ...]):
   return tree
 
 
-def config_from_hf(hf: dict[str, Any], **overrides) -> SDARConfig:
-  """SDARConfig of a transformers config.json dict (Qwen3 or SDAR); the inverse of
-  :func:`hf_config_from`."""
-  rope = hf.get("rope_parameters") or {}
-  scaling = hf.get("rope_scaling") or {}
-  rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-  if rope_type not in (None, "default"):
-    raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only default RoPE)")
-  theta = hf.get("rope_theta", rope.get("rope_theta", 10_000.0))
-  nh = hf["num_attention_heads"]
-  kw = dict(
-      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-      intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
-      num_heads=nh, num_kv_heads=hf.get("num_key_value_heads") or nh,
-      head_dim=hf.get("head_dim") or hf["hidden_size"] // nh,
-      rope_theta=float(theta), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      attention_bias=bool(hf.get("attention_bias", False)))
-  kw.update(overrides)
-  return SDARConfig(**kw)
-
-
-def hf_config_from(cfg: SDARConfig) -> dict[str, Any]:
-  """A Qwen3 config.json for params that came without one (e.g. trained from scratch)."""
-  return {
-      "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
-      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
-      "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
-      "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
-      "head_dim": cfg.head_dim, "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
-      "tie_word_embeddings": cfg.tie_word_embeddings, "attention_bias": cfg.attention_bias,
-      "hidden_act": "silu", "max_position_embeddings": 32768, "torch_dtype": cfg.param_dtype,
-  }
-
-
 def read_hf_model_config(hf_dir, param_dtype: str | None = None) -> SDARConfig:
   """The SDARConfig of an HF dir: its config.json, and the stored (or the requested)
   param dtype, without reading any tensor."""
@@ -200,8 +182,8 @@ def iter_hf_params(hf_dir, cfg: SDARConfig, cast: str | None = None):
   if cfg.tie_word_embeddings and "lm_head.weight" in extra:
     extra.remove("lm_head.weight")  # a tied head saved anyway: the embedding is the head
   if extra:
-    logging.warning("%s: ignoring %d tensors not in the SDAR mapping: %s", hf_dir, len(extra),
-                    extra[:5])
+    logging.warning("%s: ignoring %d tensors not in the %s mapping: %s", hf_dir, len(extra),
+                    families.of_config(cfg).name, extra[:5])
 
 
 def load_hf_params(hf_dir, param_dtype: str | None = None) -> tuple[dict, SDARConfig, dict]:
@@ -231,7 +213,7 @@ def save_hf_params(params, cfg: SDARConfig, out_dir, meta_dir=None, *,
   cast = as_dtype(dtype) if dtype else None
   plan: list[list[tuple[str, Any, Any]]] = [[]]
   size = 0
-  for name, row, layer in hf_order_entries(cfg):
+  for name, row, layer in families.of_config(cfg).tensors_hf_order(cfg):
     leaf = get_path(params, row.path)
     itemsize = (cast or np.dtype(leaf.dtype)).itemsize
     nbytes = int(np.prod(row.hf_shape(cfg))) * itemsize

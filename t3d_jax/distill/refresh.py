@@ -29,7 +29,7 @@ from t3d_jax import distributed
 from t3d_jax.data.jsonl import iter_jsonl, write_jsonl_atomic
 from t3d_jax.distill.data import Sample
 from t3d_jax.errors import InputError
-from t3d_jax.sampling import DecodeConfig, batched
+from t3d_jax.sampling import Decoder
 
 _STREAM = 0x7E5  # the refresh decodes' key: fold_in(fold_in(key(seed), _STREAM), p)
 
@@ -53,9 +53,7 @@ class Refresher:
   out: Path                       # <run>/refresh/
   every: int                      # updates between refreshes (> 0)
   samples: list                   # the current set
-  model: object                   # SDARConfig the params decode with
-  dcfg: DecodeConfig
-  decode_section: object          # config.decode (batch_size, width_multiple, mesh)
+  decoder: Decoder                # the decode section, for the model the params decode with
   tokenizer: object
   seed: int
   grader: Optional[object] = None          # with refresh_filter: keep only correct ones
@@ -99,11 +97,8 @@ class Refresher:
   def _refresh(self, p: int, params) -> None:
     current = self.samples_for(p - 1)   # the set the updates before p trained on
     host = distributed.gather_to_host(params)   # collective: every process takes part
-    d = self.decode_section
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), _STREAM), p)
-    res = batched.decode(host, self.model, [s.prompt_ids for s in current], self.dcfg, key,
-                         batch_size=d.batch_size, width_multiple=d.width_multiple,
-                         mesh=batched.decode_mesh(d))
+    res = self.decoder.decode(host, [s.prompt_ids for s in current], key)
     rows, new = [], []
     for k, (s, r) in enumerate(zip(current, res)):
       ids, steps = r["response_ids"][:self.max_gen_length], r["step_map"][:self.max_gen_length]

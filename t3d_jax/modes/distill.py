@@ -34,7 +34,7 @@ from t3d_jax.distill.examples import ExampleConfig
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.errors import InputError
 from t3d_jax.models.numerics import Numerics
-from t3d_jax.sampling import DecodeConfig
+from t3d_jax.sampling import Decoder
 from t3d_jax.config_keys import stage_seed
 from t3d_jax.digests import content_digest
 from t3d_jax.modes.stage import Result, Stage
@@ -74,8 +74,8 @@ def run(config) -> Result:
                            vocab_size=tokenizer.vocab_size, seed=seed)
   every = refresh.period(d.refresh_every, d.round_interval)
   refresher = (refresh.Refresher(
-      out=work / "refresh", every=every, samples=samples, model=mcfg.replace(remat="none"),
-      dcfg=DecodeConfig.from_config(config.decode, ids), decode_section=config.decode,
+      out=work / "refresh", every=every, samples=samples,
+      decoder=Decoder.from_config(config.decode, ids, mcfg.replace(remat="none")),
       tokenizer=tokenizer, seed=seed, max_gen_length=d.max_gen_length,
       **_filter_args(config, data)) if every else None)
 
@@ -95,7 +95,7 @@ def run(config) -> Result:
                   numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
                   special_ids=dict(mask=ids.mask_id, pad=ids.pad_id))
   if refresher:  # what the student re-decodes with
-    settings.update(refresh=dict(decode=dataclasses.asdict(refresher.dcfg),
+    settings.update(refresh=dict(decode=dataclasses.asdict(refresher.decoder.dcfg),
                                  batch_size=config.decode.batch_size,
                                  task=config.task.name if d.refresh_filter else ""))
   with_reference = method.needs_reference

@@ -61,7 +61,8 @@ from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.models.numerics import Numerics
 from t3d_jax.evaluation.metrics import aup, pass_at_ks, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
-from t3d_jax.sampling import DecodeConfig, DecodeStats, batched
+from t3d_jax.sampling import Batching, Decoder, DecodeStats, batched
+from t3d_jax.sampling.decoder import decode_mesh
 from t3d_jax.config_keys import stage_seed
 from t3d_jax.digests import content_digest, fingerprint
 from t3d_jax.modes.stage import Result, Stage, workdir_data
@@ -138,11 +139,11 @@ def _curve(model: str, setting: Setting, multi: bool) -> str:
   return f"{model}/{_family(setting)}" if multi else model
 
 
-def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng, bar,
+def _evaluate(model, setting, decoder, prompts, prompt_ids, questions, config, rng, bar,
               grader, main: bool = True) -> tuple:
   """Decodes (every process takes part) and, on the main process only, grades: (rows,
   summary), or (None, None) on the other processes."""
-  d = config.decode
+  dcfg = decoder.dcfg
   base = bar.n
 
   def progress(k):
@@ -150,9 +151,7 @@ def _evaluate(model, setting, dcfg, prompts, prompt_ids, questions, config, rng,
 
   stats = DecodeStats()  # compilation kept out of the timing
   ns = config.eval.num_samples  # questions holds each question ns times in a row
-  results = batched.decode(model.params, model.cfg, prompt_ids, dcfg, rng,
-                           batch_size=d.batch_size, width_multiple=d.width_multiple,
-                           mesh=batched.decode_mesh(d), progress=progress, stats=stats,
+  results = decoder.decode(model.params, prompt_ids, rng, progress=progress, stats=stats,
                            sample_ids=[(i // ns, i % ns) for i in range(len(prompt_ids))])
   if not main:
     return None, None
@@ -231,10 +230,8 @@ def format_table(results: list[dict], aups: dict, multi: bool) -> str:
 
 def run(config) -> Result:
   e, d = config.eval, config.decode
-  for key, value in (("decode.batch_size", d.batch_size),
-                     ("decode.width_multiple", d.width_multiple)):
-    if value < 1:
-      raise InputError(f"config {key} must be >= 1, got {value}")
+  mesh = decode_mesh(Batching.of(d))  # the batching keys checked before anything loads
+  compiled = {}  # model config -> its compiled decoders, shared by the models that have it
   out = Workdir(config).eval
   models = parse_models(config)
   settings = parse_settings(config)
@@ -257,16 +254,21 @@ def run(config) -> Result:
     with StopRequests() as signals:  # SIGTERM / SIGINT: stop after the run in flight
       for name, path in models:
         model = load_model(path, name, config.tokenizer_dir, Numerics.of(config.model))
-        base_dcfg = DecodeConfig.from_config(d, model.ids)
+        if model.cfg not in compiled:  # models of one architecture share compilations
+          compiled[model.cfg] = batched.Executables(model.cfg, mesh)
+        decoder = Decoder.from_config(d, model.ids, model.cfg,
+                                      executables=compiled[model.cfg])
+        base_dcfg = decoder.dcfg
         prompts, prompt_ids = tok_lib.build_prompts(model.tokenizer, questions,
                                                     config.prompt_template, e.data, base_dcfg,
                                                     grader.user_message)
         digest = checkpoint.model_digest(path)  # a retrained model at the same path is new
         data_digest = content_digest((p, str(q["answer"])) for p, q in zip(prompts, questions))
         for s in settings:
-          dcfg = DecodeConfig.from_config(
-              d, model.ids, strategy=s.strategy, denoising_steps=s.steps,
+          at_s = decoder.with_settings(
+              strategy=s.strategy, denoising_steps=s.steps,
               **({} if s.threshold is None else {"threshold": s.threshold}))
+          dcfg = at_s.dcfg
           fp = _fingerprint(config, digest, data_digest, dcfg)
           samples_path = out / "samples" / name / f"{s.name}.jsonl"
           summary_path = samples_path.with_suffix(".summary.json")
@@ -281,7 +283,7 @@ def run(config) -> Result:
             k += 1
             continue
           bar.set_postfix_str(f"{name} {s.name}")
-          rows, summary = _evaluate(model, s, dcfg, prompts, prompt_ids, questions, config, rng,
+          rows, summary = _evaluate(model, s, at_s, prompts, prompt_ids, questions, config, rng,
                                     bar, grader, main)
           if main:
             summary["fingerprint"] = fp

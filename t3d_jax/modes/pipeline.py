@@ -140,7 +140,7 @@ def run_mode(config, name: str | None = None) -> Result | list[Result] | None:
   Result (a per-run stage with several runs: one per run)."""
   from t3d_jax.modes import registry
   stage = registry.get(name or config.mode)
-  if stage.name == "pipeline":
+  if stage.composite:
     return stage.run(config)
   subs = variants(config) if stage.per_run else [config]
   guard = bool(config.pipeline.stages) and bool(config.workdir)
@@ -187,4 +187,4 @@ def run(config) -> list:
 
 
 STAGE = Stage("pipeline", run, "runs pipeline.stages in order in one workdir",
-              in_pipeline=False)
+              in_pipeline=False, composite=True)

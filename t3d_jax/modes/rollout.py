@@ -61,7 +61,7 @@ from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.models.numerics import Numerics
-from t3d_jax.sampling import DecodeConfig, batched
+from t3d_jax.sampling import Batching, Decoder, batched
 from t3d_jax.config_base import library_defaults
 from t3d_jax.config_keys import as_json, differences, stage_seed
 from t3d_jax.digests import content_digest
@@ -155,17 +155,16 @@ def run(config) -> Result:
   r, d = config.rollout, config.decode
   layout = Workdir(config)
   layout.root("rollout mode")
+  Batching.of(d)  # its checks, before the model loads
   for key, value in (("rollout.num_samples", r.num_samples),
-                     ("rollout.chunk_prompts", r.chunk_prompts),
-                     ("decode.batch_size", d.batch_size),
-                     ("decode.width_multiple", d.width_multiple)):
+                     ("rollout.chunk_prompts", r.chunk_prompts)):
     if value < 1:
       raise InputError(f"config {key} must be >= 1, got {value}")
   grader = load_task(config.task.name)  # an unknown or broken grader: before decoding
   src = layout.model
   model = load_model(src, "teacher", config.tokenizer_dir, Numerics.of(config.model))
-  dcfg = DecodeConfig.from_config(d, model.ids)
-  mesh = batched.decode_mesh(d)
+  decoder = Decoder.from_config(d, model.ids, model.cfg)
+  dcfg = decoder.dcfg
   questions = load_rows(r, config.workdir)
   prompts, prompt_ids = tok_lib.build_prompts(model.tokenizer, questions,
                                               config.prompt_template, r.data, dcfg,
@@ -202,9 +201,7 @@ def run(config) -> Result:
           bar.update(max(0, base + max(0, k - first) - bar.n))
 
         # collective: every process decodes its batches, every one gets all results
-        res = batched.decode(model.params, model.cfg, seqs, dcfg, key,
-                             batch_size=d.batch_size, width_multiple=d.width_multiple,
-                             mesh=mesh, progress=progress, sample_ids=pairs)
+        res = decoder.decode(model.params, seqs, key, progress=progress, sample_ids=pairs)
         for j, i in enumerate(range(start, stop)):
           if i < done:
             continue

@@ -51,6 +51,7 @@ class Stage:
   outputs: Callable[[Any, Workdir], list[Path]] = _nothing
   per_run: bool = False
   in_pipeline: bool = True
+  composite: bool = False      # it runs other stages (each with its own guard and record)
 
   def result_keys(self, config) -> tuple[str, ...]:
     return self.keys + self.more_keys(config)

@@ -24,13 +24,12 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh
 
 from t3d_jax import distributed
-from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.sampling.config import DecodeConfig, DecodeError
-from t3d_jax.sampling.sampler import Knobs, cached_generate, decode_params, row_keys
+from t3d_jax.sampling.sampler import (CompiledDecoder, Knobs, decode_params, make_generate,
+                                      row_keys)
 
 # the key scheme above, recorded by the modes' fingerprints of sampled (T > 0) results
 SAMPLE_KEYS = "fold_in(fold_in(rng, question), sample)"
@@ -48,6 +47,37 @@ class DecodeStats:
   compile_s: float = 0.0     # ahead-of-time compilation, once per batch shape
   decode_s: float = 0.0      # the decoding calls alone (what tokens/s uses)
   batches: int = 0
+
+
+class Executables:
+  """The compiled decoders of one model config and mesh: a jit per static decode setting
+  (traced values such as a threshold sweep share it) and, for timed callers, an AOT
+  executable per (setting, width, batch). Held by whoever decodes many times (a
+  :class:`t3d_jax.sampling.Decoder`); nothing is cached globally."""
+
+  def __init__(self, cfg: SDARConfig, mesh=None, data_axis: str = "data"):
+    self.cfg, self.mesh, self.data_axis = cfg, mesh, data_axis
+    self._runs: dict = {}
+    self._aot: dict = {}
+
+  def run(self, dcfg: DecodeConfig) -> CompiledDecoder:
+    static = dcfg.static()
+    if static not in self._runs:
+      self._runs[static] = make_generate(self.cfg, static, self.mesh, self.data_axis)
+    return self._runs[static]
+
+  def aot(self, dcfg: DecodeConfig, args: tuple, stats: "DecodeStats"):
+    """The executable for ``args`` (params, ids, lens, keys, knobs), compiled ahead of
+    time the first time its shape comes (its seconds added to ``stats.compile_s``)."""
+    key = (dcfg.static(), args[1].shape)
+    if key not in self._aot:
+      t0 = time.perf_counter()
+      self._aot[key] = self.run(dcfg).lower(*args).compile()
+      stats.compile_s += time.perf_counter() - t0
+    return self._aot[key]
+
+  def __len__(self) -> int:
+    return len(self._runs)
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -74,7 +104,8 @@ def decode_part(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg:
             progress: Optional[Callable[[int], None]] = None,
             stats: Optional[DecodeStats] = None,
             part: tuple[int, int] = (0, 1),
-            sample_ids: Optional[Sequence[tuple[int, int]]] = None) -> list[Optional[dict]]:
+            sample_ids: Optional[Sequence[tuple[int, int]]] = None,
+            executables: Optional[Executables] = None) -> list[Optional[dict]]:
   """Decode every prompt; returns, in input order, dicts with ``response_ids`` (list of
   generated ids, cut after the stop token), ``step_map`` (same length), ``length`` and
   ``nfe``. Prompt i draws with ``fold_in(fold_in(rng, q), s)`` for ``(q, s) =
@@ -83,7 +114,9 @@ def decode_part(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg:
   finished after each batch. With ``stats``, each batch shape is compiled ahead of time
   and the clock covers only the decoding calls. With ``part=(index, count)`` only the
   batches b with ``b % count == index`` are decoded (the other prompts' entries are
-  None), so the parts together equal one whole rollout."""
+  None), so the parts together equal one whole rollout. ``executables`` (of ``cfg`` and
+  ``mesh``) keeps the compiled decoders for later calls; without it this call compiles
+  its own."""
   index, count = part
   if not 0 <= index < count:
     raise DecodeError(f"part {part}: expected (index, count) with 0 <= index < count")
@@ -108,8 +141,12 @@ def decode_part(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg:
         raise DecodeError(f"prompt too long: prompt {i} has {len(p)} tokens + max_new_tokens="
                           f"{dcfg.max_new_tokens} > max_length={dcfg.max_length}")
   dcfg.validate(cfg.vocab_size)
+  if executables is None:
+    executables = Executables(cfg, mesh, data_axis)
+  elif (executables.cfg, executables.mesh, executables.data_axis) != (cfg, mesh, data_axis):
+    raise DecodeError("executables: compiled for another model config or mesh")
   # one jit per static setting: chunks and other traced values (a threshold sweep) reuse it
-  run, knobs = cached_generate(cfg, dcfg.static(), mesh, data_axis), Knobs.of(dcfg)
+  run, knobs = executables.run(dcfg), Knobs.of(dcfg)
   results: list[Optional[dict]] = [None] * len(prompts)
   done = 0
   plan = plan_batches([len(p) for p in prompts], batch_size)
@@ -127,13 +164,9 @@ def decode_part(params, cfg: SDARConfig, prompts: Sequence[Sequence[int]], dcfg:
     if stats is None:
       out = run(params, ids, lens, key, knobs)
     else:
-      if (width, batch_size) not in run.executables:
-        t0 = time.perf_counter()
-        run.executables[width, batch_size] = run.lower(params, ids, lens, key, knobs).compile()
-        stats.compile_s += time.perf_counter() - t0
+      compiled = executables.aot(dcfg, (params, ids, lens, key, knobs), stats)
       t0 = time.perf_counter()
-      out = jax.block_until_ready(run.executables[width, batch_size](params, ids, lens, key,
-                                                                     knobs))
+      out = jax.block_until_ready(compiled(params, ids, lens, key, knobs))
       stats.decode_s += time.perf_counter() - t0
       stats.batches += 1
     out = {k: np.asarray(v) for k, v in out.items()}
@@ -180,7 +213,8 @@ def decode(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig, rn
            batch_size: int, width_multiple: int, mesh=None,
            progress: Optional[Callable[[int], None]] = None,
            stats: Optional[DecodeStats] = None,
-           sample_ids: Optional[Sequence[tuple[int, int]]] = None) -> list[dict]:
+           sample_ids: Optional[Sequence[tuple[int, int]]] = None,
+           executables: Optional[Executables] = None) -> list[dict]:
   """:func:`decode_part` with its batches split over the processes:
   process p decodes the batches b with ``b % process_count == p`` and every process gets
   every result (one all-gather), in input order, equal to a one-process rollout (each
@@ -190,7 +224,7 @@ def decode(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig, rn
   slowest process (decode_s is then the wall time of the parallel decode), batches of all."""
   count, index = jax.process_count(), jax.process_index()
   kw = dict(batch_size=batch_size, width_multiple=width_multiple, mesh=mesh,
-            sample_ids=sample_ids)
+            sample_ids=sample_ids, executables=executables)
   if count == 1 or not prompts:
     return decode_part(params, cfg, prompts, dcfg, rng, progress=progress, stats=stats, **kw)
   n = len(prompts)
@@ -215,15 +249,3 @@ def decode(params, cfg, prompts: Sequence[Sequence[int]], dcfg: DecodeConfig, rn
   if progress is not None:
     progress(n)
   return results
-
-
-def decode_mesh(dc):
-  """With ``decode.data_parallel``: a 1-axis ('data') mesh over this process's devices,
-  each batch split over it (params replicated); else None (one device)."""
-  if not dc.data_parallel:
-    return None
-  devices = jax.local_devices()
-  if dc.batch_size % len(devices):
-    raise InputError(f"config decode.batch_size={dc.batch_size} is not a multiple of the "
-                     f"{len(devices)} local devices (decode.data_parallel=True)")
-  return Mesh(np.array(devices), ("data",))

@@ -25,11 +25,7 @@ TOKENIZER_FIELDS = ("mask_id", "stop_ids", "pad_id")
 # library's (greedy, 128 tokens): the released teacher setting (docs/method.md §1, §6)
 # at a CPU-sized length (the release decodes 2000 tokens); max_length 0 = none ...
 CONFIG_OVERRIDES = dict(temperature=0.1, max_new_tokens=256, max_length=0)
-# ... plus the keys that batch the decoding (t3d_jax/sampling/batched.py).
-BATCHING_DEFAULTS = dict(batch_size=8,          # sequences per decoding call
-                         data_parallel=False,   # shard each batch over this host's devices
-                         width_multiple=64,     # prompt widths rounded up to this
-                         extra_stop_ids=())     # added to EOS/<|im_end|>/<|endoftext|>
+# ... plus the keys that batch the decoding (Batching, below).
 
 
 # the settings the compiled sampler takes as traced values (sampler.Knobs): changing them
@@ -217,3 +213,26 @@ def check_inputs(dcfg: DecodeConfig, vocab_size: int, prompt_ids, prompt_lens) -
       raise DecodeError(
           f"prompt too long: row {i} has {int(lens[i])} prompt tokens + max_new_tokens="
           f"{dcfg.max_new_tokens} > max_length={dcfg.max_length}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Batching:
+  """The decode section's keys that group prompts into calls (they never change a
+  sequence's tokens: each draws from its own key)."""
+  batch_size: int = 8          # sequences per decoding call
+  data_parallel: bool = False  # shard each batch over this host's devices
+  width_multiple: int = 64     # prompt widths rounded up to this
+  extra_stop_ids: tuple = ()   # added to EOS/<|im_end|>/<|endoftext|>
+
+  def __post_init__(self):
+    for key in ("batch_size", "width_multiple"):
+      if getattr(self, key) < 1:
+        raise DecodeError(f"config decode.{key} must be >= 1, got {getattr(self, key)}")
+
+  @classmethod
+  def of(cls, dc) -> "Batching":
+    """From the ``config.decode`` section."""
+    return cls(**{f.name: dc[f.name] for f in dataclasses.fields(cls) if f.name in dc})
+
+
+BATCHING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Batching)}

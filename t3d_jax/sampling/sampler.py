@@ -48,8 +48,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t3d_jax import masks
 from t3d_jax.sharding import in_mesh
-from t3d_jax.models.sdar import (KVCache, RopeTable, SDARConfig, forward_with_cache,
-                                 unstack_layers, write_cache)
+from t3d_jax.models import family as families
+from t3d_jax.models.sdar import KVCache, RopeTable, SDARConfig, unstack_layers, write_cache
 from t3d_jax.sampling import logits as logits_lib
 from t3d_jax.sampling import strategies
 from t3d_jax.sampling.config import (MAX_STOP_IDS, DecodeConfig, DecodeError, cache_length,
@@ -152,6 +152,12 @@ def prompt_layout(dcfg: DecodeConfig, prompt_lens: Array):
   return plen, (-plen) % b
 
 
+def _net(cfg: SDARConfig):
+  """The network of ``cfg``'s model family (models/family.py): the sampler's one way to
+  the model."""
+  return families.of_config(cfg).network
+
+
 def _prefill(params, cfg: SDARConfig, dcfg: DecodeConfig, prompt_ids, first, offset, cache,
              rope):
   """Write the KV of each row's first ``first[r]`` prompt tokens into slots 0.."""
@@ -161,8 +167,9 @@ def _prefill(params, cfg: SDARConfig, dcfg: DecodeConfig, prompt_ids, first, off
   stair = jax.vmap(lambda o: masks.staircase_mask(width, dcfg.block_size, o))(offset)
   mask = stair & (jnp.arange(width)[None, :] < first[:, None])[:, None, :]
   pos = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (bsz, width))
-  _, kv = forward_with_cache(params, cfg, prompt_ids, mask, pos, KVCache.zeros(cfg, bsz, 0),
-                             logits_start=prompt_ids.shape[1], rope_table=rope)  # KV only
+  net = _net(cfg)
+  _, kv = net.forward_with_cache(params, cfg, prompt_ids, mask, pos, net.KVCache.zeros(cfg, bsz, 0),
+                                 logits_start=prompt_ids.shape[1], rope_table=rope)  # KV only
   return write_cache(cache, kv, jnp.zeros((bsz,), jnp.int32))
 
 
@@ -172,7 +179,7 @@ def _block_forward(params, cfg, rope, block, start, cache):
   valid = jnp.arange(cache.length)[None, :] < start[:, None]
   pos = start[:, None] + jnp.arange(b, dtype=jnp.int32)[None, :]
   mask = masks.CacheMask.of(valid, np.ones((b, b), bool))
-  return forward_with_cache(params, cfg, block, mask, pos, cache, rope_table=rope)
+  return _net(cfg).forward_with_cache(params, cfg, block, mask, pos, cache, rope_table=rope)
 
 
 def _fused_forward(params, cfg, rope, prev, block, start, cache):
@@ -183,9 +190,9 @@ def _fused_forward(params, cfg, rope, prev, block, start, cache):
   q = np.arange(2 * b)
   mask = masks.CacheMask.of(valid, (q[None, :] < b) | (q[:, None] >= b))   # own [2b, 2b]
   pos = (start - b)[:, None] + jnp.arange(2 * b, dtype=jnp.int32)[None, :]
-  logits, kv = forward_with_cache(params, cfg, jnp.concatenate([prev, block], 1), mask, pos,
-                                  cache, logits_start=b,  # no head for the commit rows
-                                  rope_table=rope)
+  logits, kv = _net(cfg).forward_with_cache(
+      params, cfg, jnp.concatenate([prev, block], 1), mask, pos, cache,
+      logits_start=b, rope_table=rope)  # no head for the commit rows
   return logits, kv.first(b)
 
 
@@ -374,9 +381,10 @@ def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, knobs: 
   plen = prompt_lens.astype(jnp.int32)
   first, offset = prompt_layout(dcfg, plen)
   length = cache_length(dcfg, width)
-  rope = RopeTable.of(cfg, length)  # once, outside the loops (slot i = position i)
+  net = _net(cfg)
+  rope = net.RopeTable.of(cfg, length)  # once, outside the loops (slot i = position i)
   cache = _prefill(params, cfg, dcfg, prompt_ids, first, offset,
-                   KVCache.zeros(cfg, bsz, length), rope)
+                   net.KVCache.zeros(cfg, bsz, length), rope)
   ctx, blk = init_state(dcfg, knobs, prompt_ids, plen, first, offset, rng, cache,
                         fused=dcfg.commit_mode == "fused", rope=rope)
   blk = jax.lax.while_loop(functools.partial(blocks_left, dcfg),
@@ -384,51 +392,56 @@ def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, knobs: 
   return decode_outputs(dcfg, blk)
 
 
-def compile_decoder(core: Callable, cfg: SDARConfig, dcfg: DecodeConfig,
-                    mesh: Optional[Mesh] = None, data_axis: str = "data",
-                    param_sharding=None):
-  """Jit ``core(params, prompt_ids, prompt_lens, rng, knobs) -> dict`` behind eager input
-  checks (see :func:`make_generate`); shared with the benchmark's naive decoder. ``dcfg``'s
-  traced fields are the default knobs (``run.knobs``); ``core`` sees ``dcfg.static()``."""
-  dcfg.validate(cfg.vocab_size)
-  if mesh is None:
-    jitted = jax.jit(core)
-    n_data = 1
-  else:
+class CompiledDecoder:
+  """``core(params, prompt_ids, prompt_lens, rng, knobs) -> dict`` jitted behind eager
+  input checks (see :func:`make_generate`); shared with the benchmark's naive decoder.
+  ``knobs``: ``dcfg``'s traced fields, the default of every call; ``core`` sees
+  ``dcfg.static()``. Call it, or :meth:`lower` it for cost analysis / AOT compilation."""
+
+  def __init__(self, core: Callable, cfg: SDARConfig, dcfg: DecodeConfig,
+               mesh: Optional[Mesh] = None, data_axis: str = "data", param_sharding=None):
+    dcfg.validate(cfg.vocab_size)
+    fam = families.of_config(cfg)
+    if fam.attention != "block_causal":  # the block loop's masks and KV cache are causal
+      raise DecodeError(f"the sampler decodes block-causal families; {fam.name} attends "
+                        f"{fam.attention}")
+    self.cfg, self.dcfg, self.mesh, self.data_axis = cfg, dcfg, mesh, data_axis
+    self.knobs = Knobs.of(dcfg)
+    if mesh is None:
+      self._jitted, self._n_data, self._rows = jax.jit(core), 1, None
+      return
     if data_axis not in mesh.axis_names:
       raise DecodeError(f"mesh has no axis {data_axis!r} (axes {mesh.axis_names})")
-    n_data = mesh.shape[data_axis]
-    rows = NamedSharding(mesh, PartitionSpec(data_axis))
+    self._n_data = mesh.shape[data_axis]
+    self._rows = NamedSharding(mesh, PartitionSpec(data_axis))
     rep = NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(core, in_shardings=(rep if param_sharding is None else param_sharding,
-                                         rows, rows, rows, rep), out_shardings=rows)
-  default = Knobs.of(dcfg)
+    self._jitted = jax.jit(core, in_shardings=(
+        rep if param_sharding is None else param_sharding, self._rows, self._rows,
+        self._rows, rep), out_shardings=self._rows)
 
-  def row_args(ids, lens, rng):
+  def row_args(self, ids, lens, rng):
     """(ids, lens, [B] keys) placed as the executable takes them: a committed array with
     another sharding (keys derived under a mesh context are replicated) is moved, not
     refused by jit."""
     keys = as_row_keys(rng, ids.shape[0])
-    return (ids, lens, keys) if mesh is None else jax.device_put((ids, lens, keys), rows)
+    return (ids, lens, keys) if self.mesh is None else jax.device_put((ids, lens, keys),
+                                                                      self._rows)
 
-  def run(params, prompt_ids, prompt_lens, rng, knobs: Optional[Knobs] = None) -> dict:
-    check_inputs(dcfg, cfg.vocab_size, prompt_ids, prompt_lens)
-    if prompt_ids.shape[0] % n_data:
+  def __call__(self, params, prompt_ids, prompt_lens, rng,
+               knobs: Optional[Knobs] = None) -> dict:
+    check_inputs(self.dcfg, self.cfg.vocab_size, prompt_ids, prompt_lens)
+    if prompt_ids.shape[0] % self._n_data:
       raise DecodeError(f"batch {prompt_ids.shape[0]} is not a multiple of the mesh's "
-                        f"{data_axis!r} axis ({n_data})")
-    args = row_args(prompt_ids, prompt_lens, rng)
-    with in_mesh(mesh):  # the attention kernel runs per shard on it
-      return jitted(params, *args, default if knobs is None else knobs)
+                        f"{self.data_axis!r} axis ({self._n_data})")
+    args = self.row_args(prompt_ids, prompt_lens, rng)
+    with in_mesh(self.mesh):  # the attention kernel runs per shard on it
+      return self._jitted(params, *args, self.knobs if knobs is None else knobs)
 
-  def lower(params, ids, lens, rng, knobs=None):
+  def lower(self, params, ids, lens, rng, knobs=None):
     """For cost analysis / AOT compilation: the executable takes [B] row keys and knobs."""
-    args = row_args(ids, lens, rng)
-    with in_mesh(mesh):
-      return jitted.lower(params, *args, default if knobs is None else knobs)
-  run.lower = lower
-  run.knobs = default
-  run.executables = {}  # the timed callers' AOT executables by (width, batch): compiled once
-  return run
+    args = self.row_args(ids, lens, rng)
+    with in_mesh(self.mesh):
+      return self._jitted.lower(params, *args, self.knobs if knobs is None else knobs)
 
 
 def make_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh] = None,
@@ -441,16 +454,8 @@ def make_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh] = No
   size); params are replicated unless ``param_sharding`` (a sharding or a pytree of
   them) says otherwise. Inputs are validated eagerly (DecodeError names the problem).
   Calling it many times with the same params: pass :func:`decode_params`' output."""
-  return compile_decoder(functools.partial(_generate, cfg=cfg, dcfg=dcfg.static()), cfg, dcfg,
-                         mesh, data_axis, param_sharding)
-
-
-@functools.lru_cache(maxsize=32)
-def cached_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh],
-                    data_axis: str):
-  """:func:`make_generate` memoised per (cfg, dcfg, mesh, data_axis): one jit each. Pass
-  ``dcfg.static()`` and ``Knobs.of(dcfg)`` per call to share it across traced values."""
-  return make_generate(cfg, dcfg, mesh, data_axis)
+  return CompiledDecoder(functools.partial(_generate, cfg=cfg, dcfg=dcfg.static()), cfg,
+                         dcfg, mesh, data_axis, param_sharding)
 
 
 def generate(params, cfg: SDARConfig, prompt_ids, prompt_lens, rng, dcfg: DecodeConfig,
@@ -458,8 +463,6 @@ def generate(params, cfg: SDARConfig, prompt_ids, prompt_lens, rng, dcfg: Decode
   """Decode right-padded prompts ``prompt_ids`` [B, P] of lengths ``prompt_lens`` [B].
 
   Returns {ids [B, max_new], step_map [B, max_new], lengths [B], nfe [B]} (int32). Each
-  row's result is that of decoding its prompt alone. Compiled once per (cfg,
-  dcfg.static(), mesh, shapes); use :func:`make_generate` to hold the compiled function."""
-  dcfg.validate(cfg.vocab_size)
-  return cached_generate(cfg, dcfg.static(), mesh, data_axis)(
-      params, prompt_ids, prompt_lens, rng, Knobs.of(dcfg))
+  row's result is that of decoding its prompt alone. One call, compiled for it: to decode
+  many times, hold :func:`make_generate`'s decoder (or a :class:`t3d_jax.sampling.Decoder`)."""
+  return make_generate(cfg, dcfg, mesh, data_axis)(params, prompt_ids, prompt_lens, rng)

@@ -34,15 +34,16 @@ class TrainShardings:
 
 def abstract_train_state(model_cfg, tx):
   """TrainState of ShapeDtypeStructs (jax.eval_shape; nothing allocated)."""
-  from t3d_jax.models.sdar import abstract_params
-  return jax.eval_shape(lambda p: TrainState.create(p, tx), nn.unbox(abstract_params(model_cfg)))
+  from t3d_jax.models.family import of_config
+  abstract = of_config(model_cfg).network.abstract_params(model_cfg)
+  return jax.eval_shape(lambda p: TrainState.create(p, tx), nn.unbox(abstract))
 
 
 def train_shardings(model_cfg, tx, mesh: Mesh, rules: Rules) -> TrainShardings:
   """Shardings of params (rules), optimiser state (mirrors params; scalars replicated),
   step (replicated), reference (as params) and batch."""
-  from t3d_jax.models.sdar import abstract_params
-  boxed = abstract_params(model_cfg)
+  from t3d_jax.models.family import of_config
+  boxed = of_config(model_cfg).network.abstract_params(model_cfg)
   rules = make_rules(rules, mesh, logical_names(boxed))
   psh = named(mesh, param_specs(boxed, rules, mesh))
   rep = NamedSharding(mesh, P())
@@ -55,7 +56,8 @@ def train_shardings(model_cfg, tx, mesh: Mesh, rules: Rules) -> TrainShardings:
 
 def init_train_state(model_cfg, tx, sh: TrainShardings, rng):
   """Random params + optimiser state, created directly in their shardings."""
-  from t3d_jax.models.sdar import init_params
+  from t3d_jax.models.family import of_config
+  init_params = of_config(model_cfg).network.init_params
   return jax.jit(lambda r: TrainState.create(init_params(model_cfg, r), tx),
                  out_shardings=sh.state.replace(tx=tx))(rng)
 

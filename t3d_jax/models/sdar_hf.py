@@ -1,4 +1,6 @@
-"""One table, HF tensor name <-> param path, used in both directions.
+"""The SDAR family's Hugging Face side: config.json <-> SDARConfig, and one table, HF tensor
+name <-> param path, used in both directions (the family entry, models/family.py, holds
+both; convert/ reads and writes HF dirs through it).
 
 Each row names a transformers (Qwen3 / SDAR) tensor, the param path in our tree, and a
 pair of exact (lossless) reshapes: ``to_param`` turns the HF tensor into our layout and
@@ -8,7 +10,7 @@ stacked ``layers`` subtree with a leading layer axis.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -118,3 +120,38 @@ def hf_order_entries(cfg: SDARConfig) -> list[tuple[str, Row, int | None]]:
       return (0 if name.startswith("model.embed") else 2, 0, ROWS.index(row))
     return (1, i, ROWS.index(row))
   return sorted(entries(cfg), key=key)
+
+
+def config_from_hf(hf: dict[str, Any], **overrides) -> SDARConfig:
+  """SDARConfig of a transformers config.json dict (Qwen3 or SDAR); the inverse of
+  :func:`hf_config_from`."""
+  rope = hf.get("rope_parameters") or {}
+  scaling = hf.get("rope_scaling") or {}
+  rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+  if rope_type not in (None, "default"):
+    raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only default RoPE)")
+  theta = hf.get("rope_theta", rope.get("rope_theta", 10_000.0))
+  nh = hf["num_attention_heads"]
+  kw = dict(
+      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+      num_heads=nh, num_kv_heads=hf.get("num_key_value_heads") or nh,
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // nh,
+      rope_theta=float(theta), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      attention_bias=bool(hf.get("attention_bias", False)))
+  kw.update(overrides)
+  return SDARConfig(**kw)
+
+
+def hf_config_from(cfg: SDARConfig) -> dict[str, Any]:
+  """A Qwen3 config.json for params that came without one (e.g. trained from scratch)."""
+  return {
+      "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+      "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+      "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+      "head_dim": cfg.head_dim, "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
+      "tie_word_embeddings": cfg.tie_word_embeddings, "attention_bias": cfg.attention_bias,
+      "hidden_act": "silu", "max_position_embeddings": 32768, "torch_dtype": cfg.param_dtype,
+  }
