@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   from t3d_jax.train.trainer import OptimConfig
 
   c = ml_collections.ConfigDict()
-  c.mode = ""               # see t3d_jax/main.py MODES
+  c.mode = ""               # a stage of t3d_jax/modes/registry.py
   c.workdir = ""            # every mode writes under here
   c.seed = 0                # every stage's seed unless its own <stage>.seed >= 0
   c.overwrite = False       # allow replacing a non-empty output dir

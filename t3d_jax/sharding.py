@@ -139,10 +139,6 @@ def make_rules(rules, mesh: AnyMesh, logical_names: Sequence[str] = ()) -> Rules
   return tuple(out)
 
 
-def rules_from_config(config, mesh: AnyMesh, logical_names: Sequence[str] = ()) -> Rules:
-  return make_rules(config.mesh.rules, mesh, logical_names)
-
-
 def logical_to_mesh(spec: P, rules: Rules, mesh: AnyMesh, shape=None, where: str = "") -> P:
   """Map one logical PartitionSpec to mesh axes. A mesh axis shards at most one dim
   (later dims that would reuse it stay replicated); ``shape`` checks divisibility."""

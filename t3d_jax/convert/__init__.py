@@ -81,7 +81,8 @@ def load_params_sharded(path, mesh, rules, param_dtype: str | None = None):
     return params, cfg
   src = _model_dir_of(p)
   stored = checkpoint.load_model_config(src)
-  abstract = nn.unbox(of_config(stored).network.abstract_params(stored))  # restore as stored, then cast on device
+  # restore as stored, then cast on device
+  abstract = nn.unbox(of_config(stored).network.abstract_params(stored))
   params = checkpoint.restore_params(src / checkpoint.PARAMS,
                                      sharding.abstract_sharded(abstract, shardings))
   if cfg.param_dtype != stored.param_dtype:

@@ -1,9 +1,9 @@
 """The distillation objectives ``distill.method`` selects, on the same trajectories and
 optimiser (README, "Baselines"): :data:`METHODS`, one :class:`Method` entry each (its
 batches, its loss, whether it trains against a reference model); the distill mode, the
-compare config and the docs read this table, and adding a method is one entry. x0 = the teacher's response, xt = a masked copy, M the
-trained positions of an example (p_mask), b examples of a batch averaged with equal
-weight:
+compare config and the docs read this table, and adding a method is one entry. x0 = the
+teacher's response, xt = a masked copy, M the trained positions of an example (p_mask), b
+examples of a batch averaged with equal weight:
 
 * ``t3d`` (default): DDO + lambda_path * path loss on trajectory-masked states
   (:func:`t3d_jax.distill.losses.t3d_loss`, docs/method.md §3); a reference model;

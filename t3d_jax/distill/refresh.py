@@ -86,7 +86,7 @@ class Refresher:
     run's: removed, their updates are redone), then after every update."""
     if not self._begun:
       self._begun = True
-      if jax.process_index() == 0 and self.out.is_dir():
+      if distributed.is_main_process() and self.out.is_dir():
         for f in self.out.glob("*.jsonl"):
           if re.fullmatch(r"\d+", f.stem) and int(f.stem) > done:
             f.unlink()
@@ -111,7 +111,7 @@ class Refresher:
       rows.append(dict(sample=k, row=s.row, response_ids=ids, step_map=steps, nfe=r["nfe"],
                        correct=ok, replaced=bool(keep)))
       new.append(Sample(s.prompt_ids, tuple(ids), tuple(steps), s.row) if keep else s)
-    if jax.process_index() == 0:
+    if distributed.is_main_process():
       self.out.mkdir(parents=True, exist_ok=True)
       write_jsonl_atomic(self.path(p), rows)
     distributed.barrier(f"{self.path(p)} written")

@@ -56,16 +56,17 @@ def _start(config, vocab_size: int) -> tuple[recipe.Start, Path | None]:
   """The starting point (a model dir / HF dir, or random weights of ``config.arch``)
   and the meta dir to copy into the output (None: write one)."""
   p = config.pretrain
+  param_dtype = Numerics.of(config.model).param_dtype
   if p.init:
     src = Path(p.init)
     if not src.exists():
       raise InputError(f"config pretrain.init: {src} does not exist")
-    cfg = model_config(src, param_dtype=config.model.param_dtype)
+    cfg = model_config(src, param_dtype=param_dtype)
     return recipe.Start(cfg, str(src)), checkpoint.meta_dir_of(src)
   arch = dict(config.arch)
   arch["vocab_size"] = arch["vocab_size"] or vocab_size
   try:
-    cfg = SDARConfig(**arch, param_dtype=config.model.param_dtype)
+    cfg = SDARConfig(**arch, param_dtype=param_dtype)
   except (TypeError, ValueError) as e:
     raise InputError(f"config arch: {e}") from None
   return recipe.Start(cfg), None

@@ -125,12 +125,12 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
   if restored is not None:
     state, reference, _ = restored
     note = f"{lc.name}: resuming from step {int(state.step)}"
-    if jax.process_index() == 0:  # once on the terminal; the others with --verbosity
+    if distributed.is_main_process():  # once on the terminal; the others with --verbosity
       print(note, file=sys.stderr, flush=True)
       _trim_metrics(lc.out / "metrics.jsonl", int(state.step))
     else:
       logging.info(note)
-  main = jax.process_index() == 0  # only process 0 logs
+  main = distributed.is_main_process()  # only process 0 logs
   writer = None
   if main:
     from tensorboardX import SummaryWriter
@@ -222,7 +222,7 @@ def _changed(meta: dict, settings: dict, defaults: Optional[dict] = None) -> str
 
 def start_over(out: Path) -> None:
   """Remove a run's checkpoints, metrics and TensorBoard logs (process 0; all wait)."""
-  if jax.process_index() == 0:
+  if distributed.is_main_process():
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     shutil.rmtree(out / "tb", ignore_errors=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)

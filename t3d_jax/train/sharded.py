@@ -73,15 +73,17 @@ def jit_train_step(step: Callable, sh: TrainShardings) -> Callable:
   """``step(state, ref_params, batch, rng)`` jitted with explicit shardings; the state is
   donated, the reference is not. Returns a function that checks the batch shape first
   (one clear error instead of an XLA one) and then runs the compiled step."""
-  compiled: dict = {}  # the state's static ``tx`` is part of its pytree structure
+  # keyed by the state's static ``tx`` (part of its pytree structure and of the state's
+  # shardings): what determines the executable besides the shapes jit keys on itself
+  compiled: dict = {}
 
   def jitted(tx):
-    if id(tx) not in compiled:
+    if tx not in compiled:
       state_sh = sh.state.replace(tx=tx)
-      compiled[id(tx)] = (tx, jax.jit(
+      compiled[tx] = jax.jit(
           step, in_shardings=(state_sh, sh.reference, sh.batch, sh.replicated),
-          out_shardings=(state_sh, sh.replicated), donate_argnums=(0,)))
-    return compiled[id(tx)][1]
+          out_shardings=(state_sh, sh.replicated), donate_argnums=(0,))
+    return compiled[tx]
 
   def run(state, ref_params, batch, rng):
     check_batch(batch, sh.batch)
