@@ -108,8 +108,8 @@ def test_rollout_writes_trajectories_and_resumes_exactly(setup, tmp_path):
   assert (b / "trajectories.jsonl").read_bytes() == (a / "trajectories.jsonl").read_bytes()
   assert (b / "trajectories.step_maps.png").is_file()
 
-  # rows sampled before per-sequence keys (their record lists the grouping instead):
-  # not resumed onto, the line names the key
+  # rows sampled before per-sequence keys (their record lists the grouping instead): not
+  # resumed onto, the line names the key (that record's grouping keys count as settings)
   meta = json.loads((b / "trajectories.meta.json").read_text())
   old = dict(meta["settings"], batch_size=4, chunk_prompts=3, width_multiple=192)
   del old["sample_keys"]
@@ -119,7 +119,7 @@ def test_rollout_writes_trajectories_and_resumes_exactly(setup, tmp_path):
   (c / "trajectories.jsonl").write_bytes(b"\n".join(lines[:4]) + b"\n")
   r = cli("rollout", *rollout_flags(c, root, data))
   assert r.returncode == 2
-  assert "(1 differ: sample_keys: '<unset>' -> 'fold_in(" in r.stderr, r.stderr
+  assert "sample_keys: '<unset>' -> 'fold_in(" in r.stderr, r.stderr
 
   # other decoding settings onto those rows: refused, naming the key
   r = cli("rollout", *rollout_flags(b, root, data, "--config.decode.temperature=0.5"))

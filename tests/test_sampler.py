@@ -25,6 +25,8 @@ from t3d_jax.convert import load_params
 from t3d_jax.models.sdar import SDARConfig, forward, init_params
 from t3d_jax.sampling import (DecodeConfig, DecodeError, decode_params, generate,
                                make_generate)
+from t3d_jax.sampling.batched import Executables
+from t3d_jax.sampling.sampler import Knobs
 
 VOCAB, MASK = 64, 63
 
@@ -139,10 +141,19 @@ def pad_batch(prompts, width=None):
   return ids, np.array([len(p) for p in prompts], np.int32)
 
 
+# this module's compiled decoders, one set per (model config, mesh), held as a Decoder holds
+# them: the tests of one setting reuse its compilation (the library keeps no global cache)
+HELD: dict = {}
+
+
+def held(cfg, mesh=None) -> Executables:
+  return HELD.setdefault((cfg, mesh), Executables(cfg, mesh))
+
+
 def decode(params, cfg, prompts, rng=0, width=None, mesh=None, **kw):
   dcfg = DecodeConfig(mask_id=MASK, **kw)
   ids, lens = pad_batch(prompts, width)
-  out = generate(params, cfg, ids, lens, jax.random.key(rng), dcfg, mesh=mesh)
+  out = held(cfg, mesh).run(dcfg)(params, ids, lens, jax.random.key(rng), Knobs.of(dcfg))
   return {k: np.asarray(v) for k, v in out.items()}, dcfg
 
 
@@ -546,9 +557,10 @@ def test_sampling_is_batch_invariant(tiny):
                       temperature=1.0, top_p=0.95, strategy="low_confidence_dynamic")
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
 
-  def run(batch_size, width_multiple=8, rng=3, sample_ids=ids_of, **kw):
+  def run(batch_size, width_multiple=8, rng=3, sample_ids=ids_of, mesh=None, **kw):
     rows = decode_part(params, cfg, prompts, dcfg, jax.random.key(rng), batch_size=batch_size,
-                       width_multiple=width_multiple, sample_ids=sample_ids, **kw)
+                       width_multiple=width_multiple, sample_ids=sample_ids, mesh=mesh,
+                       executables=held(cfg, mesh), **kw)
     return [r and (r["response_ids"], r["step_map"]) for r in rows]
 
   want = run(1)
@@ -601,15 +613,18 @@ class CompileCounter:
 def test_traced_knobs_a_threshold_sweep_compiles_once(tiny, naive_refs):
   """Threshold, entropy bound, temperature, top-p and stop ids are values of one compiled
   decoder: after the first point of a sweep through batched decoding (timed, as eval
-  runs it) nothing compiles, and each point equals the naive decoder at its threshold.
-  A static field (denoising_steps) compiles anew: the counter counts."""
-  from t3d_jax.sampling.batched import DecodeStats, decode_part
+  runs it, its compilations held by one Executables as a Decoder holds them) nothing
+  compiles, and each point equals the naive decoder at its threshold. A static field
+  (denoising_steps) compiles anew: the counter counts."""
+  from t3d_jax.sampling.batched import DecodeStats, Executables, decode_part
   _, params, cfg = tiny
   prompts = make_prompts(PROMPT_LENS, seed=11)
   base = DecodeConfig(mask_id=MASK, block_size=4, denoising_steps=4, max_new_tokens=N_NEW,
                       strategy="low_confidence_dynamic")
+  held = Executables(cfg)
   run = lambda d: decode_part(params, cfg, prompts, d, jax.random.key(0),  # noqa: E731
-                              batch_size=len(prompts), width_multiple=16, stats=DecodeStats())
+                              batch_size=len(prompts), width_multiple=16, stats=DecodeStats(),
+                              executables=held)
   nfe = {}
   with CompileCounter() as first:
     rows = run(base.replace(threshold=0.3))
@@ -629,7 +644,7 @@ def test_traced_knobs_a_threshold_sweep_compiles_once(tiny, naive_refs):
   assert nfe[0.3] < nfe[0.99]  # the threshold did change the decoding
   with CompileCounter() as other:
     run(base.replace(denoising_steps=2))
-  assert other.n >= 1
+  assert other.n >= 1 and len(held) == 2  # one jit per static setting, held by the caller
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.0, 0, 1.0), (0.7, 3, 1.0),
