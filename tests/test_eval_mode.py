@@ -141,10 +141,17 @@ def test_timed_decode_equals_one_part_decode(setup):
   c.decode.data_parallel, c.decode.batch_size, c.decode.width_multiple = True, 8, 192
   decoder = Decoder.from_config(c.decode, model.ids, model.cfg, denoising_steps=2)
   assert decoder.mesh.shape == {"data": jax.local_device_count()} == {"data": 8}
-  sharded = decoder.decode(model.params, prompts, key)
+  first = DecodeStats()
+  sharded = decoder.decode(model.params, prompts, key, stats=first)
   assert sharded == batched.decode_part(model.params, model.cfg, prompts, dcfg, key,
                                         batch_size=8, width_multiple=192)
   assert len(decoder.executables) == 1  # one compiled decoder, held by the Decoder
+  # another decoder given those compilations (eval's next model) compiles nothing
+  again = Decoder.from_config(c.decode, model.ids, model.cfg, denoising_steps=2,
+                              executables=decoder.executables)
+  second = DecodeStats()
+  assert again.decode(model.params, prompts, key, stats=second) == sharded
+  assert first.compile_s > 0 and second.compile_s == 0
   c.decode.batch_size = 4
   with pytest.raises(InputError, match="batch_size=4 is not a multiple of the 8 local"):
     Decoder.from_config(c.decode, model.ids, model.cfg)
