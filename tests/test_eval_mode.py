@@ -145,7 +145,7 @@ def test_timed_decode_equals_one_part_decode(setup):
   sharded = decoder.decode(model.params, prompts, key, stats=first)
   assert sharded == batched.decode_part(model.params, model.cfg, prompts, dcfg, key,
                                         batch_size=8, width_multiple=192)
-  assert len(decoder.executables) == 1  # one compiled decoder, held by the Decoder
+  assert decoder.executables.settings == 1  # one compiled decoder, held by the Decoder
   # another decoder given those compilations (eval's next model) compiles nothing
   again = Decoder.from_config(c.decode, model.ids, model.cfg, denoising_steps=2,
                               executables=decoder.executables)

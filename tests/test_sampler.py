@@ -616,15 +616,15 @@ def test_traced_knobs_a_threshold_sweep_compiles_once(tiny, naive_refs):
   runs it, its compilations held by one Executables as a Decoder holds them) nothing
   compiles, and each point equals the naive decoder at its threshold. A static field
   (denoising_steps) compiles anew: the counter counts."""
-  from t3d_jax.sampling.batched import DecodeStats, Executables, decode_part
+  from t3d_jax.sampling.batched import DecodeStats, decode_part
   _, params, cfg = tiny
   prompts = make_prompts(PROMPT_LENS, seed=11)
   base = DecodeConfig(mask_id=MASK, block_size=4, denoising_steps=4, max_new_tokens=N_NEW,
                       strategy="low_confidence_dynamic")
-  held = Executables(cfg)
+  compiled = Executables(cfg)
   run = lambda d: decode_part(params, cfg, prompts, d, jax.random.key(0),  # noqa: E731
                               batch_size=len(prompts), width_multiple=16, stats=DecodeStats(),
-                              executables=held)
+                              executables=compiled)
   nfe = {}
   with CompileCounter() as first:
     rows = run(base.replace(threshold=0.3))
@@ -644,7 +644,7 @@ def test_traced_knobs_a_threshold_sweep_compiles_once(tiny, naive_refs):
   assert nfe[0.3] < nfe[0.99]  # the threshold did change the decoding
   with CompileCounter() as other:
     run(base.replace(denoising_steps=2))
-  assert other.n >= 1 and len(held) == 2  # one jit per static setting, held by the caller
+  assert other.n >= 1 and compiled.settings == 2  # one jit per static setting, held by the caller
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.0, 0, 1.0), (0.7, 3, 1.0),

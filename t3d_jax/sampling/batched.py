@@ -76,7 +76,9 @@ class Executables:
       stats.compile_s += time.perf_counter() - t0
     return self._aot[key]
 
-  def __len__(self) -> int:
+  @property
+  def settings(self) -> int:
+    """How many static decode settings are compiled."""
     return len(self._runs)
 
 

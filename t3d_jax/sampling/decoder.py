@@ -47,8 +47,8 @@ class Decoder:
                executables: Optional[batched.Executables] = None):
     dcfg.validate(cfg.vocab_size)
     self.cfg, self.dcfg, self.batching, self.mesh = cfg, dcfg, batching, mesh
-    self.executables = (executables if executables is not None  # an empty one is falsy
-                        else batched.Executables(cfg, mesh))
+    self.executables = executables if executables is not None else batched.Executables(
+        cfg, mesh)
 
   @classmethod
   def from_config(cls, section, ids, cfg: SDARConfig, *,
