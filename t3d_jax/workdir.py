@@ -87,6 +87,15 @@ class Workdir:
       raise InputError(f"{who or 'this run'} needs --config.workdir")
     return Path(self.config.workdir)
 
+  def _given_or(self, given: str, name: str, missing: str) -> Path:
+    """The path a config key names (``given``), else ``<workdir>/<name>``; neither set:
+    an InputError saying ``missing``."""
+    if given:
+      return Path(self.expand(given))
+    if not self.config.workdir:
+      raise InputError(missing)
+    return Path(self.config.workdir) / name
+
   # --- what the stages write, in pipeline order ---
   @property
   def task(self) -> Path:
@@ -99,11 +108,8 @@ class Workdir:
   @property
   def model(self) -> Path:
     """The base model dir: ``model_dir``, else ``<workdir>/model``."""
-    if self.config.model_dir:
-      return Path(self.expand(self.config.model_dir))
-    if not self.config.workdir:
-      raise InputError("set --config.workdir (or --config.model_dir)")
-    return Path(self.config.workdir) / "model"
+    return self._given_or(self.config.model_dir, "model",
+                          "set --config.workdir (or --config.model_dir)")
 
   @property
   def pretrain(self) -> Path:
@@ -151,11 +157,8 @@ class Workdir:
   @property
   def eval(self) -> Path:
     """Where eval writes (``eval.output_dir``, default ``<workdir>/eval``)."""
-    if self.config.eval.output_dir:
-      return Path(self.expand(self.config.eval.output_dir))
-    if not self.config.workdir:
-      raise InputError("eval mode needs --config.workdir (or eval.output_dir)")
-    return Path(self.config.workdir) / "eval"
+    return self._given_or(self.config.eval.output_dir, "eval",
+                          "eval mode needs --config.workdir (or eval.output_dir)")
 
   @property
   def compare(self) -> Path:
@@ -164,11 +167,8 @@ class Workdir:
   @property
   def export(self) -> Path:
     """The HF dir export writes: ``export_dir``, else ``<workdir>/hf_export``."""
-    if self.config.export_dir:
-      return Path(self.expand(self.config.export_dir))
-    if not self.config.workdir:
-      raise InputError("export mode needs --config.workdir (or export_dir)")
-    return Path(self.config.workdir) / "hf_export"
+    return self._given_or(self.config.export_dir, "hf_export",
+                          "export mode needs --config.workdir (or export_dir)")
 
   # --- the run's own records ---
   @property
