@@ -162,6 +162,31 @@ class CacheMask(flax.struct.PyTreeNode):
     return self.pattern[None] & (self.segments[:, None, :] == 1)
 
 
+class KeyMask(flax.struct.PyTreeNode):
+  """Bidirectional attention: each of ``rows`` query rows sees every valid key.
+
+  ``valid`` [B, S+T] over the keys [cache (S slots, none without a cache) | the T query
+  tokens]: left pads and, in Fast-dLLM's caches, the slots a step recomputes are invalid.
+  The kernel's pattern is all ones and ``segments`` carries the validity (the query rows
+  are segment 1: a pad row sees the valid keys, and nothing reads its output)."""
+  valid: jax.Array
+  rows: int = flax.struct.field(pytree_node=False)
+
+  @property
+  def pattern(self) -> np.ndarray:
+    return np.ones((self.rows, self.valid.shape[1]), bool)
+
+  @property
+  def segments(self) -> jax.Array:
+    return self.valid.astype(jnp.int32)
+
+  @property
+  def dense(self) -> jax.Array:
+    """[B, T, S+T] bool."""
+    return jnp.broadcast_to(self.valid[:, None, :], (self.valid.shape[0], self.rows,
+                                                     self.valid.shape[1]))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingLayout:
   """[prompt (L0) | clean x0 (L1) | noisy xt (L1)], response blocks of ``block_size``."""

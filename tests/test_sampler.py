@@ -549,7 +549,7 @@ def test_sampling_is_batch_invariant(tiny):
   1, 7 and 16, another padding width, a data-parallel mesh and split parts all give the
   same ids and step maps; another sample index or rng gives others (the check can fail)."""
   from t3d_jax.sampling.batched import decode_part
-  from t3d_jax.sampling.sampler import row_keys
+  from t3d_jax.sampling.steps import row_keys
   _, params, cfg = tiny
   prompts = make_prompts([7, 2, 12, 5, 9, 3, 11, 4, 6, 8, 1, 10, 2, 7, 5, 9], seed=12)
   ids_of = [(i // 2, i % 2) for i in range(len(prompts))]

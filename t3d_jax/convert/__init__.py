@@ -118,7 +118,7 @@ def load_model(path, name: str = "model", tokenizer_dir: str = "",
   checkpoint.check_finite(params, p)
   cfg = numerics.apply(cfg, train=False)
   tokenizer = tok_lib.load_tokenizer(tokenizer_dir or checkpoint.meta_dir_of(p))
-  ids = tok_lib.special_ids(tokenizer)
+  ids = tok_lib.special_ids(tokenizer, model_mask_id=cfg.mask_token_id)
   if ids.vocab_size > cfg.vocab_size:
     raise InputError(f"model {name!r} ({p}): tokenizer has {ids.vocab_size} tokens but the "
                      f"model's vocabulary is {cfg.vocab_size}")

@@ -52,10 +52,18 @@ def read_hf_config(hf_dir) -> dict[str, Any]:
   return hf
 
 
-def config_from_hf(hf: dict[str, Any], **overrides):
-  """The model config of a transformers config.json dict, by its family (model_type)."""
-  return families.for_model_type(hf.get("model_type"), "config.json").config_from_hf(
-      hf, **overrides)
+def config_from_hf(hf: dict[str, Any], *, where: str = "config.json", **overrides):
+  """The model config of a transformers config.json dict, by its family (model_type);
+  a missing key or an option the family does not implement is a ConversionError naming
+  ``where`` and the key."""
+  fam = families.for_model_type(hf.get("model_type"), where)
+  try:
+    return fam.config_from_hf(hf, **overrides)
+  except KeyError as e:
+    raise ConversionError(f"{where}: key {e.args[0]!r} missing (a {fam.name} config "
+                          "needs it)") from None
+  except (TypeError, ValueError) as e:
+    raise ConversionError(f"{where}: {e}") from None
 
 
 def hf_config_from(cfg) -> dict[str, Any]:
@@ -140,11 +148,11 @@ def get_path(tree, path: tuple[str, ...]):
 def read_hf_model_config(hf_dir, param_dtype: str | None = None) -> SDARConfig:
   """The SDARConfig of an HF dir: its config.json, and the stored (or the requested)
   param dtype, without reading any tensor."""
-  cfg = config_from_hf(read_hf_config(hf_dir))
+  cfg = config_from_hf(read_hf_config(hf_dir), where=str(Path(hf_dir) / "config.json"))
   if param_dtype:
     return cfg.replace(param_dtype=param_dtype)
   src = TensorSource(hf_dir)
-  return cfg.replace(param_dtype=src.dtype_name(next(entries(cfg))[0]))
+  return cfg.replace(param_dtype=src.dtype_name(entries(cfg)[0][0]))
 
 
 def iter_hf_params(hf_dir, cfg: SDARConfig, cast: str | None = None):
@@ -157,8 +165,8 @@ def iter_hf_params(hf_dir, cfg: SDARConfig, cast: str | None = None):
   used, stack, current = set(), None, None
   for name, row, layer in entries(cfg):
     if name not in src:
-      hint = (" (config.json says tie_word_embeddings=false; set it true if the head is tied)"
-              if name == "lm_head.weight" else "")
+      hint = (" (config.json says the head is untied; set tie_word_embeddings / "
+              "weight_tying true if it is tied)" if row.path == ("lm_head",) else "")
       raise ConversionError(f"{hf_dir}: tensor {name!r} is missing from the checkpoint{hint}")
     want = row.hf_shape(cfg)
     if src.shape(name) != want:
@@ -179,8 +187,8 @@ def iter_hf_params(hf_dir, cfg: SDARConfig, cast: str | None = None):
       yield current, stack
       stack = None
   extra = sorted(set(src.weight_map) - used)
-  if cfg.tie_word_embeddings and "lm_head.weight" in extra:
-    extra.remove("lm_head.weight")  # a tied head saved anyway: the embedding is the head
+  if cfg.tie_word_embeddings:  # a tied head saved anyway: the embedding is the head
+    extra = [n for n in extra if n not in ("lm_head.weight", "model.transformer.ff_out.weight")]
   if extra:
     logging.warning("%s: ignoring %d tensors not in the %s mapping: %s", hf_dir, len(extra),
                     families.of_config(cfg).name, extra[:5])
@@ -191,7 +199,7 @@ def load_hf_params(hf_dir, param_dtype: str | None = None) -> tuple[dict, SDARCo
 
   Tensors keep their stored dtype unless ``param_dtype`` is given explicitly."""
   hf = read_hf_config(hf_dir)
-  cfg = config_from_hf(hf)
+  cfg = config_from_hf(hf, where=str(Path(hf_dir) / "config.json"))
   params: dict = {}
   for path, arr in iter_hf_params(hf_dir, cfg, param_dtype):
     set_path(params, path, arr)

@@ -30,7 +30,7 @@ from t3d_jax.errors import InputError
 PathLike = Union[str, os.PathLike]
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")  # <|eot_id|>: LLaDA-Instruct
 
 
 class TokenizerError(InputError):
@@ -138,19 +138,29 @@ def _token_id(tokenizer, token: str) -> Optional[int]:
 
 
 def special_ids(tokenizer, mask_token: str = MASK_TOKEN,
-                pad_token: Optional[str] = None) -> SpecialIds:
+                pad_token: Optional[str] = None, model_mask_id: Optional[int] = None
+                ) -> SpecialIds:
   """Resolves mask / pad / eos / stop ids; raises :class:`TokenizerError` naming the
   missing token and the dir.
 
-  The mask id is the tokenizer's ``mask_token`` when set, else ``mask_token`` looked up
-  in the vocabulary. ``pad_token`` overrides the tokenizer's pad token."""
+  The mask id is the model's own when its config.json names one (``model_mask_id``:
+  LLaDA's and Dream's ``mask_token_id``, the model config's field), else the tokenizer's
+  ``mask_token`` when set, else ``mask_token`` looked up in the vocabulary. ``pad_token``
+  overrides the tokenizer's pad token."""
   where = _dir(tokenizer)
-  mask_id = tokenizer.mask_token_id if getattr(tokenizer, "mask_token", None) else None
+  if model_mask_id is not None:
+    mask_id = int(model_mask_id)
+    if not 0 <= mask_id < len(tokenizer):
+      raise TokenizerError(f"{where}: the model's mask_token_id {mask_id} is outside the "
+                           f"tokenizer's vocabulary [0, {len(tokenizer)})")
+  else:
+    mask_id = tokenizer.mask_token_id if getattr(tokenizer, "mask_token", None) else None
   if mask_id is None:
     mask_id = _token_id(tokenizer, mask_token)
   if mask_id is None:
-    raise TokenizerError(f"{where}: mask token {mask_token!r} not in the vocabulary and "
-                         f"no mask_token set; a diffusion LM needs one")
+    raise TokenizerError(f"{where}: mask token {mask_token!r} not in the vocabulary, no "
+                         f"mask_token set and no mask_token_id in the model's config.json; "
+                         f"a diffusion LM needs one")
   if pad_token is not None:
     pad_id = _token_id(tokenizer, pad_token)
     if pad_id is None:

@@ -20,8 +20,9 @@
           this project's tests (no GPU in CI), so ``auto`` does not pick it.
   auto    splash on TPU, dense elsewhere.
 
-Only structured masks (``LayoutMask`` for training, ``CacheMask`` for decoding) can take
-the kernel; a plain boolean array (prefill, tests) is always dense.
+Only structured masks (``LayoutMask`` for training, ``CacheMask`` for block-causal
+decoding, ``KeyMask`` for bidirectional decoding) can take the kernel; a plain boolean
+array (prefill, tests) is always dense.
 
 Segment semantics: a row sees a key iff the pattern allows it and both carry the same
 segment id. Valid rows and keys are segment 1; prompt pads (training) and unwritten
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t3d_jax.masks import CacheMask, LayoutMask
+from t3d_jax.masks import CacheMask, KeyMask, LayoutMask
 
 Array = jax.Array
 KINDS = ("dense", "splash", "cudnn", "auto")
@@ -245,22 +246,24 @@ def cudnn(q: Array, k: Array, v: Array, mask: Array, *,
 
 def attend(q: Array, k: Array, v: Array, mask, kind: str, cache=None) -> Array:
   """q [B, T, KV, G, D], k/v [B, T', KV, D] under ``mask``: a bool array [B, T, T'], a
-  :class:`LayoutMask` (training, no cache) or a :class:`CacheMask` (decode: the query
+  :class:`LayoutMask` (training, no cache), a :class:`KeyMask` (bidirectional: every valid
+  key, with or without a cache) or a :class:`CacheMask` (decode: the query
   block against [cache | itself], with ``cache`` = (k, v) [B, KV, S, D] of the committed
   tokens, head-major as stored, and k/v the block's own); ``kind`` from :data:`KINDS`."""
   kind = resolve(kind)
   if cache is not None:
-    if kind == "dense" and isinstance(mask, CacheMask):
+    if kind == "dense" and isinstance(mask, (CacheMask, KeyMask)):
       return dense_cached(q, k, v, cache[0], cache[1], mask)
     k = jnp.concatenate([cache[0].transpose(0, 2, 1, 3).astype(k.dtype), k], axis=1)
     v = jnp.concatenate([cache[1].transpose(0, 2, 1, 3).astype(v.dtype), v], axis=1)
   if kind == "cudnn":
-    return cudnn(q, k, v, mask.dense if isinstance(mask, (LayoutMask, CacheMask)) else mask)
+    return cudnn(q, k, v, mask.dense if isinstance(mask, (LayoutMask, CacheMask, KeyMask))
+                 else mask)
   if isinstance(mask, LayoutMask):
     if kind == "splash":
       return splash(q, k, v, mask.pattern, mask.segments, mask.segments)
     return dense_layout(q, k, v, mask)
-  if isinstance(mask, CacheMask):
+  if isinstance(mask, (CacheMask, KeyMask)):
     if kind == "splash":
       b, t = q.shape[:2]
       return splash(q, k, v, mask.pattern, jnp.ones((b, t), jnp.int32), mask.segments)

@@ -4,9 +4,15 @@
 A family holds the Hugging Face ``model_type``\\ s it reads, its config class and the
 config.json translation both ways, the tensor-name table (HF name <-> param path), the
 network (``forward``, ``forward_with_cache``, ``init_params``, ...), its attention regime
-and where a position's prediction is read. SDAR (Qwen3 layers, block-causal attention,
-each position predicting its own token) is the one entry today; a bidirectional family
-(LLaDA, Dream) is another entry, not a fork of ``sdar.py``.
+and where a position's prediction is read:
+
+  sdar   Qwen3 layers, block-causal attention, each position predicting its own token;
+  llada  LLaMA layers (OLMo names), bidirectional, each position predicting its own token;
+  dream  Qwen2 layers, bidirectional, the output at i predicting token i + 1.
+
+The three share one network (:mod:`t3d_jax.models.sdar`, its flags set by the config
+class); the attention regime picks the decoder (block loop over a KV cache, or the
+whole-sequence canvas of :mod:`t3d_jax.sampling.canvas`).
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import types
 from typing import Any, Callable, Iterator
 
 from t3d_jax.errors import InputError
-from t3d_jax.models import sdar, sdar_hf
+from t3d_jax.models import dream, llada, sdar, sdar_hf
 
 ATTENTION = ("block_causal", "bidirectional")
 
@@ -42,6 +48,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("sdar", ("qwen3", "sdar"), sdar.SDARConfig, sdar_hf.config_from_hf,
            sdar_hf.hf_config_from, sdar_hf.entries, sdar_hf.hf_order_entries, sdar,
            attention="block_causal", prediction_offset=0),
+    Family("llada", ("llada",), llada.LLaDAConfig, llada.config_from_hf,
+           llada.hf_config_from, llada.entries, llada.hf_order_entries, sdar,
+           attention="bidirectional", prediction_offset=0),
+    Family("dream", ("Dream", "dream"), dream.DreamConfig, dream.config_from_hf,
+           dream.hf_config_from, dream.entries, dream.hf_order_entries, sdar,
+           attention="bidirectional", prediction_offset=1),
 )}
 
 

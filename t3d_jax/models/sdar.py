@@ -15,14 +15,14 @@ per forward. Every param carries logical axis names
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from t3d_jax.dtypes import as_dtype
-from t3d_jax.masks import CacheMask, LayoutMask
+from t3d_jax.masks import CacheMask, KeyMask, LayoutMask
 from t3d_jax.models import attention
 
 Array = jax.Array
@@ -53,7 +53,14 @@ def check_numerics(dtype: str, param_dtype: str, remat: Any, kernel: str) -> str
 
 @dataclasses.dataclass(frozen=True)
 class SDARConfig:
-  """Architecture plus numerics. Hashable, so it can be a static jit argument."""
+  """Architecture plus numerics. Hashable, so it can be a static jit argument.
+
+  The class-level flags are what a family's layers fix (not fields: a model dir records
+  its family, whose config class carries them): Qwen3 (SDAR) normalises q and k per head
+  and, with ``attention_bias``, biases q, k, v and o; LLaDA (LLaMA layers) and Dream
+  (Qwen2 layers) have no q/k norm and bias q, k and v only (models/llada.py, dream.py)."""
+  QK_NORM: ClassVar[bool] = True   # RMSNorm of q and k per head before RoPE
+  O_BIAS: ClassVar[bool] = True    # attention_bias also biases the output projection
   vocab_size: int
   hidden_size: int
   intermediate_size: int
@@ -69,6 +76,7 @@ class SDARConfig:
   param_dtype: str = "float32"  # storage dtype of the params
   remat: Any = "none"           # what a layer's backward recomputes (REMAT; bools accepted)
   attention: str = "dense"      # kernel: dense | splash | cudnn | auto (models/attention.py)
+  mask_token_id: Optional[int] = None  # the checkpoint's own mask id (LLaDA, Dream config.json)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -171,7 +179,7 @@ def rope(x: Array, tables: tuple[Array, Array]) -> Array:
 
 
 class Attention(nn.Module):
-  """Self-attention with QK-norm and RoPE (``rot``: :func:`rope_tables`); the kernel
+  """Self-attention with QK-norm (``cfg.QK_NORM``) and RoPE (``rot``: :func:`rope_tables`); the kernel
   (``cfg.attention``) and the mask (a bool array, a :class:`t3d_jax.masks.LayoutMask` or a
   :class:`t3d_jax.masks.CacheMask`) go to :func:`t3d_jax.models.attention.attend`. Every
   row must see at least one key."""
@@ -195,8 +203,9 @@ class Attention(nn.Module):
     q = self._proj(x, "q", cfg.num_heads, "heads")
     k = self._proj(x, "k", cfg.num_kv_heads, "kv_heads")
     v = self._proj(x, "v", cfg.num_kv_heads, "kv_heads")
-    q = RMSNorm(cfg, cfg.head_dim, ("head_dim",), name="q_norm")(q)
-    k = RMSNorm(cfg, cfg.head_dim, ("head_dim",), name="k_norm")(k)
+    if cfg.QK_NORM:
+      q = RMSNorm(cfg, cfg.head_dim, ("head_dim",), name="q_norm")(q)
+      k = RMSNorm(cfg, cfg.head_dim, ("head_dim",), name="k_norm")(k)
     q = rope(q, rot)
     k = rope(k, rot)
     b, t, _, d = q.shape
@@ -207,7 +216,7 @@ class Attention(nn.Module):
     wo = _param(self, "o_kernel", (cfg.num_heads, d, cfg.hidden_size),
                 ("heads", "head_dim", "embed"), nn.initializers.normal(0.02), cfg)
     y = jnp.einsum("bthk,hkd->btd", out, wo.astype(out.dtype))
-    if cfg.attention_bias:
+    if cfg.attention_bias and cfg.O_BIAS:
       y = y + _param(self, "o_bias", (cfg.hidden_size,), ("embed",), nn.initializers.zeros,
                      cfg).astype(y.dtype)
     return y, (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))  # [B, KV, T, D]
@@ -249,16 +258,20 @@ class SDAR(nn.Module):
 
   @nn.compact
   def __call__(self, ids, mask, positions, cache: Optional[KVCache] = None,
-               logits_start: int = 0, rope_table: Optional[RopeTable] = None):
+               logits_start: int = 0, rope_table: Optional[RopeTable] = None,
+               logits_rows: Optional[Array] = None):
     """ids [B, T] int; mask [B, T, S+T] (or [T, S+T]) bool, a
     :class:`t3d_jax.masks.LayoutMask` (no cache) or a :class:`t3d_jax.masks.CacheMask`
     (with a cache); positions [B, T].
 
     Without a cache S = 0. Returns (logits [B, T - logits_start, V] of the rows from
     ``logits_start`` on, KVCache of the T new tokens). A static ``logits_start`` skips
-    the head for rows whose logits are not needed (prefill, a fused commit block). The
-    structured masks let attention skip the score blocks they hide (dense) or take the
-    block-sparse kernel (``cfg.attention``; :mod:`t3d_jax.models.attention`).
+    the head for rows whose logits are not needed (prefill, a fused commit block);
+    ``logits_rows`` [B, n] (traced) instead gives logits of those rows only (a
+    bidirectional decoder reads one block of a whole-sequence forward). The structured
+    masks let attention skip the score blocks they hide (dense) or take the block-sparse
+    kernel (``cfg.attention``; :mod:`t3d_jax.models.attention`); a
+    :class:`t3d_jax.masks.KeyMask` lets every row see every valid key (bidirectional).
     """
     cfg = self.cfg
     if isinstance(mask, LayoutMask):
@@ -269,6 +282,9 @@ class SDAR(nn.Module):
       if cache is None or len(mask.own) != ids.shape[1]:
         raise ValueError(f"a CacheMask needs a cache and {ids.shape[1]} rows, got "
                          f"{len(mask.own)} with cache={cache is not None}")
+    elif isinstance(mask, KeyMask):
+      if mask.rows != ids.shape[1]:
+        raise ValueError(f"a KeyMask of {mask.rows} rows for {ids.shape[1]} query rows")
     elif mask.ndim == 2:
       mask = jnp.broadcast_to(mask, (ids.shape[0],) + mask.shape)
     dtype = as_dtype(cfg.dtype)
@@ -296,7 +312,9 @@ class SDAR(nn.Module):
       cache_kv = None if cache is None else (jnp.stack(cache.k), jnp.stack(cache.v))
       x, (k, v) = layers(cfg, name="layers")(x, cache_kv, mask, rot)
       new = KVCache.of_stacked(k, v)
-    x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x[:, logits_start:])
+    x = x[:, logits_start:] if logits_rows is None else jnp.take_along_axis(
+        x, logits_rows[..., None], axis=1)
+    x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x)
     if cfg.tie_word_embeddings:
       logits = x @ table.astype(dtype).T
     else:
@@ -324,15 +342,20 @@ def logical_axes(cfg: SDARConfig):
 
 
 def forward(params, cfg: SDARConfig, ids: Array, mask, positions: Array,
-            logits_start: int = 0) -> Array:
+            logits_start: int = 0, logits_rows: Optional[Array] = None) -> Array:
   """Logits [B, T - logits_start, V] for ids [B, T] under a bool mask [B, T, T] (True =
   may attend) and position ids [B, T]. Logit i scores the token at position i; a static
   ``logits_start`` skips the final norm and head for the rows before it.
 
   ``mask`` may be the :class:`t3d_jax.masks.LayoutMask` of a T3D training layout
-  (``TrainingLayout.attention``): attention then skips the score blocks it hides."""
+  (``TrainingLayout.attention``): attention then skips the score blocks it hides; or a
+  :class:`t3d_jax.masks.KeyMask` (every row sees every valid key). ``logits_rows`` [B, n]:
+  the logits of those rows only.
+
+  The raw network output for every family: where a family reads a position's prediction
+  (Dream: from the previous position) is the caller's business (``Family.prediction_offset``)."""
   return _module(cfg, params).apply({"params": params}, ids, mask, positions, None,
-                                    logits_start)[0]
+                                    logits_start, None, logits_rows)[0]
 
 
 def unstack_layers(params) -> dict:
@@ -354,7 +377,8 @@ def unstack_layers(params) -> dict:
 
 def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positions: Array,
                        cache: KVCache, logits_start: int = 0,
-                       rope_table: Optional[RopeTable] = None) -> tuple[Array, KVCache]:
+                       rope_table: Optional[RopeTable] = None,
+                       logits_rows: Optional[Array] = None) -> tuple[Array, KVCache]:
   """Decode step: a query block ids [B, T] attends to ``cache`` (length S) and itself
   under mask [B, T, S+T] (or a :class:`t3d_jax.masks.CacheMask`). Returns the logits of
   rows ``logits_start``.. and the block's own keys/values, which the caller appends
@@ -363,7 +387,7 @@ def forward_with_cache(params, cfg: SDARConfig, ids: Array, mask: Array, positio
   ``rope_table``: a :class:`RopeTable` covering ``positions``, made once by a decoding
   loop."""
   return _module(cfg, params).apply({"params": params}, ids, mask, positions, cache,
-                                    logits_start, rope_table)
+                                    logits_start, rope_table, logits_rows)
 
 
 def _module(cfg: SDARConfig, params) -> SDAR:

@@ -10,7 +10,7 @@ stacked ``layers`` subtree with a leading layer axis.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -100,36 +100,53 @@ ROWS: tuple[Row, ...] = (
 )
 
 
-def entries(cfg: SDARConfig) -> Iterator[tuple[str, Row, int | None]]:
-  """(hf_name, row, layer index or None) for every tensor of ``cfg``, in HF order."""
-  for row in ROWS:
+def order_entries(rows: tuple[Row, ...], cfg, hf_order: bool) -> list[tuple[str, Row, int | None]]:
+  """(hf_name, row, layer index or None) for every tensor of ``cfg`` in a family's table
+  ``rows``: grouped by row (each per-layer row over all layers: how params are stacked),
+  or with ``hf_order`` in transformers' natural order (the rows before the first
+  per-layer row, layer 0 (all its rows), layer 1, ..., the rows after)."""
+  out = []
+  for row in rows:
     if not row.when(cfg):
       continue
     if row.per_layer:
-      for i in range(cfg.num_layers):
-        yield row.hf.format(i=i), row, i
+      out += [(row.hf.format(i=i), row, i) for i in range(cfg.num_layers)]
     else:
-      yield row.hf, row, None
+      out.append((row.hf, row, None))
+  if not hf_order:
+    return out
+  first_layer_row = next(k for k, r in enumerate(rows) if r.per_layer)
+
+  def key(e):
+    _, row, i = e
+    k = rows.index(row)
+    return (1, i, k) if i is not None else (0 if k < first_layer_row else 2, 0, k)
+  return sorted(out, key=key)
+
+
+def entries(cfg: SDARConfig) -> list[tuple[str, Row, int | None]]:
+  """(hf_name, row, layer index or None) for every tensor of ``cfg``, grouped by row."""
+  return order_entries(ROWS, cfg, hf_order=False)
 
 
 def hf_order_entries(cfg: SDARConfig) -> list[tuple[str, Row, int | None]]:
   """Entries in transformers' natural order: embed, layer 0 (all), layer 1, ..., norm, head."""
-  def key(e):
-    name, row, i = e
-    if i is None:
-      return (0 if name.startswith("model.embed") else 2, 0, ROWS.index(row))
-    return (1, i, ROWS.index(row))
-  return sorted(entries(cfg), key=key)
+  return order_entries(ROWS, cfg, hf_order=True)
 
 
 def config_from_hf(hf: dict[str, Any], **overrides) -> SDARConfig:
   """SDARConfig of a transformers config.json dict (Qwen3 or SDAR); the inverse of
   :func:`hf_config_from`."""
+  return SDARConfig(**{**qwen_fields(hf), **overrides})
+
+
+def qwen_fields(hf: dict[str, Any]) -> dict[str, Any]:
+  """The config fields of a Qwen-style config.json (Qwen2 / Qwen3 keys)."""
   rope = hf.get("rope_parameters") or {}
   scaling = hf.get("rope_scaling") or {}
   rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
   if rope_type not in (None, "default"):
-    raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only default RoPE)")
+    raise ValueError(f"rope type {rope_type!r} is not supported (only default RoPE)")
   theta = hf.get("rope_theta", rope.get("rope_theta", 10_000.0))
   nh = hf["num_attention_heads"]
   kw = dict(
@@ -140,8 +157,7 @@ def config_from_hf(hf: dict[str, Any], **overrides) -> SDARConfig:
       rope_theta=float(theta), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
       attention_bias=bool(hf.get("attention_bias", False)))
-  kw.update(overrides)
-  return SDARConfig(**kw)
+  return kw
 
 
 def hf_config_from(cfg: SDARConfig) -> dict[str, Any]:

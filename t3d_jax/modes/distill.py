@@ -57,7 +57,7 @@ def run(config) -> Result:
   numerics = Numerics.of(config.model)
   mcfg = numerics.apply(model_config(src, param_dtype=numerics.param_dtype), train=True)
   tokenizer = load_tokenizer(config.tokenizer_dir or checkpoint.meta_dir_of(src))
-  ids = special_ids(tokenizer)
+  ids = special_ids(tokenizer, model_mask_id=mcfg.mask_token_id)
   samples, counts = load_trajectory_samples(
       data, tokenizer, original_prompts=d.original_prompts, retokenize=d.retokenize,
       max_prompt_len=d.max_prompt_len, max_gen_length=d.max_gen_length)

@@ -6,7 +6,7 @@ fixed-size batches (less padding); widths are rounded up to ``width_multiple`` a
 last batch is filled with copies of a real prompt, so only a few shapes compile.
 
 Randomness is per sequence: prompt i (question q, sample s: ``sample_ids[i]``, by
-default (i, 0)) draws with ``fold_in(fold_in(rng, q), s)`` (sampler.row_keys), so at any
+default (i, 0)) draws with ``fold_in(fold_in(rng, q), s)`` (steps.row_keys), so at any
 temperature its tokens do not depend on the batch size, the padding width, which batch
 or process decodes it, or the other prompts.
 
@@ -28,8 +28,8 @@ from absl import logging
 from t3d_jax import distributed
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.sampling.config import DecodeConfig, DecodeError
-from t3d_jax.sampling.sampler import (CompiledDecoder, Knobs, decode_params, make_generate,
-                                      row_keys)
+from t3d_jax.sampling.sampler import CompiledDecoder, decode_params, make_generate
+from t3d_jax.sampling.steps import Knobs, row_keys
 
 # the key scheme above, recorded by the modes' fingerprints of sampled (T > 0) results
 SAMPLE_KEYS = "fold_in(fold_in(rng, question), sample)"

@@ -16,6 +16,7 @@ from t3d_jax.sampling import strategies
 STRATEGIES = tuple(strategies.STRATEGIES)  # the names; the functions: strategies.py
 PROMPT_MODES = ("engine", "aligned")
 COMMIT_MODES = ("separate", "fused")
+CACHES = ("none", "prefix", "dual")  # bidirectional families (sampling/canvas.py)
 
 
 # ``config.decode`` (t3d_jax/config_base.py) is generated from DecodeConfig's fields but
@@ -28,7 +29,7 @@ CONFIG_OVERRIDES = dict(temperature=0.1, max_new_tokens=256, max_length=0)
 # ... plus the keys that batch the decoding (Batching, below).
 
 
-# the settings the compiled sampler takes as traced values (sampler.Knobs): changing them
+# the settings the compiled sampler takes as traced values (steps.Knobs): changing them
 # reuses the compiled decoder (a threshold sweep compiles once); stop ids ride in a
 # fixed-width array, so at most MAX_STOP_IDS of them
 TRACED_FIELDS = ("threshold", "entropy_bound", "temperature", "top_p", "stop_ids")
@@ -69,6 +70,10 @@ class DecodeConfig:
     step_map 0 there; only entropy_bounded with s < b can leave masks).
   max_length: optional static budget prompt + new tokens; fixes the KV-cache length
     (max_length + block_size) across batches. Must be a multiple of block_size.
+  cache: bidirectional families only (LLaDA, Dream; sampling/canvas.py): 'none' (exact:
+    every forward over the whole sequence), 'prefix' or 'dual' (Fast-dLLM's approximate
+    caches, refreshed at each block's first step). A block-causal family's KV cache is
+    exact and needs no setting.
   unroll_layers: True (default): the layers run unrolled over per-layer weights, split
     once before a batched decode's calls (sampler.decode_params). A scanned layer reads
     its weights through a dynamic slice that XLA materialises, i.e. every forward copies
@@ -92,6 +97,7 @@ class DecodeConfig:
   commit_mode: str = "fused"
   reveal_all_on_last_step: bool = True
   max_length: Optional[int] = None
+  cache: str = "none"
   unroll_layers: bool = True
 
   def __post_init__(self):
@@ -119,7 +125,7 @@ class DecodeConfig:
 
   def static(self) -> "DecodeConfig":
     """This config with TRACED_FIELDS at their defaults: what the compiled sampler is
-    keyed on (the traced values come from sampler.Knobs.of(self))."""
+    keyed on (the traced values come from steps.Knobs.of(self))."""
     return dataclasses.replace(self, **{f.name: f.default for f in dataclasses.fields(self)
                                         if f.name in TRACED_FIELDS})
 
@@ -146,6 +152,8 @@ class DecodeConfig:
       bad(f"strategy {self.strategy!r} is not one of {STRATEGIES}")
     if self.prompt_mode not in PROMPT_MODES:
       bad(f"prompt_mode {self.prompt_mode!r} is not one of {PROMPT_MODES}")
+    if self.cache not in CACHES:
+      bad(f"cache {self.cache!r} is not one of {CACHES}")
     if self.commit_mode not in COMMIT_MODES:
       bad(f"commit_mode {self.commit_mode!r} is not one of {COMMIT_MODES}")
     if self.temperature < 0:

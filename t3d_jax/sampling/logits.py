@@ -5,7 +5,7 @@ keep the top-p nucleus (the first token that crosses p is kept), renormalise, sa
 Greedy (temperature 0) takes the argmax; its confidence and entropy come from the plain
 softmax at T = 1 (the original has no greedy path). Temperature and top-p may be Python
 numbers (the path is chosen while tracing) or traced scalars (``lax.cond`` chooses at run
-time, the same operations: the compiled sampler takes them as values, sampler.Knobs).
+time, the same operations: the compiled sampler takes them as values, steps.Knobs).
 """
 from __future__ import annotations
 

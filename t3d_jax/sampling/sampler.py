@@ -1,4 +1,7 @@
-"""The block-diffusion sampler: a jitted, batched, shardable block loop over a KV cache.
+"""The block-diffusion sampler: a jitted, batched, shardable block loop over a KV cache,
+for block-causal families (SDAR); :func:`make_generate` picks the bidirectional one
+(:mod:`t3d_jax.sampling.canvas`, LLaDA and Dream) by the family's attention (``CORES``),
+behind the same :class:`CompiledDecoder`.
 
 Layout. Prompts are right-padded to [B, P]. The KV cache holds one slot per absolute
 position (slot i = position i), so each row keeps its own offsets: row r's generated
@@ -12,7 +15,7 @@ shapes stay static; a finished row keeps riding along without changing its outpu
     end; block 0 is all masks.
 
 Per block (:func:`_block_body`): :func:`denoise_block`, an on-device ``while_loop`` of
-at most s :func:`_denoise_step` (one forward of the block against the cache, then the
+at most s :func:`denoise_step` (one forward of the block against the cache, then the
 strategy's reveal), then :func:`finish_block`: the cut (stop ids, max_new_tokens) and
 the :func:`_commit`: 'separate' runs one more forward of the final block to write its KV;
 'fused' defers that write to the next block's first step, whose query is [finished block
@@ -27,7 +30,7 @@ reuses them.
 Randomness is per row: ``rng`` is one key per row ([B]; a single key stands for
 ``fold_in(rng, r)`` of row r) and step t of block k draws with
 ``fold_in(fold_in(row_key, k), t)``, so at any temperature a row's tokens depend on its
-own key, never on which rows share its batch (:func:`row_keys`: the batched callers
+own key, never on which rows share its batch (:func:`steps.row_keys`: the batched callers
 derive each sequence's key from (seed, question, sample)).
 
 Outputs: ids [B, max_new] (pad_id past each length), step_map [B, max_new] (1-based
@@ -50,70 +53,12 @@ from t3d_jax import masks
 from t3d_jax.sharding import in_mesh
 from t3d_jax.models import family as families
 from t3d_jax.models.sdar import KVCache, RopeTable, SDARConfig, unstack_layers, write_cache
-from t3d_jax.sampling import logits as logits_lib
-from t3d_jax.sampling import strategies
-from t3d_jax.sampling.config import (MAX_STOP_IDS, DecodeConfig, DecodeError, cache_length,
-                                     check_inputs, transfer_schedule)
+from t3d_jax.sampling import canvas
+from t3d_jax.sampling.config import (DecodeConfig, DecodeError, cache_length, check_inputs,
+                                     transfer_schedule)
+from t3d_jax.sampling.steps import Context, Knobs, StepState, as_row_keys, denoise_step
 
 Array = jax.Array
-
-
-class Knobs(struct.PyTreeNode):
-  """The traced decoding settings (``config.TRACED_FIELDS``) of one call."""
-  temperature: Array  # f32 scalar; 0 = greedy
-  top_p: Array        # f32 scalar; >= 1 = off
-  threshold: Array    # f32 scalar (low_confidence_dynamic)
-  entropy_bound: Array  # f32 scalar (entropy_bounded)
-  stop_ids: Array     # int32 [MAX_STOP_IDS], -1 past the stop ids (never a token)
-
-  @classmethod
-  def of(cls, dcfg: DecodeConfig) -> "Knobs":
-    dcfg.validate()  # the values' ranges (the vocabulary: by the decoder's own check)
-    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    stops = list(dcfg.stop_ids) + [-1] * (MAX_STOP_IDS - len(dcfg.stop_ids))
-    return cls(temperature=f32(dcfg.temperature), top_p=f32(dcfg.top_p),
-               threshold=f32(dcfg.threshold), entropy_bound=f32(dcfg.entropy_bound),
-               stop_ids=jnp.asarray(stops, jnp.int32))
-
-
-def row_keys(rng: Array, questions, samples=None) -> Array:
-  """One key per sequence [B]: ``fold_in(fold_in(rng, question), sample)`` (sample 0
-  when ``samples`` is None), the key a sequence draws with whatever batch it rides in."""
-  q = jnp.asarray(questions, jnp.int32)
-  s = jnp.zeros_like(q) if samples is None else jnp.asarray(samples, jnp.int32)
-  return _row_keys(rng, q, s)
-
-
-@jax.jit
-def _row_keys(rng, q, s):
-  return jax.vmap(lambda a, b: jax.random.fold_in(jax.random.fold_in(rng, a), b))(q, s)
-
-
-def as_row_keys(rng, rows: int) -> Array:
-  """``rng`` as [rows] typed keys: a [rows] key array as is, a single key (typed, or a
-  raw uint32 [2]) as ``fold_in(rng, r)`` for row r."""
-  rng = jnp.asarray(rng)
-  if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    rng = jax.random.wrap_key_data(rng) if rng.shape[-1:] == (2,) else rng
-  if rng.shape == ():
-    return row_keys(rng, np.arange(rows))
-  if rng.shape != (rows,):
-    raise DecodeError(f"rng: expected one key or {rows} keys (one per row), got shape "
-                      f"{rng.shape}")
-  return rng
-
-
-class Context(struct.PyTreeNode):
-  """Per-call constants of one decode, passed explicitly to the step functions."""
-  rng: Array         # [B] one key per row
-  first: Array       # [B] start of block 0 (prefilled length)
-  plen: Array        # [B] prompt lengths
-  offset: Array      # [B] staircase alignment of the prompt
-  sched: Array       # [s] tokens to reveal per step
-  knobs: Knobs
-  j: Array           # [1, b] positions within a block
-  rope: Any          # RopeTable of every cache slot (None: each forward computes its own)
-  fused: bool = struct.field(pytree_node=False)
 
 
 class BlockState(struct.PyTreeNode):
@@ -130,17 +75,6 @@ class BlockState(struct.PyTreeNode):
   out_steps: Array   # [B, max_new + 2b]
   prev: Array        # [B, b] block k - 1 (its KV is written by the fused first step)
   steps: Array       # [B] denoising steps run
-
-
-class StepState(struct.PyTreeNode):
-  """Carry of one block's denoising loop."""
-  t: Array           # step within the block
-  block: Array
-  masked: Array
-  bsteps: Array      # [B, b] global step of each position's reveal
-  steps: Array
-  nfe: Array
-  cache: Any
 
 
 def prompt_layout(dcfg: DecodeConfig, prompt_lens: Array):
@@ -255,34 +189,6 @@ def init_state(dcfg: DecodeConfig, knobs: Knobs, prompt_ids, plen, first, offset
   return ctx, blk
 
 
-def _denoise_step(dcfg: DecodeConfig, ctx: Context, blk: BlockState, logits_fn: Callable,
-                  st: StepState) -> StepState:
-  """One step: forward (``logits_fn(st) -> (logits, cache)``), draw row r's x0 with key
-  fold_in(fold_in(rng[r], k), t), reveal the strategy's positions in the active rows."""
-  s = dcfg.denoising_steps
-  active = ~blk.done & jnp.any(st.masked, axis=-1)
-  logits, cache = logits_fn(st)
-  keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(r, blk.k), st.t))(ctx.rng)
-  kn = ctx.knobs
-  x0, conf, ent = logits_lib.choose_tokens(
-      logits, keys, kn.temperature, dcfg.top_k, kn.top_p,
-      with_entropy=dcfg.strategy == "entropy_bounded")
-  if s == 1 and (dcfg.reveal_all_on_last_step or dcfg.strategy != "entropy_bounded"):
-    transfer = st.masked  # one step reveals every mask (so XLA drops conf and ent)
-  else:
-    n = jnp.minimum(ctx.sched[st.t], jnp.sum(st.masked, axis=-1))
-    transfer = strategies.select(dcfg.strategy, st.masked, conf, ent, n,
-                                 threshold=kn.threshold, bound=kn.entropy_bound)
-    if dcfg.reveal_all_on_last_step:
-      transfer = jnp.where(st.t == s - 1, st.masked, transfer)
-  transfer &= active[:, None]
-  block = jnp.where(transfer, x0, st.block)
-  bsteps = jnp.where(transfer, st.steps[:, None] + 1, st.bsteps)
-  act = active.astype(jnp.int32)
-  return st.replace(t=st.t + 1, block=block, masked=st.masked & ~transfer, bsteps=bsteps,
-                    steps=st.steps + act, nfe=st.nfe + act, cache=cache)
-
-
 def denoise_block(dcfg: DecodeConfig, ctx: Context, blk: BlockState,
                   logits_fn: Callable) -> StepState:
   """Block k's denoising steps, as an on-device while_loop: at most s, and none once
@@ -291,7 +197,7 @@ def denoise_block(dcfg: DecodeConfig, ctx: Context, blk: BlockState,
   init = StepState(t=jnp.int32(0), block=blk.block, masked=blk.masked,
                    bsteps=jnp.zeros(blk.block.shape, jnp.int32), steps=blk.steps,
                    nfe=blk.nfe, cache=blk.cache)
-  return jax.lax.while_loop(more, functools.partial(_denoise_step, dcfg, ctx, blk, logits_fn),
+  return jax.lax.while_loop(more, functools.partial(denoise_step, dcfg, ctx, blk, logits_fn),
                             init)
 
 
@@ -392,6 +298,10 @@ def _generate(params, prompt_ids: Array, prompt_lens: Array, rng: Array, knobs: 
   return decode_outputs(dcfg, blk)
 
 
+# the decoder of each attention regime (Family.attention): the one place that chooses
+CORES = {"block_causal": _generate, "bidirectional": canvas.generate_core}
+
+
 class CompiledDecoder:
   """``core(params, prompt_ids, prompt_lens, rng, knobs) -> dict`` jitted behind eager
   input checks (see :func:`make_generate`); shared with the benchmark's naive decoder.
@@ -401,10 +311,12 @@ class CompiledDecoder:
   def __init__(self, core: Callable, cfg: SDARConfig, dcfg: DecodeConfig,
                mesh: Optional[Mesh] = None, data_axis: str = "data", param_sharding=None):
     dcfg.validate(cfg.vocab_size)
-    fam = families.of_config(cfg)
-    if fam.attention != "block_causal":  # the block loop's masks and KV cache are causal
-      raise DecodeError(f"the sampler decodes block-causal families; {fam.name} attends "
-                        f"{fam.attention}")
+    self.family = families.of_config(cfg)
+    if self.family.attention == "bidirectional":
+      canvas.check_canvas(dcfg)
+    elif dcfg.cache != "none":
+      raise DecodeError(f"cache={dcfg.cache!r}: Fast-dLLM's caches are for bidirectional "
+                        f"families; {self.family.name}'s KV cache is exact (cache='none')")
     self.cfg, self.dcfg, self.mesh, self.data_axis = cfg, dcfg, mesh, data_axis
     self.knobs = Knobs.of(dcfg)
     if mesh is None:
@@ -430,6 +342,9 @@ class CompiledDecoder:
   def __call__(self, params, prompt_ids, prompt_lens, rng,
                knobs: Optional[Knobs] = None) -> dict:
     check_inputs(self.dcfg, self.cfg.vocab_size, prompt_ids, prompt_lens)
+    if self.family.prediction_offset and np.size(prompt_lens) and np.min(prompt_lens) < 1:
+      raise DecodeError(f"{self.family.name} reads each prediction from the position "
+                        "before it: every prompt needs at least one token")
     if prompt_ids.shape[0] % self._n_data:
       raise DecodeError(f"batch {prompt_ids.shape[0]} is not a multiple of the mesh's "
                         f"{self.data_axis!r} axis ({self._n_data})")
@@ -454,7 +369,8 @@ def make_generate(cfg: SDARConfig, dcfg: DecodeConfig, mesh: Optional[Mesh] = No
   size); params are replicated unless ``param_sharding`` (a sharding or a pytree of
   them) says otherwise. Inputs are validated eagerly (DecodeError names the problem).
   Calling it many times with the same params: pass :func:`decode_params`' output."""
-  return CompiledDecoder(functools.partial(_generate, cfg=cfg, dcfg=dcfg.static()), cfg,
+  core = CORES[families.of_config(cfg).attention]
+  return CompiledDecoder(functools.partial(core, cfg=cfg, dcfg=dcfg.static()), cfg,
                          dcfg, mesh, data_axis, param_sharding)
 
 

@@ -77,6 +77,10 @@ STRATEGIES: dict[str, Callable[..., Array]] = {
     "low_confidence_dynamic":
         lambda masked, conf, ent, n, *, threshold, bound: low_confidence_dynamic(
             masked, conf, n, threshold),
+    # LLaDA's 'random' remasking: n masked positions uniformly at random (the sampler
+    # passes uniform noise from the step's key as the scores)
+    "random":
+        lambda masked, conf, ent, n, *, threshold, bound: top_n(conf, masked, n),
     "entropy_bounded":
         lambda masked, conf, ent, n, *, threshold, bound: entropy_bounded(
             masked, ent, bound),

@@ -1,0 +1,280 @@
+"""LLaDA and Dream: checkpoints in their published layouts (written here from tiny random
+transformers LLaMA / Qwen2 models), converted and exported byte-exact, logits equal to
+transformers with an all-visible mask, and the bidirectional sampler token for token
+equal to a naive decoder in torch (LLaDA's published ``generate``, whole sequence every
+step, no cache)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import torch
+from hf_models import make_dream, make_llada, torch_logits
+from safetensors.numpy import load_file
+
+from t3d_jax import api, models
+from t3d_jax.checkpoint import ConversionError
+from t3d_jax.convert import (convert_hf_to_model_dir, export_model_dir_to_hf, load_params,
+                             model_config)
+from t3d_jax.data.tokenizer_build import gsm8k_texts, train_tiny_bpe
+from t3d_jax.models import family as families
+from t3d_jax.sampling import DecodeConfig, DecodeError, make_generate
+
+MAKERS = {"llada": make_llada, "dream": make_dream}
+MASK = 298  # the checkpoints' config.json mask_token_id (the tokenizer's is another id)
+
+
+@pytest.fixture(scope="module", params=sorted(MAKERS))
+def ckpt(request, tmp_path_factory):
+  """(family name, HF dir, the torch model with the same weights, params, cfg)."""
+  d = tmp_path_factory.mktemp(request.param) / "hf"
+  model = MAKERS[request.param](d)
+  params, cfg = load_params(d)
+  return request.param, d, model, params, cfg
+
+
+def test_family_from_model_type(ckpt):
+  name, d, _, _, cfg = ckpt
+  assert families.of_config(cfg).name == name
+  assert cfg.mask_token_id == MASK
+  assert families.of_config(cfg).attention == "bidirectional"
+
+
+def test_logits_equal_transformers_with_all_visible_mask(ckpt):
+  """models.forward on the converted weights = transformers (LLaMA for LLaDA, Qwen2 for
+  Dream) under an all-visible 4D mask, on ids holding mask tokens; and that mask is
+  honoured by transformers (a causal one gives other logits)."""
+  _, d, model, params, cfg = ckpt
+  rng = np.random.RandomState(0)
+  ids = rng.randint(0, cfg.vocab_size, (2, 13))
+  ids[:, 4], ids[1, 9:] = MASK, MASK
+  full = np.ones((2, 13, 13), bool)
+  pos = np.tile(np.arange(13), (2, 1))
+  ours = np.asarray(models.forward(params, cfg, ids, full, pos))
+  ref = torch_logits(model, ids, full, pos)
+  assert np.abs(ours - ref).max() <= 1e-4
+  assert np.abs(torch_logits(model, ids, np.tril(full), pos) - ref).max() > 1e-2
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_convert_export_byte_exact_bf16(tmp_path, name):
+  """HF dir -> model dir -> HF dir: every tensor byte-identical by name, bf16 kept as
+  bf16, config.json verbatim (model_type, auto_map), the tokenizer copied."""
+  hf = tmp_path / "hf"
+  MAKERS[name](hf, dtype=torch.bfloat16)
+  (hf / "tokenizer.json").write_text('{"stand-in": true}')
+  cfg = convert_hf_to_model_dir(hf, tmp_path / "model")
+  assert cfg.param_dtype == "bfloat16" and families.of_config(cfg).name == name
+  assert model_config(tmp_path / "model") == cfg
+  out = export_model_dir_to_hf(tmp_path / "model", tmp_path / "out")
+  assert (out / "config.json").read_bytes() == (hf / "config.json").read_bytes()
+  assert (out / "tokenizer.json").read_bytes() == (hf / "tokenizer.json").read_bytes()
+  from safetensors import safe_open
+  with safe_open(hf / "model.safetensors", "np") as f:
+    want = {k: f.get_slice(k) for k in f.keys()}
+    names = set(want)
+  got = {}
+  for shard in out.glob("*.safetensors"):
+    with safe_open(shard, "np") as f:
+      got.update({k: f.get_slice(k) for k in f.keys()})
+  assert set(got) == names
+  import safetensors.torch as st
+  a, b = st.load_file(hf / "model.safetensors"), {}
+  for shard in out.glob("*.safetensors"):
+    b.update(st.load_file(shard))
+  for k in names:
+    assert a[k].dtype == b[k].dtype == torch.bfloat16, k
+    assert a[k].view(torch.int16).equal(b[k].view(torch.int16)), k
+
+
+# --------------------------------------------------------------------------- decoding
+
+def naive_generate(model, prompt, gen_length, block_length, steps_per_block, shift,
+                   stop_ids) -> list[int]:
+  """LLaDA's published generate (greedy, low-confidence remasking) in torch: the whole
+  sequence every step under an all-visible mask, no cache; ``shift``: Dream reads the
+  prediction for position i from the output at i - 1. Cut after the first stop id."""
+  p = len(prompt)
+  x = torch.full((1, p + gen_length), MASK, dtype=torch.long)
+  x[0, :p] = torch.tensor(prompt)
+  n = x.shape[1]
+  base, rem = divmod(block_length, steps_per_block)
+  sched = [base + (i < rem) for i in range(steps_per_block)]
+  model.config._attn_implementation = "sdpa"
+  for k in range(gen_length // block_length):
+    end = p + (k + 1) * block_length
+    for i in range(steps_per_block):
+      mask_index = x == MASK
+      mask_index[:, end:] = False
+      with torch.no_grad():
+        logits = model(input_ids=x, attention_mask=torch.ones(1, 1, n, n, dtype=torch.bool),
+                       position_ids=torch.arange(n)[None]).logits.double()
+      if shift:
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], 1)
+      x0 = logits.argmax(-1)
+      conf = torch.softmax(logits, -1).gather(-1, x0[..., None])[..., 0]
+      conf = torch.where(mask_index, conf, -torch.inf)
+      idx = torch.topk(conf[0], sched[i]).indices
+      x[0, idx] = x0[0, idx]
+  out = x[0, p:].tolist()
+  cut = next((j for j, t in enumerate(out) if t in stop_ids), len(out) - 1)
+  return out[:cut + 1]
+
+
+# (prompt lengths of one batch, canvas, block, steps per block)
+CASES = [((1, 6, 3), 8, 4, 4), ((5, 2, 9), 8, 8, 4), ((4, 7, 2), 12, 4, 2),
+         ((3, 8, 5), 8, 2, 1)]
+
+
+@pytest.mark.parametrize("lens,gen,block,steps", CASES)
+def test_greedy_decode_equals_naive_decoder(ckpt, lens, gen, block, steps):
+  """Mixed prompt lengths in one batch (left pads), several canvas / block / step
+  settings, a common stop id: every row equals the naive decoder on its prompt alone."""
+  name, _, model, params, cfg = ckpt
+  rng = np.random.RandomState(sum(lens) + gen + block)
+  prompts = [rng.randint(30, 290, n).tolist() for n in lens]
+  stops = (7, 11)
+  dcfg = DecodeConfig(block_size=block, denoising_steps=steps, max_new_tokens=gen,
+                      mask_id=MASK, stop_ids=stops, pad_id=0)
+  w = max(lens) + 2
+  ids = np.zeros((len(lens), w), np.int32)
+  for r, p in enumerate(prompts):
+    ids[r, :len(p)] = p
+  out = make_generate(cfg, dcfg)(params, ids, np.array(lens), jax.random.key(0))
+  for r, p in enumerate(prompts):  # Dream's published generate shifts its logits
+    want = naive_generate(model, p, gen, block, steps, name == "dream", stops)
+    n = int(out["lengths"][r])
+    assert np.asarray(out["ids"][r, :n]).tolist() == want, (name, r)
+    assert (np.asarray(out["ids"][r, n:]) == 0).all()
+    smap = np.asarray(out["step_map"][r, :n])
+    assert smap.min() >= 1 and smap.max() <= int(out["nfe"][r])
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("tok")
+  train_tiny_bpe(d, texts=gsm8k_texts(limit=200), vocab_size=300)
+  return d
+
+
+def test_api_generate_on_converted_dirs(ckpt, tokenizer_dir, tmp_path):
+  """api.load(model dir, decode.block_size=8).generate(ids, tokens_per_forward=2,
+  greedy, 16 tokens) on a converted LLaDA / Dream model dir: the mask id is the
+  checkpoint's, the tokens the naive decoder's."""
+  name, hf, model, _, cfg = ckpt
+  local = tmp_path / "hf"
+  shutil.copytree(hf, local)
+  for f in tokenizer_dir.iterdir():
+    shutil.copy2(f, local / f.name)
+  convert_hf_to_model_dir(local, tmp_path / "model")
+  m = api.load(tmp_path / "model", **{"decode.block_size": 8})
+  assert m.ids.mask_id == MASK != m.tokenizer.mask_token_id
+  prompt = [40, 41, 42, 43, 44]
+  g = m.generate([prompt], tokens_per_forward=2, temperature=0.0, max_new_tokens=16)[0]
+  want = naive_generate(model, prompt, 16, 8, 4, name == "dream", m.ids.stop_ids)
+  assert g.ids == want
+  with pytest.raises(DecodeError, match="not a multiple of block_size"):
+    m.generate([prompt], tokens_per_forward=2, max_new_tokens=12)
+
+
+def test_caches_one_step_per_block_equal_none_and_mostly_agree(ckpt):
+  """Fast-dLLM's prefix and dual caches: a block's first step is the exact forward, so
+  with one step per block they equal cache=none; with more steps they are
+  approximations (a tiny random model's outputs are near-uniform, so only a loose
+  agreement is asserted; the bench measures it on real settings)."""
+  _, _, _, params, cfg = ckpt
+  ids = np.array([[40, 41, 42, 43, 0], [50, 51, 52, 0, 0]], np.int32)
+  lens = np.array([4, 3])
+
+  def run(cache, steps):
+    d = DecodeConfig(block_size=4, denoising_steps=steps, max_new_tokens=12, mask_id=MASK,
+                     cache=cache)
+    return np.asarray(make_generate(cfg, d)(params, ids, lens, jax.random.key(0))["ids"])
+  none = run("none", 1)
+  for cache in ("prefix", "dual"):
+    np.testing.assert_array_equal(run(cache, 1), none)
+  exact = run("none", 4)
+  for cache in ("prefix", "dual"):
+    assert (run(cache, 4) == exact).mean() >= 0.5
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_sharded_over_data_matches_single_device(ckpt, temperature):
+  _, _, _, params, cfg = ckpt
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+  rng = np.random.RandomState(1)
+  lens = rng.randint(1, 7, 8)
+  ids = np.zeros((8, 7), np.int32)
+  for r, n in enumerate(lens):
+    ids[r, :n] = rng.randint(30, 290, n)
+  d = DecodeConfig(block_size=4, denoising_steps=2, max_new_tokens=8, mask_id=MASK,
+                   temperature=temperature, strategy="random")
+  one = make_generate(cfg, d)(params, ids, lens, jax.random.key(3))
+  many = make_generate(cfg, d, mesh=mesh)(params, ids, lens, jax.random.key(3))
+  for k in one:
+    np.testing.assert_array_equal(np.asarray(one[k]), np.asarray(many[k]), err_msg=k)
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_unknown_model_type_names_the_families(tmp_path):
+  make_llada(tmp_path)
+  c = json.loads((tmp_path / "config.json").read_text())
+  c["model_type"] = "mamba"
+  (tmp_path / "config.json").write_text(json.dumps(c))
+  with pytest.raises(ConversionError, match=r"unsupported model_type 'mamba'; supported: "
+                     r"qwen3, sdar, llada, Dream"):
+    load_params(tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_tensor_not_matching_config_names_it(tmp_path, name):
+  MAKERS[name](tmp_path)
+  c = json.loads((tmp_path / "config.json").read_text())
+  key = "mlp_hidden_size" if name == "llada" else "intermediate_size"
+  c[key] = 80
+  (tmp_path / "config.json").write_text(json.dumps(c))
+  want = ("model.transformer.blocks.0.ff_proj.weight" if name == "llada"
+          else "model.layers.0.mlp.gate_proj.weight")
+  with pytest.raises(ConversionError, match=f"tensor '{want}' has shape"):
+    load_params(tmp_path)
+
+
+def test_unsupported_llada_option_is_named(tmp_path):
+  make_llada(tmp_path)
+  c = json.loads((tmp_path / "config.json").read_text())
+  c["include_bias"] = True
+  (tmp_path / "config.json").write_text(json.dumps(c))
+  with pytest.raises(ConversionError, match="include_bias=True is not supported for LLaDA"):
+    load_params(tmp_path)
+
+
+def test_no_mask_token_in_config_or_tokenizer(tmp_path):
+  """A LLaDA checkpoint without mask_token_id whose tokenizer has no mask token: one
+  line naming the tokenizer dir and both places looked in."""
+  import tokenizers
+  import transformers
+  make_llada(tmp_path, mask_token_id=None)
+  vocab = {f"t{i}": i for i in range(300)}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="t0"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="t1",
+                                       pad_token="t2").save_pretrained(tmp_path)
+  from t3d_jax.errors import InputError
+  with pytest.raises(InputError, match="no mask_token_id in the model's config.json"):
+    api.load(tmp_path)
+
+
+def test_dream_needs_a_prompt_token(ckpt):
+  name, _, _, params, cfg = ckpt
+  d = DecodeConfig(block_size=4, denoising_steps=4, max_new_tokens=4, mask_id=MASK)
+  run = make_generate(cfg, d)
+  ids, lens = np.zeros((1, 2), np.int32), np.array([0])
+  if name == "dream":
+    with pytest.raises(DecodeError, match="at least one token"):
+      run(params, ids, lens, jax.random.key(0))
+  else:
+    assert int(run(params, ids, lens, jax.random.key(0))["lengths"][0]) >= 1
