@@ -130,3 +130,20 @@ def make_dream(out_dir, *, seed=0, dtype=torch.float32, mask_token_id=298, **ove
       max_position_embeddings=512, torch_dtype=str(dtype).replace("torch.", ""))
   _save(out_dir, dict(model.state_dict()), config)
   return model
+
+
+def family_model_dir(root, family: str) -> Path:
+  """root/hf (a random LLaDA or Dream checkpoint with the tiny test tokenizer, whose
+  300 ids fit its vocabulary) and root/model (converted); built once per root."""
+  import shutil
+  from t3d_jax.convert import convert_hf_to_model_dir
+  from t3d_jax.data.tokenizer_build import gsm8k_texts, train_tiny_bpe
+  root = Path(root)
+  if (root / "model").is_dir():
+    return root / "model"
+  {"llada": make_llada, "dream": make_dream}[family](root / "hf")
+  train_tiny_bpe(root / "tokenizer", texts=gsm8k_texts(limit=200), vocab_size=300)
+  for f in (root / "tokenizer").iterdir():
+    shutil.copy2(f, root / "hf" / f.name)
+  convert_hf_to_model_dir(root / "hf", root / "model")
+  return root / "model"

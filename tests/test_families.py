@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from hf_models import make_dream, make_llada, torch_logits
-from safetensors.numpy import load_file
 
 from t3d_jax import api, models
 from t3d_jax.checkpoint import ConversionError
@@ -72,20 +71,12 @@ def test_convert_export_byte_exact_bf16(tmp_path, name):
   out = export_model_dir_to_hf(tmp_path / "model", tmp_path / "out")
   assert (out / "config.json").read_bytes() == (hf / "config.json").read_bytes()
   assert (out / "tokenizer.json").read_bytes() == (hf / "tokenizer.json").read_bytes()
-  from safetensors import safe_open
-  with safe_open(hf / "model.safetensors", "np") as f:
-    want = {k: f.get_slice(k) for k in f.keys()}
-    names = set(want)
-  got = {}
-  for shard in out.glob("*.safetensors"):
-    with safe_open(shard, "np") as f:
-      got.update({k: f.get_slice(k) for k in f.keys()})
-  assert set(got) == names
   import safetensors.torch as st
   a, b = st.load_file(hf / "model.safetensors"), {}
   for shard in out.glob("*.safetensors"):
     b.update(st.load_file(shard))
-  for k in names:
+  assert set(a) == set(b)
+  for k in a:
     assert a[k].dtype == b[k].dtype == torch.bfloat16, k
     assert a[k].view(torch.int16).equal(b[k].view(torch.int16)), k
 
@@ -180,25 +171,78 @@ def test_api_generate_on_converted_dirs(ckpt, tokenizer_dir, tmp_path):
     m.generate([prompt], tokens_per_forward=2, max_new_tokens=12)
 
 
-def test_caches_one_step_per_block_equal_none_and_mostly_agree(ckpt):
-  """Fast-dLLM's prefix and dual caches: a block's first step is the exact forward, so
-  with one step per block they equal cache=none; with more steps they are
-  approximations (a tiny random model's outputs are near-uniform, so only a loose
-  agreement is asserted; the bench measures it on real settings)."""
-  _, _, _, params, cfg = ckpt
-  ids = np.array([[40, 41, 42, 43, 0], [50, 51, 52, 0, 0]], np.int32)
+def _kept(past, positions):
+  """A transformers DynamicCache holding ``past``'s keys and values at ``positions``."""
+  import transformers
+  c = transformers.DynamicCache()
+  for i, layer in enumerate(past.layers):
+    c.update(layer.keys[:, :, positions], layer.values[:, :, positions], i)
+  return c
+
+
+def naive_cached_generate(model, prompt, gen_length, block_length, steps_per_block, shift,
+                          cache) -> list[int]:
+  shift = int(shift)
+  """Fast-dLLM's prefix / dual cache in torch with transformers' own KV cache: a block's
+  first step runs over the whole sequence and keeps every key and value; each later step
+  queries [block start - shift, end) (prefix: end = the sequence's; dual: the block's)
+  against the kept keys before the block (and, dual, after it) plus its own, whose
+  position before the block (Dream) is masked out: its key is the kept one."""
+  p = len(prompt)
+  x = torch.full((1, p + gen_length), MASK, dtype=torch.long)
+  x[0, :p] = torch.tensor(prompt)
+  n = x.shape[1]
+  base, rem = divmod(block_length, steps_per_block)
+  sched = [base + (i < rem) for i in range(steps_per_block)]
+  model.config._attn_implementation = "sdpa"
+  for k in range(gen_length // block_length):
+    start = p + k * block_length
+    end = start + block_length
+    for i in range(steps_per_block):
+      if i == 0:
+        with torch.no_grad():
+          out = model(input_ids=x, attention_mask=torch.ones(1, 1, n, n, dtype=torch.bool),
+                      position_ids=torch.arange(n)[None], use_cache=True)
+        past, q0, logits = out.past_key_values, 0, out.logits
+      else:
+        q0, q1 = start - shift, (n if cache == "prefix" else end)
+        kept = list(range(start)) + ([] if cache == "prefix" else list(range(end, n)))
+        mask = torch.ones(1, 1, q1 - q0, len(kept) + q1 - q0, dtype=torch.bool)
+        mask[..., len(kept):len(kept) + shift] = False
+        with torch.no_grad():
+          logits = model(input_ids=x[:, q0:q1], attention_mask=mask,
+                         past_key_values=_kept(past, kept),
+                         position_ids=torch.arange(q0, q1)[None]).logits
+      # the row of logits predicting each block position
+      rows = torch.arange(start, end) - shift - q0
+      lg = logits[0, rows].double()
+      x0 = lg.argmax(-1)
+      conf = torch.softmax(lg, -1).gather(-1, x0[:, None])[:, 0]
+      conf = torch.where(x[0, start:end] == MASK, conf, -torch.inf)
+      idx = torch.topk(conf, sched[i]).indices
+      x[0, start + idx] = x0[idx]
+  return x[0, p:].tolist()
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_caches_equal_a_transformers_kv_cache_reference(ckpt, cache):
+  """Prefix and dual cache token for token against the torch reference above (greedy,
+  several steps per block, two prompt lengths in one batch); with one step per block
+  every cache is the exact decoder."""
+  name, _, model, params, cfg = ckpt
+  prompts = [[40, 41, 42, 43], [50, 51, 52]]
+  ids = np.array([[40, 41, 42, 43], [50, 51, 52, 0]], np.int32)
   lens = np.array([4, 3])
 
   def run(cache, steps):
     d = DecodeConfig(block_size=4, denoising_steps=steps, max_new_tokens=12, mask_id=MASK,
                      cache=cache)
     return np.asarray(make_generate(cfg, d)(params, ids, lens, jax.random.key(0))["ids"])
-  none = run("none", 1)
-  for cache in ("prefix", "dual"):
-    np.testing.assert_array_equal(run(cache, 1), none)
-  exact = run("none", 4)
-  for cache in ("prefix", "dual"):
-    assert (run(cache, 4) == exact).mean() >= 0.5
+  got = run(cache, 4)
+  for r, p in enumerate(prompts):
+    assert got[r].tolist() == naive_cached_generate(model, p, 12, 4, 4, name == "dream",
+                                                    cache), r
+  np.testing.assert_array_equal(run(cache, 1), run("none", 1))
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -278,3 +322,52 @@ def test_dream_needs_a_prompt_token(ckpt):
       run(params, ids, lens, jax.random.key(0))
   else:
     assert int(run(params, ids, lens, jax.random.key(0))["lengths"][0]) >= 1
+
+
+def test_a_tokenizer_shipping_its_own_code_is_read_without_it(tmp_path, tokenizer_dir):
+  """Dream's tokenizer names its own class (remote code) in auto_map and ships
+  vocab.json + merges.txt: t3d_jax reads them with transformers' Qwen2Tokenizer (never
+  running the dir's code) and encodes as the same BPE's tokenizer.json does."""
+  import transformers
+  from t3d_jax.data.tokenizer import load_tokenizer, special_ids
+  fast = load_tokenizer(tokenizer_dir)
+  fast.backend_tokenizer.model.save(str(tmp_path))  # vocab.json + merges.txt
+  cfg = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+  cfg.update(tokenizer_class="DreamTokenizer",
+             auto_map={"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]})
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+  (tmp_path / "tokenization_dream.py").write_text("raise SystemExit('remote code ran')\n")
+  with pytest.raises(ValueError, match="custom code"):
+    transformers.AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=False)
+  tok = load_tokenizer(tmp_path)
+  assert type(tok).__name__ == "Qwen2Tokenizer"
+  for text in ("What is 12+30? <|im_end|>\n\n  foo's", "a<|MASK|>b"):
+    assert tok(text, add_special_tokens=False)["input_ids"] == \
+        fast(text, add_special_tokens=False)["input_ids"]
+  assert special_ids(tok) == special_ids(fast)
+
+
+def test_cli_convert_rollout_eval_on_llada(tmp_path_factory, tmp_path):
+  """The real CLI on a LLaDA checkpoint: convert, rollout (trajectories with step maps
+  whose steps count the canvas' forwards), eval at 1, 2 and 4 tokens per forward."""
+  from decode_setup import cli, write_questions
+  from hf_models import family_model_dir
+  family_model_dir(tmp_path_factory.getbasetemp() / "cli_llada", "llada")
+  hf = tmp_path_factory.getbasetemp() / "cli_llada" / "hf"
+  q = write_questions(tmp_path / "q.jsonl", 3)
+  work = tmp_path / "w"
+  r = cli("convert", f"--config.hf_dir={hf}", f"--config.workdir={work}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  flags = (f"--config.workdir={work}", "--config.decode.max_new_tokens=12",
+           "--config.decode.max_length=0")
+  r = cli("rollout", f"--config.rollout.data={q}", *flags)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [json.loads(x) for x in (work / "trajectories.jsonl").read_text().splitlines()]
+  assert len(rows) == 3
+  for row in rows:
+    n = row["response_length"][0]
+    assert 1 <= n <= 12 and len(row["step_map"][0]) == n and min(row["step_map"][0]) >= 1
+  r = cli("eval", f"--config.eval.data={q}", *flags)
+  assert r.returncode == 0, r.stderr[-3000:]
+  s = json.loads((work / "eval" / "summary.json").read_text())
+  assert sorted(x["tokens_per_forward"] for x in s["results"]) == [1, 2, 4]

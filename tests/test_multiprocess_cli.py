@@ -103,6 +103,27 @@ def test_rollout_two_processes_equal_one_and_resume(model_root, tmp_path):
   print(f"\n2-process rollout: {wall:.1f} s wall; resumed run: {wall_resume:.1f} s")
 
 
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_bidirectional_rollout_two_processes_equal_one(tmp_path_factory, tmp_path, family):
+  """LLaDA / Dream decoding split over two processes (sampled: each sequence's key is
+  its own) writes the same trajectories as one process with other batches."""
+  from hf_models import family_model_dir
+  model = family_model_dir(tmp_path_factory.getbasetemp() / f"tiny_{family}", family)
+  data = write_questions(tmp_path / "q.jsonl", N_QUESTIONS)
+
+  def flags(work, batch):
+    return (f"--config.workdir={work}", f"--config.model_dir={model}",
+            f"--config.rollout.data={data}", f"--config.rollout.num_samples={SAMPLES}",
+            f"--config.decode.batch_size={batch}", "--config.decode.max_new_tokens=12",
+            "--config.decode.temperature=1.0", *DECODE_FLAGS)
+  launch(tmp_path / "logs_mp", "rollout", *flags(tmp_path / "mp", 4))
+  one = cli("rollout", *flags(tmp_path / "one", 7))
+  assert one.returncode == 0, one.stderr[-4000:]
+  want = (tmp_path / "one" / "trajectories.jsonl").read_bytes()
+  assert len(want.splitlines()) == N_QUESTIONS
+  assert (tmp_path / "mp" / "trajectories.jsonl").read_bytes() == want
+
+
 RUN = Path("distill/student")  # the default distill run of a workdir
 
 

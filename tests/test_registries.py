@@ -3,7 +3,6 @@ families. Each entry is what the code path reads, so these tests check the table
 themselves: every declared key exists, every declared input has a writer, a task's
 prompt pieces and extraction, a family's config record, and the sampler's refusal of an
 attention regime it does not decode."""
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -89,24 +88,22 @@ def test_a_family_config_record_round_trips_and_old_records_read_as_sdar():
     family.for_model_type("llama", "x")
 
 
-def test_the_sampler_reaches_the_model_through_its_family(monkeypatch):
-  """A family registered with bidirectional attention: the block-causal sampler refuses
-  it with one line (the seam the next families plug into), SDAR decodes."""
-  from t3d_jax.models import family, sdar
-  from t3d_jax.sampling import DecodeConfig, DecodeError, make_generate
-
-  @dataclasses.dataclass(frozen=True)
-  class BidiConfig(sdar.SDARConfig):
-    pass
-
-  bidi = dataclasses.replace(family.FAMILIES["sdar"], name="bidi", model_types=("bidi",),
-                             config_class=BidiConfig, attention="bidirectional")
-  monkeypatch.setitem(family.FAMILIES, "bidi", bidi)
-  dcfg = DecodeConfig(mask_id=1, max_new_tokens=4)
-  with pytest.raises(DecodeError, match="block-causal families; bidi attends bidirectional"):
-    make_generate(BidiConfig(32, 16, 32, 1, 2, 1, 8), dcfg)
-  cfg = sdar.SDARConfig(32, 16, 32, 1, 2, 1, 8)
+def test_the_decoder_is_chosen_by_the_family_attention():
+  """make_generate picks the core of the family's attention (sampler.CORES): the block
+  loop for SDAR, the canvas for LLaDA and Dream, each refusing the other's settings
+  with one line."""
+  from t3d_jax.models import dream, llada, sdar
+  from t3d_jax.sampling import DecodeConfig, DecodeError, canvas, make_generate, sampler
+  assert sampler.CORES == {"block_causal": sampler._generate,
+                           "bidirectional": canvas.generate_core}
+  dims = (32, 16, 32, 1, 2, 1, 8)
+  with pytest.raises(DecodeError, match="cache='prefix'.*sdar's KV cache is exact"):
+    make_generate(sdar.SDARConfig(*dims), DecodeConfig(mask_id=1, cache="prefix"))
+  for cls in (llada.LLaDAConfig, dream.DreamConfig):
+    with pytest.raises(DecodeError, match="max_new_tokens=6 is not a multiple of block_size=4"):
+      make_generate(cls(*dims), DecodeConfig(mask_id=1, max_new_tokens=6))
+  cfg = sdar.SDARConfig(*dims)
   params = sdar.init_params(cfg, jax.random.key(0))
-  out = make_generate(cfg, dcfg)(params, np.full((1, 4), 5, np.int32), np.array([4]),
-                                 jax.random.key(1))
-  assert out["ids"].shape == (1, 4)
+  out = make_generate(cfg, DecodeConfig(mask_id=1, max_new_tokens=6))(
+      params, np.full((1, 4), 5, np.int32), np.array([4]), jax.random.key(1))
+  assert out["ids"].shape == (1, 6)

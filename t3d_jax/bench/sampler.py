@@ -15,6 +15,14 @@ the same run, t3d_jax.bench.limits.matmul_peak). The naive baseline
 same prompts for each s in --naive-steps; its outputs are compared token for token with
 the cached decoder's. ``--peer sdar`` runs t3d_jax.bench.peer instead (SDAR's generate.py,
 the machine's limits and decode MFU).
+
+``--family llada`` or ``dream``: a random model of that family decoded by the
+bidirectional sampler (t3d_jax.sampling.canvas) with each cache in ``--caches`` (none:
+exact, every forward over the whole sequence; prefix / dual: Fast-dLLM's), for each s;
+each cached setting's tokens are compared with cache none's (the share of canvas
+positions with the same token, and of sequences identical). ``--model DIR`` decodes a
+converted model dir (or HF dir) instead of random weights: the agreement of the caches
+on random weights (near-flat logits) understates theirs on a trained model.
 """
 from __future__ import annotations
 
@@ -27,7 +35,8 @@ import numpy as np
 
 from t3d_jax.bench import limits, peer
 from t3d_jax.bench.naive_decode import make_naive_generate
-from t3d_jax.models.sdar import SDARConfig, init_params
+from t3d_jax.models import family as families
+from t3d_jax.models.sdar import init_params
 from t3d_jax.sampling import DecodeConfig, decode_params, make_generate
 
 
@@ -68,6 +77,12 @@ def parse(argv):
                   help="comma list: 1 = layers unrolled (decode.unroll_layers), 0 = scanned")
   p.add_argument("--attention", default="dense",
                  help="attention kernel (model.attention: dense, splash, cudnn)")
+  p.add_argument("--family", default="sdar", choices=sorted(families.FAMILIES),
+                 help="model family of the random model")
+  p.add_argument("--caches", default="none,prefix,dual",
+                 help="bidirectional families: comma list of decode.cache settings")
+  p.add_argument("--model", default="",
+                 help="a model dir or HF dir to decode instead of random weights")
   peer.add_flags(p, _ints)
   return p.parse_args(argv)
 
@@ -93,13 +108,57 @@ def run_one(cfg, dcfg, params, ids, lens, make=make_generate, repeats=1):
   return runs[0][0], compile_s, float(np.median([r[1] for r in runs]))
 
 
+def _model(a):
+  """(cfg, params): ``--model``'s, or random weights of ``--family`` at the flags' sizes."""
+  if a.model:
+    from t3d_jax.convert import load_params
+    params, cfg = load_params(a.model)
+    cfg = cfg.replace(dtype=a.dtype, attention=a.attention)
+    return cfg, jax.tree.map(lambda x: jax.numpy.asarray(x, a.dtype), params)
+  cfg = families.get(a.family).config_class(
+      vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+      num_layers=a.layers, num_heads=a.heads, num_kv_heads=a.kv_heads, head_dim=a.head_dim,
+      tie_word_embeddings=a.tie, dtype=a.dtype, param_dtype=a.dtype, attention=a.attention)
+  return cfg, init_params(cfg, jax.random.key(a.seed))
+
+
+def _print_table(header, rows, cells) -> None:
+  print(" | ".join(header))
+  print(" | ".join("---" for _ in header))
+  for row in rows:
+    print(" | ".join(cells(row)))
+
+
+def bidirectional(a, cfg, params, ids, lens, base) -> int:
+  """Each s x cache, timed; tokens compared with cache none at the same s."""
+  rows, exact = [], {}
+  for s in a.steps:
+    for cache in a.caches.split(","):
+      out, c, r = run_one(cfg, base.replace(denoising_steps=s, cache=cache), params, ids,
+                          lens, repeats=a.repeats)
+      exact.setdefault(s, out)
+      ref = exact[s]
+      same = (out["ids"] == ref["ids"]).mean()
+      whole = np.mean([(out["ids"][i] == ref["ids"][i]).all() for i in range(len(lens))])
+      rows.append([f"canvas/{cache}", s, c, r, out["lengths"].sum() / r, out["nfe"].mean(),
+                   out["lengths"].sum() / out["nfe"].sum(), same, whole])
+      _progress(rows[-1])
+  none = {row[1]: row[4] for row in rows if row[0] == "canvas/none"}
+  _print_table(("decoder", "s", "compile_s", "run_s", "tok/s", "NFE/seq", "TPF", "vs none",
+                "tokens as none", "sequences as none"), rows, lambda row: [
+      row[0], str(row[1]), f"{row[2]:.1f}", f"{row[3]:.2f}", f"{row[4]:.1f}", f"{row[5]:.1f}",
+      f"{row[6]:.2f}", f"{row[4] / none[row[1]]:.2f}x" if row[1] in none else "-",
+      f"{row[7]:.1%}", f"{row[8]:.0%}"])
+  print(f"# first listed cache at each s is the reference of the agreement columns "
+        f"({a.caches.split(',')[0]})")
+  return 0
+
+
 def main(argv=None) -> int:
   a = parse(argv or [])
-  cfg = SDARConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
-                   num_layers=a.layers, num_heads=a.heads, num_kv_heads=a.kv_heads,
-                   head_dim=a.head_dim, tie_word_embeddings=a.tie, dtype=a.dtype,
-                   param_dtype=a.dtype, attention=a.attention)
-  params = init_params(cfg, jax.random.key(a.seed))
+  cfg, params = _model(a)
+  fam = families.of_config(cfg)
+  a.vocab = cfg.vocab_size
   n_params = sum(x.size for x in jax.tree.leaves(params))
   if a.peer:
     print(f"# {jax.devices()[0].platform} x{jax.device_count()}, {n_params / 1e6:.1f}M params "
@@ -108,13 +167,18 @@ def main(argv=None) -> int:
   rs = np.random.RandomState(a.seed)
   lens = rs.randint(a.prompt_min, a.prompt_max + 1, size=a.batch).astype(np.int32)
   ids = rs.randint(0, a.vocab - 1, size=(a.batch, int(lens.max()))).astype(np.int32)
-  base = DecodeConfig(block_size=a.block, max_new_tokens=a.max_new, mask_id=a.vocab - 1,
+  mask = cfg.mask_token_id if cfg.mask_token_id is not None else a.vocab - 1
+  ids = np.where(ids == mask, 0, ids).astype(np.int32)
+  base = DecodeConfig(block_size=a.block, max_new_tokens=a.max_new, mask_id=mask,
                       strategy=a.strategy, prompt_mode=a.prompt_mode)
-  print(f"# {jax.devices()[0].platform} x{jax.device_count()}, {n_params / 1e6:.1f}M params "
-        f"({a.layers} layers, hidden {a.hidden}, vocab {a.vocab}, {a.dtype}, attention "
-        f"{a.attention}); batch {a.batch}, "
+  print(f"# {jax.devices()[0].platform} x{jax.device_count()}, {fam.name} "
+        f"{'from ' + a.model if a.model else '(random)'}, {n_params / 1e6:.1f}M params "
+        f"({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {a.vocab}, {a.dtype}, "
+        f"attention {a.attention}); batch {a.batch}, "
         f"prompts {lens.min()}-{lens.max()} tokens, {a.max_new} new, b={a.block}, "
         f"{a.strategy}, greedy", flush=True)
+  if fam.attention == "bidirectional":
+    return bidirectional(a, cfg, params, ids, lens, base)
   peak = limits.matmul_peak(dtype=a.dtype)
   rows, cached = [], {}
   header = ("decoder", "s", "compile_s", "run_s", "tok/s", "NFE/seq", "TPF", "MFU", "vs naive",
@@ -141,15 +205,11 @@ def main(argv=None) -> int:
     rows.append(["naive", s, c, r, tps, out["nfe"].mean(),
                  out["lengths"].sum() / out["nfe"].sum(), None, 1.0, True])
     _progress(rows[-1])
-  print(" | ".join(header))
-  print(" | ".join("---" for _ in header))
-  for row in rows:
-    cells = [row[0], str(row[1]), f"{row[2]:.1f}", f"{row[3]:.2f}", f"{row[4]:.1f}",
-             f"{row[5]:.1f}", f"{row[6]:.2f}",
-             "-" if row[7] is None else f"{row[7]:.0%}",
-             "-" if row[8] is None else f"{row[8]:.1f}x",
-             "-" if row[9] is None else ("yes" if row[9] else "NO")]
-    print(" | ".join(cells))
+  _print_table(header, rows, lambda row: [
+      row[0], str(row[1]), f"{row[2]:.1f}", f"{row[3]:.2f}", f"{row[4]:.1f}",
+      f"{row[5]:.1f}", f"{row[6]:.2f}", "-" if row[7] is None else f"{row[7]:.0%}",
+      "-" if row[8] is None else f"{row[8]:.1f}x",
+      "-" if row[9] is None else ("yes" if row[9] else "NO")])
   print(f"# MFU: decode model FLOPs / run time / matmul peak {peak / 1e9:.0f} GFLOP/s "
         f"({a.dtype}, measured in this run)")
   if any(row[9] is False for row in rows):

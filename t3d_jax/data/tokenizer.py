@@ -20,6 +20,7 @@ The offline builders live in :mod:`t3d_jax.data.tokenizer_build` and are re-expo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Callable, Optional, Sequence, Union
 
@@ -38,15 +39,48 @@ class TokenizerError(InputError):
 
 
 def load_tokenizer(path: PathLike):
-  """``AutoTokenizer.from_pretrained(path)`` from a local dir only (never the hub)."""
+  """``AutoTokenizer.from_pretrained(path)`` from a local dir only (never the hub), never
+  running code the dir ships (``trust_remote_code=False``): a tokenizer that names its own
+  class in ``auto_map`` (Dream's ``DreamTokenizer``, a copy of Qwen2's byte-level BPE) is
+  read from its files by transformers' own class instead (:func:`_without_its_code`)."""
   from transformers import AutoTokenizer
   path = os.fspath(path)
   if not os.path.isdir(path):
     raise TokenizerError(f"{path}: tokenizer dir not found")
   try:
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
   except Exception as e:  # transformers raises many types; keep the dir in the message
+    if _ships_code(path):
+      return _without_its_code(path)
     raise TokenizerError(f"{path}: cannot load tokenizer ({type(e).__name__}: {e})") from e
+
+
+def _ships_code(path: str) -> bool:
+  try:
+    with open(os.path.join(path, "tokenizer_config.json")) as f:
+      return "AutoTokenizer" in (json.load(f).get("auto_map") or {})
+  except (OSError, ValueError):
+    return False
+
+
+def _without_its_code(path: str):
+  """The tokenizer of a dir whose own class is remote code: its tokenizer.json through
+  transformers' fast tokenizer, else its vocab.json + merges.txt through Qwen2Tokenizer
+  (Dream's tokenizer is Qwen2's: same files, pre-tokenizer and special tokens)."""
+  import transformers
+  if os.path.isfile(os.path.join(path, "tokenizer.json")):
+    cls = transformers.PreTrainedTokenizerFast
+  elif all(os.path.isfile(os.path.join(path, f)) for f in ("vocab.json", "merges.txt")):
+    cls = transformers.Qwen2Tokenizer
+  else:
+    raise TokenizerError(f"{path}: the tokenizer ships its own code (auto_map), which t3d_jax "
+                         "does not run, and has neither tokenizer.json nor vocab.json + "
+                         "merges.txt to read instead")
+  try:
+    return cls.from_pretrained(path, local_files_only=True)
+  except Exception as e:
+    raise TokenizerError(f"{path}: cannot load tokenizer with {cls.__name__} "
+                         f"({type(e).__name__}: {e})") from e
 
 
 def _dir(tokenizer) -> str:

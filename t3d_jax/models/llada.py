@@ -15,7 +15,8 @@ import dataclasses
 from typing import Any, ClassVar
 
 from t3d_jax.models.sdar import SDARConfig
-from t3d_jax.models.sdar_hf import Row, _bias_heads, _in_heads, _o, _same, _t, order_entries
+from t3d_jax.models.sdar_hf import (Row, bias_heads, in_heads, order_entries, out_heads, same,
+                                    transpose)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,35 +42,35 @@ _A = ("layers", "attn")
 _M = ("layers", "mlp")
 
 ROWS: tuple[Row, ...] = (
-    Row("model.transformer.wte.weight", ("embedding",), _same, _same,
+    Row("model.transformer.wte.weight", ("embedding",), same, same,
         lambda c: (c.vocab_size, c.hidden_size)),
-    Row(_L + "attn_norm.weight", ("layers", "input_norm", "scale"), _same, _same,
+    Row(_L + "attn_norm.weight", ("layers", "input_norm", "scale"), same, same,
         lambda c: (c.hidden_size,)),
-    Row(_L + "q_proj.weight", _A + ("q_kernel",), *_in_heads(_NH),
+    Row(_L + "q_proj.weight", _A + ("q_kernel",), *in_heads(_NH),
         lambda c: (c.num_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "q_proj.bias", _A + ("q_bias",), *_bias_heads(_NH),
+    Row(_L + "q_proj.bias", _A + ("q_bias",), *bias_heads(_NH),
         lambda c: (c.num_heads * c.head_dim,), _bias),
-    Row(_L + "k_proj.weight", _A + ("k_kernel",), *_in_heads(_NKV),
+    Row(_L + "k_proj.weight", _A + ("k_kernel",), *in_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "k_proj.bias", _A + ("k_bias",), *_bias_heads(_NKV),
+    Row(_L + "k_proj.bias", _A + ("k_bias",), *bias_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim,), _bias),
-    Row(_L + "v_proj.weight", _A + ("v_kernel",), *_in_heads(_NKV),
+    Row(_L + "v_proj.weight", _A + ("v_kernel",), *in_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "v_proj.bias", _A + ("v_bias",), *_bias_heads(_NKV),
+    Row(_L + "v_proj.bias", _A + ("v_bias",), *bias_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim,), _bias),
-    Row(_L + "attn_out.weight", _A + ("o_kernel",), *_o,
+    Row(_L + "attn_out.weight", _A + ("o_kernel",), *out_heads,
         lambda c: (c.hidden_size, c.num_heads * c.head_dim)),
-    Row(_L + "ff_norm.weight", ("layers", "post_attn_norm", "scale"), _same, _same,
+    Row(_L + "ff_norm.weight", ("layers", "post_attn_norm", "scale"), same, same,
         lambda c: (c.hidden_size,)),
-    Row(_L + "ff_proj.weight", _M + ("gate_kernel",), _t, _t,
+    Row(_L + "ff_proj.weight", _M + ("gate_kernel",), transpose, transpose,
         lambda c: (c.intermediate_size, c.hidden_size)),
-    Row(_L + "up_proj.weight", _M + ("up_kernel",), _t, _t,
+    Row(_L + "up_proj.weight", _M + ("up_kernel",), transpose, transpose,
         lambda c: (c.intermediate_size, c.hidden_size)),
-    Row(_L + "ff_out.weight", _M + ("down_kernel",), _t, _t,
+    Row(_L + "ff_out.weight", _M + ("down_kernel",), transpose, transpose,
         lambda c: (c.hidden_size, c.intermediate_size)),
-    Row("model.transformer.ln_f.weight", ("final_norm", "scale"), _same, _same,
+    Row("model.transformer.ln_f.weight", ("final_norm", "scale"), same, same,
         lambda c: (c.hidden_size,)),
-    Row("model.transformer.ff_out.weight", ("lm_head",), _t, _t,
+    Row("model.transformer.ff_out.weight", ("lm_head",), transpose, transpose,
         lambda c: (c.vocab_size, c.hidden_size), lambda c: not c.tie_word_embeddings),
 )
 

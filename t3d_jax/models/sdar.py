@@ -179,10 +179,10 @@ def rope(x: Array, tables: tuple[Array, Array]) -> Array:
 
 
 class Attention(nn.Module):
-  """Self-attention with QK-norm (``cfg.QK_NORM``) and RoPE (``rot``: :func:`rope_tables`); the kernel
-  (``cfg.attention``) and the mask (a bool array, a :class:`t3d_jax.masks.LayoutMask` or a
-  :class:`t3d_jax.masks.CacheMask`) go to :func:`t3d_jax.models.attention.attend`. Every
-  row must see at least one key."""
+  """Self-attention with QK-norm (``cfg.QK_NORM``) and RoPE (``rot``: :func:`rope_tables`);
+  the kernel (``cfg.attention``) and the mask (a bool array or a structured mask of
+  :mod:`t3d_jax.masks`) go to :func:`t3d_jax.models.attention.attend`. Every row must see
+  at least one key."""
   cfg: SDARConfig
 
   def _proj(self, x, name, heads, head_names):

@@ -33,26 +33,27 @@ class Row:
     return "{i}" in self.hf
 
 
-def _same(x, c):
+def same(x, c):
   return x
 
 
-def _t(x, c):
+def transpose(x, c):
   return np.ascontiguousarray(x.T)
 
 
-def _in_heads(heads: Callable[[SDARConfig], int]) -> tuple[Fn, Fn]:
+def in_heads(heads: Callable[[SDARConfig], int]) -> tuple[Fn, Fn]:
   """Linear [heads*hd, H] <-> kernel [H, heads, hd]."""
   return (lambda x, c: np.ascontiguousarray(x.T).reshape(c.hidden_size, heads(c), c.head_dim),
           lambda x, c: np.ascontiguousarray(x.reshape(c.hidden_size, -1).T))
 
 
-def _bias_heads(heads: Callable[[SDARConfig], int]) -> tuple[Fn, Fn]:
+def bias_heads(heads: Callable[[SDARConfig], int]) -> tuple[Fn, Fn]:
   return (lambda x, c: x.reshape(heads(c), c.head_dim), lambda x, c: x.reshape(-1))
 
 
-_o = (lambda x, c: np.ascontiguousarray(x.T).reshape(c.num_heads, c.head_dim, c.hidden_size),
-      lambda x, c: np.ascontiguousarray(x.reshape(-1, c.hidden_size).T))
+out_heads = (
+    lambda x, c: np.ascontiguousarray(x.T).reshape(c.num_heads, c.head_dim, c.hidden_size),
+    lambda x, c: np.ascontiguousarray(x.reshape(-1, c.hidden_size).T))
 
 _NH = lambda c: c.num_heads      # noqa: E731
 _NKV = lambda c: c.num_kv_heads  # noqa: E731
@@ -62,45 +63,46 @@ _A = ("layers", "attn")
 _M = ("layers", "mlp")
 
 ROWS: tuple[Row, ...] = (
-    Row("model.embed_tokens.weight", ("embedding",), _same, _same,
+    Row("model.embed_tokens.weight", ("embedding",), same, same,
         lambda c: (c.vocab_size, c.hidden_size)),
-    Row(_L + "input_layernorm.weight", ("layers", "input_norm", "scale"), _same, _same,
+    Row(_L + "input_layernorm.weight", ("layers", "input_norm", "scale"), same, same,
         lambda c: (c.hidden_size,)),
-    Row(_L + "self_attn.q_proj.weight", _A + ("q_kernel",), *_in_heads(_NH),
+    Row(_L + "self_attn.q_proj.weight", _A + ("q_kernel",), *in_heads(_NH),
         lambda c: (c.num_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "self_attn.q_proj.bias", _A + ("q_bias",), *_bias_heads(_NH),
+    Row(_L + "self_attn.q_proj.bias", _A + ("q_bias",), *bias_heads(_NH),
         lambda c: (c.num_heads * c.head_dim,), _bias),
-    Row(_L + "self_attn.k_proj.weight", _A + ("k_kernel",), *_in_heads(_NKV),
+    Row(_L + "self_attn.k_proj.weight", _A + ("k_kernel",), *in_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "self_attn.k_proj.bias", _A + ("k_bias",), *_bias_heads(_NKV),
+    Row(_L + "self_attn.k_proj.bias", _A + ("k_bias",), *bias_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim,), _bias),
-    Row(_L + "self_attn.v_proj.weight", _A + ("v_kernel",), *_in_heads(_NKV),
+    Row(_L + "self_attn.v_proj.weight", _A + ("v_kernel",), *in_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "self_attn.v_proj.bias", _A + ("v_bias",), *_bias_heads(_NKV),
+    Row(_L + "self_attn.v_proj.bias", _A + ("v_bias",), *bias_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim,), _bias),
-    Row(_L + "self_attn.o_proj.weight", _A + ("o_kernel",), *_o,
+    Row(_L + "self_attn.o_proj.weight", _A + ("o_kernel",), *out_heads,
         lambda c: (c.hidden_size, c.num_heads * c.head_dim)),
-    Row(_L + "self_attn.o_proj.bias", _A + ("o_bias",), _same, _same,
+    Row(_L + "self_attn.o_proj.bias", _A + ("o_bias",), same, same,
         lambda c: (c.hidden_size,), _bias),
-    Row(_L + "self_attn.q_norm.weight", _A + ("q_norm", "scale"), _same, _same,
+    Row(_L + "self_attn.q_norm.weight", _A + ("q_norm", "scale"), same, same,
         lambda c: (c.head_dim,)),
-    Row(_L + "self_attn.k_norm.weight", _A + ("k_norm", "scale"), _same, _same,
+    Row(_L + "self_attn.k_norm.weight", _A + ("k_norm", "scale"), same, same,
         lambda c: (c.head_dim,)),
-    Row(_L + "post_attention_layernorm.weight", ("layers", "post_attn_norm", "scale"), _same,
-        _same, lambda c: (c.hidden_size,)),
-    Row(_L + "mlp.gate_proj.weight", _M + ("gate_kernel",), _t, _t,
+    Row(_L + "post_attention_layernorm.weight", ("layers", "post_attn_norm", "scale"), same,
+        same, lambda c: (c.hidden_size,)),
+    Row(_L + "mlp.gate_proj.weight", _M + ("gate_kernel",), transpose, transpose,
         lambda c: (c.intermediate_size, c.hidden_size)),
-    Row(_L + "mlp.up_proj.weight", _M + ("up_kernel",), _t, _t,
+    Row(_L + "mlp.up_proj.weight", _M + ("up_kernel",), transpose, transpose,
         lambda c: (c.intermediate_size, c.hidden_size)),
-    Row(_L + "mlp.down_proj.weight", _M + ("down_kernel",), _t, _t,
+    Row(_L + "mlp.down_proj.weight", _M + ("down_kernel",), transpose, transpose,
         lambda c: (c.hidden_size, c.intermediate_size)),
-    Row("model.norm.weight", ("final_norm", "scale"), _same, _same, lambda c: (c.hidden_size,)),
-    Row("lm_head.weight", ("lm_head",), _t, _t, lambda c: (c.vocab_size, c.hidden_size),
-        lambda c: not c.tie_word_embeddings),
+    Row("model.norm.weight", ("final_norm", "scale"), same, same, lambda c: (c.hidden_size,)),
+    Row("lm_head.weight", ("lm_head",), transpose, transpose,
+        lambda c: (c.vocab_size, c.hidden_size), lambda c: not c.tie_word_embeddings),
 )
 
 
-def order_entries(rows: tuple[Row, ...], cfg, hf_order: bool) -> list[tuple[str, Row, int | None]]:
+def order_entries(rows: tuple[Row, ...], cfg,
+                  hf_order: bool) -> list[tuple[str, Row, int | None]]:
   """(hf_name, row, layer index or None) for every tensor of ``cfg`` in a family's table
   ``rows``: grouped by row (each per-layer row over all layers: how params are stacked),
   or with ``hf_order`` in transformers' natural order (the rows before the first

@@ -313,7 +313,8 @@ def run(config) -> Result:
   table = format_table(results, aups, multi)
   header = (f"[eval] {data}: {n} questions; block {d.block_size}, temperature "
             f"{d.temperature}, top_k {d.top_k}, top_p {d.top_p}, max_new_tokens "
-            f"{d.max_new_tokens}, {d.commit_mode} commit")
+            f"{d.max_new_tokens}, {d.commit_mode} commit (block-causal), cache {d.cache} "
+            "(bidirectional)")
   plot = plot_accuracy_vs_tpf(curves, out / "accuracy_vs_tpf.png", aup=aups,
                               title=f"{data}: accuracy vs tokens per forward")
   write_json_atomic(out / "summary.json", dict(

@@ -137,11 +137,11 @@ def _block(params, cfg, dcfg: DecodeConfig, ctx: Context, lay: Layout,
                  cache=None)
   more = lambda st: (st.t < s) & jnp.any(~cs.done[:, None] & st.masked)  # noqa: E731
   step = functools.partial(denoise_step, dcfg, ctx, cs)
+  full = lambda st: full_forward(params, cfg, lay, put(st.block), start, b)  # noqa: E731
   if dcfg.cache == "none":
-    fwd = lambda st: (full_forward(params, cfg, lay, put(st.block), start, b)[0], None)  # noqa: E731
-    st = jax.lax.while_loop(more, functools.partial(step, fwd), st)
+    st = jax.lax.while_loop(more, functools.partial(step, lambda st: (full(st)[0], None)), st)
   else:  # the first step keeps every KV; the later ones run against it
-    st = step(lambda st: full_forward(params, cfg, lay, put(st.block), start, b), st)
+    st = step(full, st)
     cached = _CACHED[dcfg.cache]
     fwd = lambda st: (cached(params, cfg, lay, put(st.block), start, b, st.cache),  # noqa: E731
                       st.cache)
