@@ -371,3 +371,17 @@ def test_cli_convert_rollout_eval_on_llada(tmp_path_factory, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   s = json.loads((work / "eval" / "summary.json").read_text())
   assert sorted(x["tokens_per_forward"] for x in s["results"]) == [1, 2, 4]
+
+
+def test_decode_memory_presets_are_the_published_sizes():
+  """The presets of `bench memory --decode` build the published architectures: LLaDA-8B
+  8.02B params, Dream-7B 7.62B (Qwen2.5-7B's count)."""
+  import flax.linen as nn
+  from t3d_jax.bench.decode_memory import model_of
+  from t3d_jax.convert import count_params
+  sizes = {}
+  for name in ("llada-8b", "dream-7b"):
+    cfg = model_of(name)
+    sizes[name] = count_params(nn.unbox(models.abstract_params(cfg))) / 1e9
+  assert families.of_config(model_of("llada-8b")).name == "llada"
+  assert abs(sizes["llada-8b"] - 8.02) < 0.01 and abs(sizes["dream-7b"] - 7.62) < 0.01, sizes

@@ -1,4 +1,5 @@
-"""Per-device memory plan of a training config, from ``jax.eval_shape`` and the mesh alone.
+"""Per-device memory plan of a training config, from ``jax.eval_shape`` and the mesh alone
+(``--decode``: the decoder's, compiled ahead of time: bench/decode_memory.py).
 
   python -m t3d_jax.bench memory --config configs/sdar_4b_math.py [--tpu v5p-16]
       [--devices N] [--seq_len N] [--hbm_gib G] [--aot [--fit micro_batch|seq_len
@@ -332,7 +333,33 @@ def main(argv: list[str]) -> int:
                     "config's value until the compiled step no longer fits", flag_values=fv)
   flags.DEFINE_list("attention", ["dense", "splash"], "attention kernels --fit compares",
                     flag_values=fv)
+  flags.DEFINE_bool("decode", False, "the decoder's memory instead of the training step's "
+                    "(bench/decode_memory.py; always compiled ahead of time)", flag_values=fv)
+  flags.DEFINE_string("model", "llada-8b", "--decode: a preset or an HF dir / config.json",
+                      flag_values=fv)
+  flags.DEFINE_integer("batch", 64, "--decode: sequences per call", flag_values=fv)
+  flags.DEFINE_integer("prompt", 512, "--decode: prompt tokens", flag_values=fv)
+  flags.DEFINE_integer("canvas", 512, "--decode: new tokens (the first, with --fit)",
+                       flag_values=fv)
+  flags.DEFINE_integer("block", 32, "--decode: block size", flag_values=fv)
+  flags.DEFINE_integer("steps", 32, "--decode: denoising steps per block", flag_values=fv)
+  flags.DEFINE_string("cache", "none", "--decode: decode.cache", flag_values=fv)
+  flags.DEFINE_integer("doublings", 3, "--decode --fit: at most this many", flag_values=fv)
+  flags.DEFINE_bool("decode_fit", False, "--decode: double the canvas until it no longer "
+                    "fits", flag_values=fv)
   fv(["memory"] + list(argv))
+  if fv.decode:
+    from t3d_jax.bench import decode_memory
+    sl = tpu_slice(fv.tpu or "v5p-16")
+    hbm = int(fv.hbm_gib * GiB) if fv.hbm_gib else sl.hbm_bytes
+    try:
+      return decode_memory.run(fv.model, fv.topology or topology_name(sl), hbm,
+                               batch=fv.batch, prompt=fv.prompt, canvas=fv.canvas,
+                               block=fv.block, steps=fv.steps, attention=fv.attention,
+                               cache=fv.cache, fit=fv.decode_fit, doublings=fv.doublings)
+    except InputError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
   config = fv.config
   if config is None:
     print("usage: python -m t3d_jax.bench memory --config configs/X.py", file=sys.stderr)

@@ -60,6 +60,7 @@ from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError, Interrupted
+from t3d_jax.models import family as families
 from t3d_jax.models.numerics import Numerics
 from t3d_jax.sampling import Batching, Decoder, batched
 from t3d_jax.config_base import library_defaults
@@ -135,16 +136,18 @@ def _row(model, q: dict, prompt: str, samples: list[dict], grader: Task) -> dict
               nfe=[s["nfe"] for s in samples])
 
 
-def plot_trajectories(out: Path, png: Path, prompt_ids, dcfg, k: int) -> None:
+def plot_trajectories(out: Path, png: Path, prompt_ids, dcfg, k: int,
+                      canvas: bool = False) -> None:
   """Heat-map of the first ``k`` rows' first sample, blocks aligned as decoded (in the
-  engine prompt mode the first block starts with the prompt tail, left blank)."""
+  engine prompt mode the first block starts with the prompt tail, left blank; a
+  bidirectional family's ``canvas`` starts on a block boundary)."""
   from t3d_jax.evaluation.plots import plot_step_maps
   maps, titles = [], []
   for _, obj in iter_jsonl(out):
     if len(maps) >= k:
       break
     i = int(obj["index"])
-    tail = dcfg.prompt_tail(len(prompt_ids[i]))
+    tail = 0 if canvas else dcfg.prompt_tail(len(prompt_ids[i]))
     maps.append([0] * tail + list(obj["step_map"][0]))
     titles.append(f"row {i} ({obj['response_length'][0]} tok)")
   if maps:
@@ -222,7 +225,8 @@ def run(config) -> Result:
       writer.close()
   dt = time.time() - t0
   if main and r.plot_trajectories > 0:
-    plot_trajectories(out, png, prompt_ids, dcfg, r.plot_trajectories)
+    plot_trajectories(out, png, prompt_ids, dcfg, r.plot_trajectories,
+                      canvas=families.of_config(decoder.cfg).attention == "bidirectional")
   msg = (f"[rollout] {n} rows ({n * ns} samples) in {out}; this run: {tokens} tokens, "
          f"{nfe} forwards (TPF {tokens / max(nfe, 1):.2f}), {dt:.1f}s incl. compilation")
   if main:

@@ -352,6 +352,12 @@ class CompiledDecoder:
     with in_mesh(self.mesh):  # the attention kernel runs per shard on it
       return self._jitted(params, *args, self.knobs if knobs is None else knobs)
 
+  def lower_shapes(self, params, ids, lens, keys, knobs):
+    """Lower for shapes alone (``jax.ShapeDtypeStruct``\ s carrying their shardings, e.g.
+    over a TPU topology's devices for an ahead-of-time memory analysis): ``keys`` [B]."""
+    with in_mesh(self.mesh):
+      return self._jitted.lower(params, ids, lens, keys, knobs)
+
   def lower(self, params, ids, lens, rng, knobs=None):
     """For cost analysis / AOT compilation: the executable takes [B] row keys and knobs."""
     args = self.row_args(ids, lens, rng)
