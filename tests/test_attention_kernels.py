@@ -259,3 +259,24 @@ def test_cudnn_conditions_named():
   with pytest.raises(ValueError, match="attention 'cudnn' needs dtype bfloat16 or float16"):
     _tiny("cudnn")
   assert attention.resolve("auto", backend="gpu") == "dense"  # not picked until run on a GPU
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_canvas_sampler_splash_equals_dense(cache):
+  """The bidirectional sampler (LLaDA / Dream): the kernel with the all-ones pattern and
+  the left pads (and, dual cache, the recomputed block's kept keys) as segments decodes
+  as dense does."""
+  from t3d_jax.models.dream import DreamConfig
+  from t3d_jax.sampling.config import DecodeConfig
+  from t3d_jax.sampling.sampler import generate
+  cfg = DreamConfig(64, 32, 64, 2, 4, 2, 8, attention_bias=True)
+  params = init_params(cfg, jax.random.key(1))
+  lens = np.array([5, 2])
+  prompts = np.zeros((2, 6), np.int32)
+  prompts[0, :5], prompts[1, :2] = [3, 9, 4, 11, 7], [5, 6]
+  dcfg = DecodeConfig(block_size=4, denoising_steps=2, max_new_tokens=8, mask_id=1,
+                      pad_id=0, cache=cache)
+  outs = [generate(params, c, jnp.asarray(prompts), jnp.asarray(lens), jax.random.key(3), dcfg)
+          for c in (cfg, cfg.replace(attention="splash"))]
+  np.testing.assert_array_equal(outs[0]["ids"], outs[1]["ids"])
+  np.testing.assert_array_equal(outs[0]["step_map"], outs[1]["step_map"])

@@ -385,3 +385,18 @@ def test_decode_memory_presets_are_the_published_sizes():
     sizes[name] = count_params(nn.unbox(models.abstract_params(cfg))) / 1e9
   assert families.of_config(model_of("llada-8b")).name == "llada"
   assert abs(sizes["llada-8b"] - 8.02) < 0.01 and abs(sizes["dream-7b"] - 7.62) < 0.01, sizes
+
+
+def test_sharded_load_equals_host_load(ckpt):
+  """load_params_sharded reads a LLaDA / Dream HF dir straight into the shardings of an
+  (fsdp=4, tensor=2) mesh: the same values as the host load."""
+  from t3d_jax import sharding
+  from t3d_jax.convert import load_params_sharded
+  _, d, _, params, cfg = ckpt
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+  got, got_cfg = load_params_sharded(d, mesh, sharding.DEFAULT_RULES)
+  assert got_cfg == cfg
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+  assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
+             for x in jax.tree.leaves(got))

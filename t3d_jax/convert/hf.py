@@ -188,7 +188,9 @@ def iter_hf_params(hf_dir, cfg: SDARConfig, cast: str | None = None):
       stack = None
   extra = sorted(set(src.weight_map) - used)
   if cfg.tie_word_embeddings:  # a tied head saved anyway: the embedding is the head
-    extra = [n for n in extra if n not in ("lm_head.weight", "model.transformer.ff_out.weight")]
+    head = [n for n, row, _ in entries(cfg.replace(tie_word_embeddings=False))
+            if row.path == ("lm_head",)]
+    extra = [n for n in extra if n not in head]
   if extra:
     logging.warning("%s: ignoring %d tensors not in the %s mapping: %s", hf_dir, len(extra),
                     families.of_config(cfg).name, extra[:5])
