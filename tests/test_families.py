@@ -83,11 +83,28 @@ def test_convert_export_byte_exact_bf16(tmp_path, name):
 
 # --------------------------------------------------------------------------- decoding
 
+def _kept(past, positions):
+  """A transformers DynamicCache holding ``past``'s keys and values at ``positions``."""
+  import transformers
+  c = transformers.DynamicCache()
+  for i, layer in enumerate(past.layers):
+    c.update(layer.keys[:, :, positions], layer.values[:, :, positions], i)
+  return c
+
+
 def naive_generate(model, prompt, gen_length, block_length, steps_per_block, shift,
-                   stop_ids) -> list[int]:
-  """LLaDA's published generate (greedy, low-confidence remasking) in torch: the whole
-  sequence every step under an all-visible mask, no cache; ``shift``: Dream reads the
-  prediction for position i from the output at i - 1. Cut after the first stop id."""
+                   stop_ids=(), cache="none") -> list[int]:
+  """LLaDA's published generate (greedy, low-confidence remasking) in torch, cut after
+  the first stop id: ``cache`` none runs the whole sequence every step under an
+  all-visible mask. ``shift``: Dream reads the prediction for position i from the output
+  at i - 1.
+
+  Fast-dLLM's prefix / dual cache with transformers' own KV cache: a block's first step
+  runs over the whole sequence and keeps every key and value; each later step queries
+  [block start - shift, end) (prefix: end = the sequence's; dual: the block's) against
+  the kept keys before the block (and, dual, after it) plus its own, whose position
+  before the block (Dream) is masked out: its key is the kept one."""
+  shift = int(shift)
   p = len(prompt)
   x = torch.full((1, p + gen_length), MASK, dtype=torch.long)
   x[0, :p] = torch.tensor(prompt)
@@ -96,20 +113,30 @@ def naive_generate(model, prompt, gen_length, block_length, steps_per_block, shi
   sched = [base + (i < rem) for i in range(steps_per_block)]
   model.config._attn_implementation = "sdpa"
   for k in range(gen_length // block_length):
-    end = p + (k + 1) * block_length
+    start = p + k * block_length
+    end = start + block_length
     for i in range(steps_per_block):
-      mask_index = x == MASK
-      mask_index[:, end:] = False
-      with torch.no_grad():
-        logits = model(input_ids=x, attention_mask=torch.ones(1, 1, n, n, dtype=torch.bool),
-                       position_ids=torch.arange(n)[None]).logits.double()
-      if shift:
-        logits = torch.cat([logits[:, :1], logits[:, :-1]], 1)
-      x0 = logits.argmax(-1)
-      conf = torch.softmax(logits, -1).gather(-1, x0[..., None])[..., 0]
-      conf = torch.where(mask_index, conf, -torch.inf)
-      idx = torch.topk(conf[0], sched[i]).indices
-      x[0, idx] = x0[0, idx]
+      if i == 0 or cache == "none":
+        with torch.no_grad():
+          out = model(input_ids=x, attention_mask=torch.ones(1, 1, n, n, dtype=torch.bool),
+                      position_ids=torch.arange(n)[None], use_cache=True)
+        past, q0, logits = out.past_key_values, 0, out.logits
+      else:
+        q0, q1 = start - shift, (n if cache == "prefix" else end)
+        kept = list(range(start)) + ([] if cache == "prefix" else list(range(end, n)))
+        mask = torch.ones(1, 1, q1 - q0, len(kept) + q1 - q0, dtype=torch.bool)
+        mask[..., len(kept):len(kept) + shift] = False
+        with torch.no_grad():
+          logits = model(input_ids=x[:, q0:q1], attention_mask=mask,
+                         past_key_values=_kept(past, kept),
+                         position_ids=torch.arange(q0, q1)[None]).logits
+      # the row of logits predicting each block position
+      lg = logits[0, torch.arange(start, end) - shift - q0].double()
+      x0 = lg.argmax(-1)
+      conf = torch.softmax(lg, -1).gather(-1, x0[:, None])[:, 0]
+      conf = torch.where(x[0, start:end] == MASK, conf, -torch.inf)
+      idx = torch.topk(conf, sched[i]).indices
+      x[0, start + idx] = x0[idx]
   out = x[0, p:].tolist()
   cut = next((j for j, t in enumerate(out) if t in stop_ids), len(out) - 1)
   return out[:cut + 1]
@@ -171,59 +198,6 @@ def test_api_generate_on_converted_dirs(ckpt, tokenizer_dir, tmp_path):
     m.generate([prompt], tokens_per_forward=2, max_new_tokens=12)
 
 
-def _kept(past, positions):
-  """A transformers DynamicCache holding ``past``'s keys and values at ``positions``."""
-  import transformers
-  c = transformers.DynamicCache()
-  for i, layer in enumerate(past.layers):
-    c.update(layer.keys[:, :, positions], layer.values[:, :, positions], i)
-  return c
-
-
-def naive_cached_generate(model, prompt, gen_length, block_length, steps_per_block, shift,
-                          cache) -> list[int]:
-  shift = int(shift)
-  """Fast-dLLM's prefix / dual cache in torch with transformers' own KV cache: a block's
-  first step runs over the whole sequence and keeps every key and value; each later step
-  queries [block start - shift, end) (prefix: end = the sequence's; dual: the block's)
-  against the kept keys before the block (and, dual, after it) plus its own, whose
-  position before the block (Dream) is masked out: its key is the kept one."""
-  p = len(prompt)
-  x = torch.full((1, p + gen_length), MASK, dtype=torch.long)
-  x[0, :p] = torch.tensor(prompt)
-  n = x.shape[1]
-  base, rem = divmod(block_length, steps_per_block)
-  sched = [base + (i < rem) for i in range(steps_per_block)]
-  model.config._attn_implementation = "sdpa"
-  for k in range(gen_length // block_length):
-    start = p + k * block_length
-    end = start + block_length
-    for i in range(steps_per_block):
-      if i == 0:
-        with torch.no_grad():
-          out = model(input_ids=x, attention_mask=torch.ones(1, 1, n, n, dtype=torch.bool),
-                      position_ids=torch.arange(n)[None], use_cache=True)
-        past, q0, logits = out.past_key_values, 0, out.logits
-      else:
-        q0, q1 = start - shift, (n if cache == "prefix" else end)
-        kept = list(range(start)) + ([] if cache == "prefix" else list(range(end, n)))
-        mask = torch.ones(1, 1, q1 - q0, len(kept) + q1 - q0, dtype=torch.bool)
-        mask[..., len(kept):len(kept) + shift] = False
-        with torch.no_grad():
-          logits = model(input_ids=x[:, q0:q1], attention_mask=mask,
-                         past_key_values=_kept(past, kept),
-                         position_ids=torch.arange(q0, q1)[None]).logits
-      # the row of logits predicting each block position
-      rows = torch.arange(start, end) - shift - q0
-      lg = logits[0, rows].double()
-      x0 = lg.argmax(-1)
-      conf = torch.softmax(lg, -1).gather(-1, x0[:, None])[:, 0]
-      conf = torch.where(x[0, start:end] == MASK, conf, -torch.inf)
-      idx = torch.topk(conf, sched[i]).indices
-      x[0, start + idx] = x0[idx]
-  return x[0, p:].tolist()
-
-
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
 def test_caches_equal_a_transformers_kv_cache_reference(ckpt, cache):
   """Prefix and dual cache token for token against the torch reference above (greedy,
@@ -240,8 +214,8 @@ def test_caches_equal_a_transformers_kv_cache_reference(ckpt, cache):
     return np.asarray(make_generate(cfg, d)(params, ids, lens, jax.random.key(0))["ids"])
   got = run(cache, 4)
   for r, p in enumerate(prompts):
-    assert got[r].tolist() == naive_cached_generate(model, p, 12, 4, 4, name == "dream",
-                                                    cache), r
+    assert got[r].tolist() == naive_generate(model, p, 12, 4, 4, name == "dream",
+                                             cache=cache), r
   np.testing.assert_array_equal(run(cache, 1), run("none", 1))
 
 

@@ -23,10 +23,7 @@ class DreamConfig(SDARConfig):
   O_BIAS: ClassVar[bool] = False
 
 
-# Qwen3's table without the q/k norms and the output bias
-ROWS: tuple[Row, ...] = tuple(
-    r for r in sdar_hf.ROWS
-    if not r.hf.endswith(("q_norm.weight", "k_norm.weight", "o_proj.bias")))
+ROWS: tuple[Row, ...] = sdar_hf.ROWS_NO_QK_NORM  # Qwen2's names
 
 
 def entries(cfg: DreamConfig) -> list[tuple[str, Row, int | None]]:

@@ -15,8 +15,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from t3d_jax.models.sdar import SDARConfig
-from t3d_jax.models.sdar_hf import (Row, bias_heads, in_heads, order_entries, out_heads, same,
-                                    transpose)
+from t3d_jax.models.sdar_hf import ROWS_NO_QK_NORM, Row, order_entries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,45 +33,28 @@ _REQUIRED = dict(block_type="llama", layer_norm_type="rms", activation_type="sil
                  rope=True, attention_layer_norm=False, clip_qkv=None,
                  layer_norm_with_affine=True, bias_for_layer_norm=False)
 
-_NH = lambda c: c.num_heads      # noqa: E731
-_NKV = lambda c: c.num_kv_heads  # noqa: E731
-_bias = lambda c: c.attention_bias  # noqa: E731
-_L = "model.transformer.blocks.{i}."
-_A = ("layers", "attn")
-_M = ("layers", "mlp")
+# LLaDA's (OLMo's) name for each part of a Qwen2-named tensor, applied in order
+_RENAMES = (("model.embed_tokens.", "model.transformer.wte."),
+            ("model.norm.", "model.transformer.ln_f."),
+            ("lm_head.", "model.transformer.ff_out."),
+            ("model.layers.", "model.transformer.blocks."),
+            ("self_attn.o_proj.", "attn_out."), ("self_attn.", ""),
+            ("input_layernorm.", "attn_norm."), ("post_attention_layernorm.", "ff_norm."),
+            ("mlp.gate_proj.", "ff_proj."), ("mlp.up_proj.", "up_proj."),
+            ("mlp.down_proj.", "ff_out."))
 
-ROWS: tuple[Row, ...] = (
-    Row("model.transformer.wte.weight", ("embedding",), same, same,
-        lambda c: (c.vocab_size, c.hidden_size)),
-    Row(_L + "attn_norm.weight", ("layers", "input_norm", "scale"), same, same,
-        lambda c: (c.hidden_size,)),
-    Row(_L + "q_proj.weight", _A + ("q_kernel",), *in_heads(_NH),
-        lambda c: (c.num_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "q_proj.bias", _A + ("q_bias",), *bias_heads(_NH),
-        lambda c: (c.num_heads * c.head_dim,), _bias),
-    Row(_L + "k_proj.weight", _A + ("k_kernel",), *in_heads(_NKV),
-        lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "k_proj.bias", _A + ("k_bias",), *bias_heads(_NKV),
-        lambda c: (c.num_kv_heads * c.head_dim,), _bias),
-    Row(_L + "v_proj.weight", _A + ("v_kernel",), *in_heads(_NKV),
-        lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "v_proj.bias", _A + ("v_bias",), *bias_heads(_NKV),
-        lambda c: (c.num_kv_heads * c.head_dim,), _bias),
-    Row(_L + "attn_out.weight", _A + ("o_kernel",), *out_heads,
-        lambda c: (c.hidden_size, c.num_heads * c.head_dim)),
-    Row(_L + "ff_norm.weight", ("layers", "post_attn_norm", "scale"), same, same,
-        lambda c: (c.hidden_size,)),
-    Row(_L + "ff_proj.weight", _M + ("gate_kernel",), transpose, transpose,
-        lambda c: (c.intermediate_size, c.hidden_size)),
-    Row(_L + "up_proj.weight", _M + ("up_kernel",), transpose, transpose,
-        lambda c: (c.intermediate_size, c.hidden_size)),
-    Row(_L + "ff_out.weight", _M + ("down_kernel",), transpose, transpose,
-        lambda c: (c.hidden_size, c.intermediate_size)),
-    Row("model.transformer.ln_f.weight", ("final_norm", "scale"), same, same,
-        lambda c: (c.hidden_size,)),
-    Row("model.transformer.ff_out.weight", ("lm_head",), transpose, transpose,
-        lambda c: (c.vocab_size, c.hidden_size), lambda c: not c.tie_word_embeddings),
-)
+
+def _llada_name(name: str) -> str:
+  for a, b in _RENAMES:
+    name = name.replace(a, b)
+  return name
+
+
+# the LLaMA layers' table (no q/k norm, q/k/v bias only with include_qkv_bias) in LLaDA's
+# names: model.transformer.{wte, blocks.N.{attn_norm, q_proj, k_proj, v_proj, attn_out,
+# ff_norm, ff_proj (the gate), up_proj, ff_out}, ln_f, ff_out (the head)}
+ROWS: tuple[Row, ...] = tuple(dataclasses.replace(r, hf=_llada_name(r.hf))
+                              for r in ROWS_NO_QK_NORM)
 
 
 def entries(cfg: LLaDAConfig) -> list[tuple[str, Row, int | None]]:

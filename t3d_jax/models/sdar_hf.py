@@ -33,27 +33,26 @@ class Row:
     return "{i}" in self.hf
 
 
-def same(x, c):
+def _same(x, c):
   return x
 
 
-def transpose(x, c):
+def _t(x, c):
   return np.ascontiguousarray(x.T)
 
 
-def in_heads(heads: Callable[[SDARConfig], int]) -> tuple[Fn, Fn]:
+def _in_heads(heads: Callable[[SDARConfig], int]) -> tuple[Fn, Fn]:
   """Linear [heads*hd, H] <-> kernel [H, heads, hd]."""
   return (lambda x, c: np.ascontiguousarray(x.T).reshape(c.hidden_size, heads(c), c.head_dim),
           lambda x, c: np.ascontiguousarray(x.reshape(c.hidden_size, -1).T))
 
 
-def bias_heads(heads: Callable[[SDARConfig], int]) -> tuple[Fn, Fn]:
+def _bias_heads(heads: Callable[[SDARConfig], int]) -> tuple[Fn, Fn]:
   return (lambda x, c: x.reshape(heads(c), c.head_dim), lambda x, c: x.reshape(-1))
 
 
-out_heads = (
-    lambda x, c: np.ascontiguousarray(x.T).reshape(c.num_heads, c.head_dim, c.hidden_size),
-    lambda x, c: np.ascontiguousarray(x.reshape(-1, c.hidden_size).T))
+_o = (lambda x, c: np.ascontiguousarray(x.T).reshape(c.num_heads, c.head_dim, c.hidden_size),
+      lambda x, c: np.ascontiguousarray(x.reshape(-1, c.hidden_size).T))
 
 _NH = lambda c: c.num_heads      # noqa: E731
 _NKV = lambda c: c.num_kv_heads  # noqa: E731
@@ -63,42 +62,48 @@ _A = ("layers", "attn")
 _M = ("layers", "mlp")
 
 ROWS: tuple[Row, ...] = (
-    Row("model.embed_tokens.weight", ("embedding",), same, same,
+    Row("model.embed_tokens.weight", ("embedding",), _same, _same,
         lambda c: (c.vocab_size, c.hidden_size)),
-    Row(_L + "input_layernorm.weight", ("layers", "input_norm", "scale"), same, same,
+    Row(_L + "input_layernorm.weight", ("layers", "input_norm", "scale"), _same, _same,
         lambda c: (c.hidden_size,)),
-    Row(_L + "self_attn.q_proj.weight", _A + ("q_kernel",), *in_heads(_NH),
+    Row(_L + "self_attn.q_proj.weight", _A + ("q_kernel",), *_in_heads(_NH),
         lambda c: (c.num_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "self_attn.q_proj.bias", _A + ("q_bias",), *bias_heads(_NH),
+    Row(_L + "self_attn.q_proj.bias", _A + ("q_bias",), *_bias_heads(_NH),
         lambda c: (c.num_heads * c.head_dim,), _bias),
-    Row(_L + "self_attn.k_proj.weight", _A + ("k_kernel",), *in_heads(_NKV),
+    Row(_L + "self_attn.k_proj.weight", _A + ("k_kernel",), *_in_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "self_attn.k_proj.bias", _A + ("k_bias",), *bias_heads(_NKV),
+    Row(_L + "self_attn.k_proj.bias", _A + ("k_bias",), *_bias_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim,), _bias),
-    Row(_L + "self_attn.v_proj.weight", _A + ("v_kernel",), *in_heads(_NKV),
+    Row(_L + "self_attn.v_proj.weight", _A + ("v_kernel",), *_in_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    Row(_L + "self_attn.v_proj.bias", _A + ("v_bias",), *bias_heads(_NKV),
+    Row(_L + "self_attn.v_proj.bias", _A + ("v_bias",), *_bias_heads(_NKV),
         lambda c: (c.num_kv_heads * c.head_dim,), _bias),
-    Row(_L + "self_attn.o_proj.weight", _A + ("o_kernel",), *out_heads,
+    Row(_L + "self_attn.o_proj.weight", _A + ("o_kernel",), *_o,
         lambda c: (c.hidden_size, c.num_heads * c.head_dim)),
-    Row(_L + "self_attn.o_proj.bias", _A + ("o_bias",), same, same,
+    Row(_L + "self_attn.o_proj.bias", _A + ("o_bias",), _same, _same,
         lambda c: (c.hidden_size,), _bias),
-    Row(_L + "self_attn.q_norm.weight", _A + ("q_norm", "scale"), same, same,
+    Row(_L + "self_attn.q_norm.weight", _A + ("q_norm", "scale"), _same, _same,
         lambda c: (c.head_dim,)),
-    Row(_L + "self_attn.k_norm.weight", _A + ("k_norm", "scale"), same, same,
+    Row(_L + "self_attn.k_norm.weight", _A + ("k_norm", "scale"), _same, _same,
         lambda c: (c.head_dim,)),
-    Row(_L + "post_attention_layernorm.weight", ("layers", "post_attn_norm", "scale"), same,
-        same, lambda c: (c.hidden_size,)),
-    Row(_L + "mlp.gate_proj.weight", _M + ("gate_kernel",), transpose, transpose,
+    Row(_L + "post_attention_layernorm.weight", ("layers", "post_attn_norm", "scale"), _same,
+        _same, lambda c: (c.hidden_size,)),
+    Row(_L + "mlp.gate_proj.weight", _M + ("gate_kernel",), _t, _t,
         lambda c: (c.intermediate_size, c.hidden_size)),
-    Row(_L + "mlp.up_proj.weight", _M + ("up_kernel",), transpose, transpose,
+    Row(_L + "mlp.up_proj.weight", _M + ("up_kernel",), _t, _t,
         lambda c: (c.intermediate_size, c.hidden_size)),
-    Row(_L + "mlp.down_proj.weight", _M + ("down_kernel",), transpose, transpose,
+    Row(_L + "mlp.down_proj.weight", _M + ("down_kernel",), _t, _t,
         lambda c: (c.hidden_size, c.intermediate_size)),
-    Row("model.norm.weight", ("final_norm", "scale"), same, same, lambda c: (c.hidden_size,)),
-    Row("lm_head.weight", ("lm_head",), transpose, transpose,
-        lambda c: (c.vocab_size, c.hidden_size), lambda c: not c.tie_word_embeddings),
+    Row("model.norm.weight", ("final_norm", "scale"), _same, _same, lambda c: (c.hidden_size,)),
+    Row("lm_head.weight", ("lm_head",), _t, _t, lambda c: (c.vocab_size, c.hidden_size),
+        lambda c: not c.tie_word_embeddings),
 )
+
+
+# Qwen3's table without the q/k norms and the output bias: the LLaMA / Qwen2 layers of
+# LLaDA and Dream (models/llada.py renames it, models/dream.py takes it as it is)
+ROWS_NO_QK_NORM: tuple[Row, ...] = tuple(
+    r for r in ROWS if not r.hf.endswith(("q_norm.weight", "k_norm.weight", "o_proj.bias")))
 
 
 def order_entries(rows: tuple[Row, ...], cfg,
