@@ -1,5 +1,8 @@
 """The CPU demo (README's main command): python -m t3d_jax.main --config configs/demo.py
 
+``configs/demo.py:sort`` runs the same recipe on the second synthetic task (sort with
+ties, t3d_jax/tasks/sort.py; default workdir workdir/demo_sort).
+
 One pipeline in <workdir> (default workdir/demo), every stage resumable and runnable
 alone with --config.mode=<stage>:
 
@@ -13,26 +16,30 @@ alone with --config.mode=<stage>:
   compare   mean ± sd over the seeds: accuracy, gap closure, full-step cost (compare/)
 """
 from t3d_jax.config_base import base_config
-from t3d_jax.tasks import words
+from t3d_jax.tasks import TASKS
 
 SEEDS = (0, 1, 2, 3, 4)
 
 
-def get_config():
+def get_config(task: str = "words"):
+  synthetic = TASKS[task].synthetic if task in TASKS else None
+  if synthetic is None:
+    built = ", ".join(n for n, t in TASKS.items() if t.synthetic)
+    raise ValueError(f"configs/demo.py:{task}: the demo runs a synthetic task ({built})")
   c = base_config()
   c.mode = "pipeline"
-  c.workdir = "workdir/demo"
+  c.workdir = "workdir/demo" if task == "words" else f"workdir/demo_{task}"
   c.pipeline.stages = ("task", "pretrain", "rollout", "distill", "eval", "compare")
   c.pipeline.variants = {f"t3d_s{k}": {"distill": {"seed": k}} for k in SEEDS}
-  c.prompt_template = words.PROMPT_TEMPLATE   # "{question}=": one tag per prompt block
-  c.task.name = "words"
+  c.prompt_template = synthetic.prompt_template  # "{question}=": one tag per prompt block
+  c.task.name = task
   c.task.num_train, c.task.num_test = 4096, 128
   c.task.min_words = c.task.max_words = 4     # 4 answer blocks + the EOS block
 
   c.examples.block_size = 4
   p = c.pretrain
   p.data = "{workdir}/task/train.jsonl"
-  c.arch.update(vocab_size=words.VOCAB_SIZE, hidden_size=128, intermediate_size=384,
+  c.arch.update(vocab_size=synthetic.vocab_size, hidden_size=128, intermediate_size=384,
                 num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32)
   p.global_batch = p.micro_batch = 64
   p.max_steps = 600

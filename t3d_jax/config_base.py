@@ -112,6 +112,10 @@ def base_config() -> ml_collections.ConfigDict:
       max_gen_length=512, length_bucket=8, global_batch=32, micro_batch=32,
       num_epochs=1, max_steps=0, log_every=10, checkpoint_every=200, keep_checkpoints=2,
       async_checkpoint=True,
+      # > 0: every this many updates (and last) decode eval_questions held-out training
+      # questions at full step (decode section), grade them (task.name), log the accuracy
+      eval_every=0, eval_questions=128,
+      target_accuracy=0.0,     # > 0: stop once the held-out accuracy reaches it (max_steps caps)
       seed=-1))                # this stage's seed (-1: config.seed); so for every stage
   c.pretrain.optim = section(OptimConfig, skip=("total_steps",), **PRETRAIN_OPTIM)
 
@@ -133,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
       output="",               # default <workdir>/trajectories.jsonl
       chunk_prompts=256,       # questions per chunk (rows are appended per chunk, resumable)
       plot_trajectories=4,     # step_map heat-map of the first N rows (0 = none)
+      # the teacher's accuracy (its samples graded with task.name) below this stops the
+      # pipeline after the rollout (0 = report only; --config.force=True goes on anyway)
+      min_teacher_accuracy=0.0,
       seed=-1))
   # eval: models x decoding settings -> accuracy, length, NFE, TPF, tokens/s, AUP
   c.eval = ml_collections.ConfigDict(dict(
@@ -171,6 +178,7 @@ def base_config() -> ml_collections.ConfigDict:
       fixed_noise=False,       # True: one mask draw per example for all epochs (released)
       refresh_every=0,         # > 0: the student re-decodes the prompts every this many rounds
       refresh_filter=False,    # True: a refreshed trajectory is kept only when graded correct
+      filter_correct=False,    # True: train only on the trajectories task.name grades correct
       allow_other_block=False,  # train at an examples.block_size the rollout did not use
       log_every=1,
       checkpoint_every=50,

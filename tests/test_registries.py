@@ -70,7 +70,7 @@ def test_tasks_hold_their_prompt_pieces_and_extraction():
   assert load_task("math").prefix(stub) == ""
   assert load_task("math").extract("so \\boxed{42}.") == "42"
   assert load_task("exact").extract("  cat.  ") == "cat."
-  assert [n for n, t in TASKS.items() if t.synthetic] == ["words"]
+  assert [n for n, t in TASKS.items() if t.synthetic] == ["words", "sort"]
   train, test = TASKS["words"].synthetic.rows(base_config().task, 3)
   assert len(train) == 4096 and len(test) == 128
 

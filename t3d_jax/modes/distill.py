@@ -62,6 +62,8 @@ def run(config) -> Result:
       data, tokenizer, original_prompts=d.original_prompts, retokenize=d.retokenize,
       max_prompt_len=d.max_prompt_len, max_gen_length=d.max_gen_length)
   logging.info("trajectories %s: %s", data, counts)
+  if d.filter_correct:
+    samples = _verified(config, data, samples, tokenizer)
   block = training_block_size(config.examples.block_size, recorded_block_size(data),
                               d.allow_other_block, data)
   ex_cfg = ExampleConfig.from_config(config.examples, block_size=block)
@@ -94,6 +96,8 @@ def run(config) -> Result:
                   optim=config.optim.to_dict(), seed=seed,
                   numerics=dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype),
                   special_ids=dict(mask=ids.mask_id, pad=ids.pad_id))
+  if d.filter_correct:  # which grader chose the samples
+    settings.update(filter_task=config.task.name)
   if refresher:  # what the student re-decodes with
     settings.update(refresh=dict(decode=dataclasses.asdict(refresher.decoder.dcfg),
                                  batch_size=config.decode.batch_size,
@@ -126,20 +130,44 @@ def run(config) -> Result:
   return Result("distill", (student,), dict(last, updates=res.total), value=res.params)
 
 
-def _filter_args(config, data: str) -> dict:
-  """Refresher's grader and questions with ``distill.refresh_filter`` (else none): the
-  task's grader, checked on every row before anything trains."""
-  if not config.distill.refresh_filter:
-    return {}
+def _grader(config, data: str) -> dict:
+  """The task's grader and the trajectories' questions (row -> (question, answer)), the
+  grader checked on every row before anything trains."""
   grader = load_task(config.task.name)
   questions = refresh.row_questions(data)
   grader.check([dict(question=q, answer=a) for q, a in questions.values()], data)
   return dict(grader=grader, questions=questions)
 
 
+def _filter_args(config, data: str) -> dict:
+  """Refresher's grader and questions with ``distill.refresh_filter`` (else none)."""
+  return _grader(config, data) if config.distill.refresh_filter else {}
+
+
+def _verified(config, data: str, samples: list, tokenizer) -> list:
+  """``distill.filter_correct``: the samples whose response the task grades correct."""
+  g = _grader(config, data)
+  grader, questions = g["grader"], g["questions"]
+  kept = [s for s in samples if grader(*questions[s.row], tokenizer.decode(
+      s.response_ids, skip_special_tokens=True)).correct]
+  msg = (f"[distill] verified trajectories: {len(kept)} of {len(samples)} graded correct "
+         f"by task {grader.name} (distill.filter_correct); training on those")
+  if distributed.is_main_process():
+    print(msg, flush=True)
+  logging.info(msg)
+  if not kept:
+    raise InputError(f"{data}: none of its {len(samples)} trajectories is graded correct by "
+                     f"task {grader.name}: nothing to train on with distill.filter_correct "
+                     "(is the teacher able to do the task? see rollout's teacher accuracy)")
+  return kept
+
+
 def _refresh_keys(config) -> tuple[str, ...]:
-  """What a distill run that re-decodes its questions (distill.refresh_every) also reads."""
-  return ("decode", "task.name") if config.distill.refresh_every else ()
+  """What a distill run that re-decodes its questions (distill.refresh_every) or grades
+  its trajectories (distill.filter_correct) also reads."""
+  d = config.distill
+  return (("decode",) if d.refresh_every else ()) + (
+      ("task.name",) if d.refresh_every or d.filter_correct else ())
 
 
 STAGE = Stage("distill", run, "trajectories JSONL -> few-step student (distill.method)",

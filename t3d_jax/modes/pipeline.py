@@ -35,7 +35,8 @@ from t3d_jax.modes.stage import Result, Stage
 from t3d_jax.train.recipe import LOGGING_KEYS
 from t3d_jax.workdir import Workdir, resolve_paths
 
-NOT_RESULT = LOGGING_KEYS + ("plot_trajectories", "chunk_prompts", "name")
+NOT_RESULT = LOGGING_KEYS + ("plot_trajectories", "chunk_prompts", "name",
+                             "min_teacher_accuracy")  # a check on the result, not its cause
 # keys that choose which results eval computes, not how (each (model, setting) result is
 # keyed on its own settings): evaluating one more model or setting is not another config
 SELECTS = ("eval.models", "eval.tokens_per_forward", "eval.strategies", "eval.thresholds",

@@ -11,6 +11,10 @@ block-diffusion objective of t3d_jax/train/pretrain.py on the mesh of ``config.m
 (default <workdir>/model; HF config.json + tokenizer in its hf_meta/, so export and the
 other modes take it as is). Logs, TensorBoard and checkpoints go to <workdir>/pretrain/;
 rerunning the same command resumes from the newest checkpoint.
+
+``pretrain.eval_every`` / ``target_accuracy``: the model decodes held-out training
+questions at full step while it trains and stops once it can do the task
+(:mod:`t3d_jax.evaluation.heldout`); the summary line says what it reached.
 """
 from __future__ import annotations
 
@@ -29,11 +33,14 @@ from t3d_jax.convert import count_params, hf_config_from, model_config
 from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.errors import InputError
+from t3d_jax.evaluation import heldout
 from t3d_jax.models.numerics import Numerics
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.config_keys import stage_seed
 from t3d_jax.digests import content_digest
 from t3d_jax.modes.stage import Result, Stage, workdir_data
+from t3d_jax.sampling import Decoder
+from t3d_jax.tasks import load_task
 from t3d_jax.train import loop, recipe
 from t3d_jax.train import pretrain as pt
 from t3d_jax.workdir import Workdir
@@ -95,6 +102,12 @@ def run(config) -> Result:
   tokenizer = tok_lib.load_tokenizer(tok_dir)
   ids = tok_lib.special_ids(tokenizer)
   rows = load_rows(p, config.workdir)
+  heldout.check_settings(p.eval_every, p.target_accuracy)
+  held = []
+  if p.eval_every:
+    grader = load_task(config.task.name)
+    rows, held = heldout.split(rows, p.eval_questions, p.data)
+    grader.check(held, p.data)
   texts = [tok_lib.math_prompt(tokenizer, r["question"], config.prompt_template or None)
            for r in rows]
   prompts = tok_lib.encode(tokenizer, texts)
@@ -113,6 +126,18 @@ def run(config) -> Result:
       config.examples, mask_eps=p.mask_eps,
       block_size=config.examples.block_size or config.decode.block_size)
 
+  probe, settings = None, {}
+  if held:  # the same prompts and sampler as the rollout's
+    decoder = Decoder.from_config(config.decode, ids, mcfg.replace(remat="none"))
+    _, held_ids = tok_lib.build_prompts(tokenizer, held, config.prompt_template, p.data,
+                                        decoder.dcfg, grader.user_message)
+    probe = heldout.HeldOut(decoder, tokenizer, grader, held, held_ids, seed,
+                            work / "heldout", p.target_accuracy)
+    settings = dict(heldout=dict(decode=dataclasses.asdict(decoder.dcfg),
+                                 task=config.task.name,
+                                 questions=content_digest(
+                                     (str(r["question"]), str(r["answer"])) for r in held)))
+
   def batch(idx, step):
     return pt.make_batch(pairs, idx, ex_cfg, micro_batch=p.micro_batch,
                          length_bucket=p.length_bucket, pad_id=ids.pad_id,
@@ -124,7 +149,9 @@ def run(config) -> Result:
       loss_fn=lambda m: functools.partial(pt.micro_loss, model=m, block_size=ex_cfg.block_size,
                                           pad_id=ids.pad_id),
       make_batch=batch, reference=False, defaults=library_defaults(),
-      settings=dict(model=checkpoint.model_digest(start.path) if start.path else "random",
+      evaluate=probe, eval_every=p.eval_every if probe else 0,
+      stop_when=probe.reached if probe else None,
+      settings=dict(**settings,model=checkpoint.model_digest(start.path) if start.path else "random",
                     arch=None if start.path else config.arch.to_dict(),
                     data=content_digest((x.prompt_ids, x.response_ids) for x in pairs),
                     pretrain=recipe.result_keys(p, skip=DATA_KEYS),
@@ -142,17 +169,36 @@ def run(config) -> Result:
   if not distributed.is_main_process():
     return result
   last = loop.last_metrics(work)
-  print(f"[pretrain] {res.total} updates, {len(pairs)} pairs, "
+  summary = dict(updates=res.updates, final_loss=last.get("loss"))
+  reached = ""
+  if probe:
+    acc = last.get(heldout.FIGURE)
+    summary[heldout.FIGURE] = acc
+    reached = f"; base full-step accuracy {100 * acc:.1f} % on {len(held)} held-out questions"
+    if p.target_accuracy:
+      reached += (f" (target {100 * p.target_accuracy:.0f} %: reached, stopped early)"
+                  if res.updates < res.total else
+                  f" (target {100 * p.target_accuracy:.0f} %: "
+                  + ("reached at the cap)" if probe.reached(last) else
+                     "NOT reached by the cap pretrain.max_steps: raise it or use a larger "
+                     "arch; rollout's teacher check will say so too)"))
+  print(f"[pretrain] {res.updates} updates, {len(pairs)} pairs, "
         f"{count_params(res.params)/1e6:.2f}M params; final loss "
-        f"{last.get('loss', float('nan')):.4f}; model dir {out}", flush=True)
+        f"{last.get('loss', float('nan')):.4f}{reached}; model dir {out}", flush=True)
   logging.info("pretrain done: %s", out)
-  return dataclasses.replace(result, summary=dict(updates=res.total, final_loss=last.get("loss")))
+  return dataclasses.replace(result, summary=summary)
+
+
+def _heldout_keys(config) -> tuple[str, ...]:
+  """What a pretraining that measures held-out accuracy (pretrain.eval_every) also reads."""
+  return ("decode", "task.name", "prompt_template") if config.pretrain.eval_every else ()
 
 
 STAGE = Stage("pretrain", run, "question/answer pairs -> model dir (masked diffusion; SFT "
               "with pretrain.init)",
               keys=("pretrain", "arch", "model", "model_dir", "tokenizer_dir",
                     "decode.block_size", "seed"),
+              more_keys=_heldout_keys,
               inputs=lambda config, layout: workdir_data(layout, config.pretrain.data) + (
                   [Path(layout.expand(config.pretrain.init))] if config.pretrain.init else []),
               outputs=lambda config, layout: [layout.model])

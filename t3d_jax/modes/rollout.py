@@ -39,7 +39,12 @@ b mod process_count); the results are all-gathered and only process 0 writes, so
 file is the one a single process writes. Process 0 also decides where to resume (its row
 count is broadcast), so only it needs to see the output.
 
-At the end a step_map heat-map of the first ``rollout.plot_trajectories`` rows is
+At the end every sample is graded with ``task.name`` when the rows carry answers
+(:mod:`t3d_jax.evaluation.teacher`): the teacher's accuracy is printed, recorded in
+<output stem>.meta.json (``teacher``) and the stage summary, and below
+``rollout.min_teacher_accuracy`` the stage fails with one line saying what to do (the
+trajectories stay; ``--config.force=True`` goes on), so nothing distils a teacher that
+cannot do the task. Also a step_map heat-map of the first ``rollout.plot_trajectories`` rows is
 written next to the output (<output stem>.step_maps.png).
 """
 from __future__ import annotations
@@ -60,6 +65,7 @@ from t3d_jax.data import tokenizer as tok_lib
 from t3d_jax.data.datasets import load_rows
 from t3d_jax.data.jsonl import JsonlAppender, count_rows, iter_jsonl, write_json_atomic
 from t3d_jax.errors import InputError, Interrupted
+from t3d_jax.evaluation import teacher
 from t3d_jax.models import family as families
 from t3d_jax.models.numerics import Numerics
 from t3d_jax.sampling import Batching, Decoder, batched
@@ -163,6 +169,7 @@ def run(config) -> Result:
                      ("rollout.chunk_prompts", r.chunk_prompts)):
     if value < 1:
       raise InputError(f"config {key} must be >= 1, got {value}")
+  teacher.check_minimum(r.min_teacher_accuracy)
   grader = load_task(config.task.name)  # an unknown or broken grader: before decoding
   src = layout.model
   model = load_model(src, "teacher", config.tokenizer_dir, Numerics.of(config.model))
@@ -227,12 +234,32 @@ def run(config) -> Result:
   if main and r.plot_trajectories > 0:
     plot_trajectories(out, png, prompt_ids, dcfg, r.plot_trajectories,
                       canvas=families.of_config(decoder.cfg).attention == "bidirectional")
-  msg = (f"[rollout] {n} rows ({n * ns} samples) in {out}; this run: {tokens} tokens, "
-         f"{nfe} forwards (TPF {tokens / max(nfe, 1):.2f}), {dt:.1f}s incl. compilation")
+  measured = _measure_teacher(out, meta, grader, main)
+  msg = (f"[rollout] {n} rows ({n * ns} samples) in {out}; {teacher.describe(measured)}; "
+         f"this run: {tokens} tokens, {nfe} forwards (TPF {tokens / max(nfe, 1):.2f}), "
+         f"{dt:.1f}s incl. compilation")
   if main:
     print(msg, flush=True)
   logging.info(msg)
-  return Result("rollout", (out,), dict(rows=n, samples=n * ns, tokens=tokens, nfe=nfe))
+  teacher.check(measured, r.min_teacher_accuracy, config.force, out)
+  return Result("rollout", (out,), dict(rows=n, samples=n * ns, tokens=tokens, nfe=nfe,
+                                        teacher=measured))
+
+
+def _measure_teacher(out: Path, meta: Path, grader: Task, main: bool) -> dict:
+  """Process 0 grades the samples and records the figures in the meta file; every process
+  gets them (the gate must stop them all)."""
+  m = teacher.measure(out, grader) if main else {}
+  if main:
+    write_json_atomic(meta, dict(json.loads(meta.read_text()), teacher=m))
+  measured, correct, samples = (broadcast_from_main(v) for v in (
+      bool(m.get("measured")), m.get("correct", 0), m.get("samples", 0)))
+  if main:
+    return m
+  if not measured:
+    return dict(measured=False, why="not measurable (see process 0)")
+  return dict(measured=True, task=grader.name, samples=samples, correct=correct,
+              accuracy=correct / max(samples, 1))
 
 
 STAGE = Stage("rollout", run, "question/answer JSONL -> the teacher's trajectories JSONL",

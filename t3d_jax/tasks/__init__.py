@@ -8,6 +8,8 @@ compares a task name.
 * ``math``: GSM8K / MATH500: last ``\\boxed{}``, normalised match, then math_verify
   (:mod:`t3d_jax.evaluation.grading`);
 * ``words``: the demo's synthetic category-words task (:mod:`t3d_jax.tasks.words`);
+* ``sort``: the synthetic sort-with-ties task (:mod:`t3d_jax.tasks.sort`), the
+  recipes' second task;
 * ``exact``: the response equals the answer field after whitespace and case
   normalisation (several valid answers: write a function);
 * ``code``: HumanEval / MBPP-layout programs, run with their tests in a sandbox
@@ -33,6 +35,7 @@ from t3d_jax.data import code_sets
 from t3d_jax.data.tokenizer import math_user_message
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation.grading import GradeResult, extract_prediction, grade
+from t3d_jax.tasks import sort, words
 
 ERROR_PREFIX = "grader raised: "
 
@@ -50,7 +53,6 @@ def _exact(question, answer, response, timeout_s) -> GradeResult:
 
 def _words(question, answer, response, timeout_s) -> GradeResult:
   del timeout_s
-  from t3d_jax.tasks import words
   v = words.verify(question, response)
   return GradeResult(v.correct, v.reason, v.prediction, answer)
 
@@ -61,7 +63,6 @@ def _math(question, answer, response, timeout_s) -> GradeResult:
 
 
 def _words_question_problem(question, answer) -> Optional[str]:
-  from t3d_jax.tasks import words
   codes = str(question).split()
   if not codes or any(c not in words.CATEGORIES for c in codes):
     return f"not a words-task question {question!r}"
@@ -73,6 +74,12 @@ def _code_question_problem(question, answer) -> Optional[str]:
   if "assert" not in str(answer) and "check(" not in str(answer):
     return "its answer is no test program (code data: HumanEval, or MBPP-layout JSONL)"
   return None
+
+
+def _sort(question, answer, response, timeout_s) -> GradeResult:
+  del timeout_s
+  ok, reason = sort.verify(question, response)
+  return GradeResult(ok, reason, response.strip(), answer)
 
 
 def _no_problem(question, answer) -> Optional[str]:
@@ -97,20 +104,21 @@ def _boxed(response: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Synthetic:
   """A task that builds its own data: ``rows(task_section, seed) -> (train, test)`` and
-  ``tokenizer(out_dir)`` (the task mode writes both under the workdir)."""
+  ``tokenizer(out_dir)`` (the task mode writes both under the workdir); the
+  tokenizer's ``vocab_size`` and the ``prompt_template`` its rows are built for."""
   rows: Callable[..., tuple[list, list]]
   tokenizer: Callable[..., object]
+  vocab_size: int
+  prompt_template: str
 
 
-def _words_rows(t, seed: int):
-  from t3d_jax.tasks import words
-  return words.split_rows(t.num_train, t.num_test, seed=seed, min_words=t.min_words,
-                          max_words=t.max_words)
-
-
-def _words_tokenizer(out_dir):
-  from t3d_jax.tasks import words
-  return words.build_tokenizer(out_dir)
+def _synthetic(module) -> Synthetic:
+  """A synthetic task module's entry (``split_rows``, ``build_tokenizer``, ``VOCAB_SIZE``,
+  ``PROMPT_TEMPLATE``); ``task.min_words`` / ``max_words`` count its answer blocks."""
+  def rows(t, seed: int):
+    return module.split_rows(t.num_train, t.num_test, seed=seed, min_words=t.min_words,
+                             max_words=t.max_words)
+  return Synthetic(rows, module.build_tokenizer, module.VOCAB_SIZE, module.PROMPT_TEMPLATE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +167,8 @@ def _code(question, answer, response, timeout_s) -> GradeResult:
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("math", _math, extract_answer=_boxed),
-    Task("words", _words, _words_question_problem,
-         synthetic=Synthetic(_words_rows, _words_tokenizer)),
+    Task("words", _words, _words_question_problem, synthetic=_synthetic(words)),
+    Task("sort", _sort, sort.question_problem, synthetic=_synthetic(sort)),
     Task("exact", _exact),
     Task("code", _code, _code_question_problem, code_sets.code_user_message,
          code_sets.prefix_of),

@@ -15,6 +15,11 @@ the device never waits for the host (and at once before anything is logged or sa
 the first non-finite value stops the run with :class:`DivergedError`, naming the update
 and the metric, and nothing after the last good checkpoint is written.
 
+With ``evaluate`` (pretrain's held-out accuracy) the loop measures the params every
+``eval_every`` updates and at the end, logs the figures with the update's row, and stops
+early once ``stop_when(figures)`` holds: a checkpoint at that update records the stop, and
+rerunning the command returns that state without training further.
+
 SIGTERM / SIGINT (:mod:`t3d_jax.train.preemption`): the update in flight finishes, a
 checkpoint is saved at it (synchronously) and the run stops with
 :class:`t3d_jax.errors.Interrupted`; rerunning the command resumes from there, equal to
@@ -85,6 +90,7 @@ class LoopConfig:
   async_checkpoint: bool = True
   round_interval: int = 0     # > 0: reference <- params every this many updates (self-play)
   data_every: int = 0         # > 0: on_data(done, state) every this many updates
+  eval_every: int = 0         # > 0: evaluate(done, state) every this many updates and last
   overwrite: bool = False
 
 
@@ -92,6 +98,8 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
         settings: dict, rng, refresh: Optional[Callable] = None,
         defaults: Optional[dict] = None,
         on_data: Optional[Callable[[int, Any], None]] = None,
+        evaluate: Optional[Callable[[int, Any], dict]] = None,
+        stop_when: Optional[Callable[[dict], bool]] = None,
         extra: Optional[Callable[[int], dict]] = None) -> Any:
   """Runs the updates and returns the final state.
 
@@ -101,7 +109,9 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
   updates; ``on_data(done, state)`` (new training data from the params, e.g. on-policy
   trajectories) is called before the first update with this run's start and after
   every ``lc.data_every`` updates but the last, once those are known finite and before
-  their checkpoint; ``extra(done)`` adds keys to the checkpoint meta (data position, ...).
+  their checkpoint; ``evaluate(done, state) -> figures`` every ``lc.eval_every`` updates
+  and after the last (logged with that update's row; ``stop_when(figures)`` true stops
+  the run there, recorded in its checkpoint); ``extra(done)`` adds keys to the checkpoint meta (data position, ...).
   ``defaults``: the library's values of the settings' config sections (distill, examples,
   loss, optim, ...: config_base.library_defaults): a key the checkpoints lack is the
   same run only at its default."""
@@ -124,6 +134,10 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
   restored = ckpt.restore_latest(state, reference) if meta is not None else None
   if restored is not None:
     state, reference, _ = restored
+    if meta.get("stopped_early"):  # it reached its target there: nothing left to train
+      ckpt.close()
+      logging.info("%s: stopped early at update %d before", lc.name, int(state.step))
+      return state
     note = f"{lc.name}: resuming from step {int(state.step)}"
     if distributed.is_main_process():  # once on the terminal; the others with --verbosity
       print(note, file=sys.stderr, flush=True)
@@ -149,8 +163,8 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
       raise DivergedError(f"{lc.name}: non-finite {which} at update {done}; stopped, "
                           f"{kept}, nothing else written (lower the learning rate?)")
 
-  def save(done):
-    meta = dict(step=done, round=rounds(done), fingerprint=fp, settings=settings)
+  def save(done, **more):
+    meta = dict(step=done, round=rounds(done), fingerprint=fp, settings=settings, **more)
     meta.update(extra(done) if extra else {})
     ckpt.save(done, state, reference, meta)
 
@@ -160,8 +174,9 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
           ) as rows, StopRequests() as stop:
       if on_data is not None:
         on_data(start, state)
-      for step in tqdm(range(start, lc.total), initial=start, total=lc.total, desc=lc.name,
-                       disable=not main):
+      bar = tqdm(range(start, lc.total), initial=start, total=lc.total, desc=lc.name,
+                 disable=not main)
+      for step in bar:
         batch, info = batch_fn(step)
         state, metrics = step_fn(state, reference, batch, rng)
         ckpt.check()  # a background save that failed stops the run now, not a save later
@@ -183,13 +198,28 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
             check(*pending)
             pending = None
           on_data(done, state)
-        if log:
+        figures, early = {}, False
+        if evaluate is not None and lc.eval_every and (done % lc.eval_every == 0
+                                                       or done == lc.total):
+          if pending is not None:
+            check(*pending)
+            pending = None
+          figures = evaluate(done, state)
+          bar.set_postfix(figures, refresh=False)
+          early = bool(stop_when and stop_when(figures)) and done < lc.total
+        if log or figures:
           m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          m.update(info, step=done, round=rounds(done), elapsed_s=time.time() - t0)
+          m.update(info, **figures, step=done, round=rounds(done),
+                   elapsed_s=time.time() - t0)
           if writer is not None:
             for key, v in m.items():
               writer.add_scalar(f"{lc.name}/{key}", v, done)
             rows.write(m)
+        if early:  # reached: this update is the run's last, on every later rerun too
+          save(done, stopped_early=True, figures=figures)
+          logging.info("%s: stopped early after update %d: %s", lc.name, done, figures)
+          bar.close()
+          break
         if due or stopping:
           save(done)
         if stopping and done < lc.total:
@@ -207,7 +237,7 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
   finally:
     if writer is not None:
       writer.close()
-  logging.info("%s: %d updates in %.1fs", lc.name, lc.total - start, time.time() - t0)
+  logging.info("%s: %d updates in %.1fs", lc.name, int(state.step) - start, time.time() - t0)
   return state
 
 

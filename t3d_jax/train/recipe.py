@@ -58,13 +58,15 @@ class Result:
   params: Any            # host numpy tree of the final params (on every process)
   model: SDARConfig
   total: int             # updates of the schedule
+  updates: int = 0       # updates the params had (< total when it stopped early)
 
 
 def run(config, *, name: str, section, optim_section, out: Path, n: int, data: str,
         start: Start, loss_fn: Callable[[SDARConfig], Callable],
         make_batch: Callable[[Any, int], tuple[dict, dict]], settings: dict,
         reference: bool, round_interval: int = 0, on_data: Optional[Callable] = None,
-        data_every: int = 0, defaults: Optional[dict] = None) -> Result:
+        data_every: int = 0, evaluate: Optional[Callable] = None, eval_every: int = 0,
+        stop_when: Optional[Callable] = None, defaults: Optional[dict] = None) -> Result:
   """Trains and returns the final params.
 
   ``settings`` (plus the schedule length) are recorded in every checkpoint; a resumed
@@ -77,7 +79,9 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
   ``make_batch(indices, step) -> (numpy batch [A, M, ...], scalars to log)``;
   ``reference``: keep a frozen copy of the start params, refreshed every
   ``round_interval`` updates (0: never); ``on_data(done, state)``: new training data
-  every ``data_every`` updates (:func:`t3d_jax.train.loop.run`)."""
+  every ``data_every`` updates; ``evaluate(done, state) -> figures`` every
+  ``eval_every`` updates, stopping early when ``stop_when(figures)``
+  (:func:`t3d_jax.train.loop.run`)."""
   per_epoch, total = loop.schedule(n, section, name, data)
   seed = stage_seed(config, name)
   optim = OptimConfig.from_config(optim_section, total_steps=total)
@@ -118,16 +122,17 @@ def run(config, *, name: str, section, optim_section, out: Path, n: int, data: s
                        keep_checkpoints=section.keep_checkpoints,
                        async_checkpoint=section.async_checkpoint,
                        round_interval=round_interval if reference else 0,
-                       data_every=data_every,
+                       data_every=data_every, eval_every=eval_every,
                        overwrite=config.overwrite)
   refresh: Optional[Callable] = None
   if reference:
     refresh = jax.jit(copy_tree, out_shardings=sh.reference)  # new buffers, never donated
   state = loop.run(lc, state=state, reference=ref, step_fn=step_fn, batch_fn=batch_fn,
                    settings=dict(settings, total=total), rng=jax.random.key(seed),
-                   refresh=refresh, on_data=on_data, defaults=defaults,
+                   refresh=refresh, on_data=on_data, evaluate=evaluate, stop_when=stop_when,
+                   defaults=defaults,
                    extra=lambda done: dict(epoch=done // per_epoch,
                                            index_in_epoch=(done % per_epoch)
                                            * section.global_batch))
   final = distributed.gather_to_host(state.params)  # collective: every process takes part
-  return Result(final, model, total)
+  return Result(final, model, total, int(state.step))
