@@ -46,6 +46,8 @@ def get_config(task: str = "words"):
   p.length_bucket = 4
   p.log_every, p.checkpoint_every = 50, 200
   p.optim.lr = 3e-3
+  if task != "words":  # pretrain until it can do the task (words keeps its measured table)
+    p.eval_every, p.target_accuracy, p.max_steps = 250, 0.97, 3000
 
   d = c.decode                                # teacher: 1 token per forward
   d.block_size, d.denoising_steps = 4, 4
@@ -57,6 +59,7 @@ def get_config(task: str = "words"):
   c.rollout.data = "{workdir}/task/train.jsonl"
   c.rollout.limit = 512
   c.rollout.chunk_prompts = 512
+  c.rollout.min_teacher_accuracy = 0.9        # no distillation of a teacher that fails
 
   t = c.distill
   t.data = "{workdir}/trajectories.jsonl"

@@ -8,8 +8,11 @@ reads <workdir>/data/train.jsonl and <workdir>/data/test.jsonl (one {"question":
 --config.mode=<stage>:
 
   tokenizer  a character tokenizer over the data and the prompt (tokenizer.kind=bpe: BPE)
-  pretrain   a small SDAR-style model trained from scratch on train.jsonl
-  rollout    its own full-step trajectories on the training questions
+  pretrain   a small SDAR-style model trained from scratch on train.jsonl until it answers
+             95 % of 128 held-out training questions at full step (graded by task.name;
+             checked every 200 updates, at most 5000)
+  rollout    its own full-step trajectories on the training questions; the teacher's
+             accuracy is measured and below 80 % the pipeline stops here, saying so
   distill    T3D on those trajectories with the demo's recipe (random block masks, on-policy
              refresh: the student's trajectories the grader passes replace the teacher's)
              -> <workdir>/distill/student/model
@@ -35,4 +38,7 @@ def get_config():
   c.eval.data = "{workdir}/data/test.jsonl"
   c.decode.max_new_tokens = 32
   c.distill.max_gen_length = 32
+  p = c.pretrain     # a base that can do the task, without guessing a step count
+  p.eval_every, p.eval_questions, p.target_accuracy, p.max_steps = 200, 128, 0.95, 5000
+  c.rollout.min_teacher_accuracy = 0.8
   return c

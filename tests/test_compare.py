@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from t3d_jax.evaluation.compare import aggregate, format_table, group_of, mean_sd
+from t3d_jax.evaluation.compare import aggregate, format_table, gain_lines, group_of, mean_sd
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,18 @@ def test_aggregate_hand_computed():
   assert lines[2].startswith("base") and "70.0 ± 14.1" in table and "62.5 ± 17.7" in table
   with pytest.raises(ValueError, match="no base model 'teacher'"):
     aggregate(RESULTS, AUPS, "teacher")
+
+
+def test_gain_lines_say_what_distillation_bought():
+  lines = gain_lines(aggregate(RESULTS, AUPS, "base"), "base")
+  assert lines == [
+      "base 100.0 / 20.0 / 0.0 % at TPF 1 / 2 / 4",
+      "naive_td 100.0 / 20.0 / 10.0 %; gap closed 0 % at TPF 2, 10 % at TPF 4; full-step "
+      "cost 0.0 points",
+      "t3d 85.0 ± 7.1 / 70.0 ± 14.1 / 40.0 ± 14.1 %; gap closed 62 ± 18 % at TPF 2, "
+      "40 ± 14 % at TPF 4; full-step cost 15.0 ± 7.1 points"]
+  assert gain_lines(aggregate(RESULTS, AUPS, "base"), "base", most=1)[-1] == (
+      "... and 1 more (the compare table has them all)")
 
 
 def test_compare_mode_through_the_cli(tmp_path):

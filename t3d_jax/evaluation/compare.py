@@ -92,3 +92,21 @@ def format_table(groups: Mapping[str, Mapping], base: str) -> str:
              + [_cell(e["full_step_cost"]) if g != base else "-", _cell(e["aup"])])
     lines.append(f"{g:<{w}}{max(1, len(e['seeds'])):>6}" + "".join(f"{c:>16}" for c in cells))
   return "\n".join(lines)
+
+
+def gain_lines(groups: Mapping[str, Mapping], base: str, most: int = 6) -> list[str]:
+  """The figure eval ends on: each model (group) against the base, accuracy at each TPF,
+  gap closed at the few-step ones, full-step cost; one line each (at most ``most``)."""
+  tpfs = sorted(groups[base]["accuracy"])
+  fmt = lambda acc: " / ".join(_cell(acc.get(t)) for t in tpfs)  # noqa: E731
+  lines = [f"{base} {fmt(groups[base]['accuracy'])} % at TPF {' / '.join(map(str, tpfs))}"]
+  others = [g for g in sorted(groups) if g != base]
+  for g in others[:most]:
+    e = groups[g]
+    gaps = ", ".join(f"{_cell(e['gap_closure'][t], 100.0, 0)} % at TPF {t}"
+                     for t in tpfs[1:] if e["gap_closure"].get(t) is not None)
+    lines.append(f"{g} {fmt(e['accuracy'])} %; gap closed {gaps or '-'}; full-step cost "
+                 f"{_cell(e['full_step_cost'])} points")
+  if len(others) > most:
+    lines.append(f"... and {len(others) - most} more (the compare table has them all)")
+  return lines

@@ -59,6 +59,7 @@ from t3d_jax.data.jsonl import count_rows, write_json_atomic, write_jsonl_atomic
 from t3d_jax.distributed import broadcast_from_main, is_main_process
 from t3d_jax.errors import InputError, Interrupted
 from t3d_jax.models.numerics import Numerics
+from t3d_jax.evaluation.compare import aggregate, gain_lines, group_of
 from t3d_jax.evaluation.metrics import aup, pass_at_ks, summarize
 from t3d_jax.evaluation.plots import plot_accuracy_vs_tpf
 from t3d_jax.sampling import Batching, Decoder, DecodeStats, batched
@@ -332,8 +333,22 @@ def run(config) -> Result:
     for c, v in aups.items():
       writer.add_scalar(f"{c}/aup", v, 0)
   print(header + "\n" + table + f"\n[eval] written to {out}", flush=True)
+  for line in _gains(results, aups, config.compare.base):
+    print(f"[eval] {line}", flush=True)
   logging.info("eval summary written to %s", out / "summary.json")
   return Result("eval", (out,), dict(results=results, aup=aups, table=table))
+
+
+def _gains(results, aups, base: str) -> list[str]:
+  """Each model against the base (eval's last lines), when the base was evaluated with
+  one strategy at tokens-per-forward settings; else nothing."""
+  if (len({r["strategy"] for r in results}) != 1 or any("threshold" in r for r in results)
+      or not any(group_of(r["model"])[0] == base for r in results)):
+    return []
+  try:
+    return gain_lines(aggregate(results, aups, base), base)
+  except ValueError:   # e.g. several base seeds: the compare mode says why
+    return []
 
 
 STAGE = Stage("eval", run, "models x decoding settings -> accuracy, NFE, TPF, tokens/s, AUP",
