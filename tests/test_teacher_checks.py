@@ -220,3 +220,38 @@ def test_heldout_split_takes_the_last_distinct_questions():
   assert [r["question"] for r in train] == ["a", "b", "a"]
   with pytest.raises(InputError, match="too few to hold out pretrain.eval_questions=4"):
     heldout.split(rows, 4, "f")
+
+
+def test_sigterm_during_measured_pretraining_resumes_bit_exactly(task_dir):
+  """SIGTERM between evaluations: the resumed run's model and held-out figures equal an
+  uninterrupted run's."""
+  import signal
+  import time
+  args = ("--config.pipeline.stages=('tokenizer','pretrain')",
+          "--config.task.name=graders:right_sum", "--config.pretrain.max_steps=24",
+          "--config.pretrain.eval_every=4", "--config.pretrain.checkpoint_every=1000")
+  whole = workdir(task_dir, "whole")
+  r = cli(task_dir, whole, *args)
+  assert r.returncode == 0, r.stderr[-3000:]
+  w = workdir(task_dir, "killed")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  p = subprocess.Popen([sys.executable, "-m", "t3d_jax.main", "--config",
+                        str(REPO / "configs/own_task.py"), f"--config.workdir={w}", *TINY,
+                        *args], cwd=task_dir, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and p.poll() is None:
+    m = w / "pretrain" / "metrics.jsonl"
+    if m.is_file() and len(m.read_text().splitlines()) >= 2:
+      break
+    time.sleep(0.05)
+  assert p.poll() is None, "the run ended before it could be signalled"
+  p.send_signal(signal.SIGTERM)
+  _, err = p.communicate(timeout=120)
+  assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+  r = cli(task_dir, w, *args)
+  assert r.returncode == 0 and "pretrain: resuming from step" in r.stderr, r.stderr[-3000:]
+  assert (w / "model/params.sha256").read_text() == (whole / "model/params.sha256").read_text()
+  figures = lambda d: [(m["step"], m[heldout.FIGURE]) for m in metrics(d)  # noqa: E731
+                       if heldout.FIGURE in m]
+  assert figures(w) == figures(whole) and [s for s, _ in figures(w)] == [4, 8, 12, 16, 20, 24]
