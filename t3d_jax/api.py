@@ -34,7 +34,7 @@ from t3d_jax.errors import InputError
 from t3d_jax.models.numerics import Numerics
 from t3d_jax.sampling import DecodeConfig, Decoder
 from t3d_jax.config_keys import apply_overrides
-from t3d_jax.tasks import load_task
+from t3d_jax.tasks import grader_for
 
 ConfigLike = Union[str, os.PathLike, Any, None]
 
@@ -106,7 +106,7 @@ class Model:
               ) -> tuple[list[str], list[list[int]]]:
     """Prompt strings and ids of ``questions`` with the config's prompt template (as
     rollout and eval build them; with ``dcfg``, checked against its max_length)."""
-    task = load_task(self.config.task.name)
+    task = grader_for(self.config)
     rows = [dict(index=i, question=q, prefix=task.prefix(q)) for i, q in enumerate(questions)]
     return tok_lib.build_prompts(self.tokenizer, rows, self.config.prompt_template,
                                  "questions", dcfg, task.user_message)

@@ -150,6 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
       strategies=("low_confidence_static",),   # one curve per model x strategy
       thresholds=(),           # low_confidence_dynamic sweep: one setting each (<= b steps)
       grade_timeout_s=5.0,     # per response (code: the program's CPU and wall limit)
+      # code: run model-written programs even where the kernel enforces no file-system
+      # rules (no Landlock): only the audit hook would contain them
+      allow_unsandboxed=False,
       num_samples=1,           # samples per question (> 1: pass@k, unbiased estimator)
       output_dir="",           # default <workdir>/eval
       seed=-1))

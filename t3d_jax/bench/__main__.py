@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "memory": "t3d_jax.bench.memory",
     "load": "t3d_jax.bench.load",
     "code_grader": "t3d_jax.bench.code_grader",
+    "hostile": "t3d_jax.bench.hostile",
     "dtype_agreement": "t3d_jax.bench.dtype_agreement",
 }
 

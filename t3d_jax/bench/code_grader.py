@@ -29,9 +29,7 @@ def main(argv) -> int:
   rows = load_code_rows("humaneval", limit=args.limit or None)
   with gzip.open(humaneval_file(), "rt") as f:
     canonical = [json.loads(line)["canonical_solution"] for line in f][:len(rows)]
-  iso = sandbox.isolation()
-  print(f"isolation: network namespace {'yes' if not iso['net'] else 'no: ' + iso['net']}; "
-        f"user {'nobody' if iso['user'] else 'this user (' + iso['user_note'] + ')'}", flush=True)
+  print(f"isolation: {sandbox.describe()}", flush=True)
   grader = load_task("code")
   times, failed = [], []
   for row, solution in zip(rows, canonical):

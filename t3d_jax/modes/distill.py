@@ -38,7 +38,7 @@ from t3d_jax.sampling import Decoder
 from t3d_jax.config_keys import stage_seed
 from t3d_jax.digests import content_digest
 from t3d_jax.modes.stage import Result, Stage
-from t3d_jax.tasks import load_task
+from t3d_jax.tasks import grader_for
 from t3d_jax.train import loop, recipe
 from t3d_jax.workdir import Workdir
 
@@ -133,7 +133,7 @@ def run(config) -> Result:
 def _grader(config, data: str) -> dict:
   """The task's grader and the trajectories' questions (row -> (question, answer)), the
   grader checked on every row before anything trains."""
-  grader = load_task(config.task.name)
+  grader = grader_for(config)
   questions = refresh.row_questions(data)
   grader.check([dict(question=q, answer=a) for q, a in questions.values()], data)
   return dict(grader=grader, questions=questions)

@@ -67,7 +67,7 @@ from t3d_jax.sampling.decoder import decode_mesh
 from t3d_jax.config_keys import stage_seed
 from t3d_jax.digests import content_digest, fingerprint
 from t3d_jax.modes.stage import Result, Stage, workdir_data
-from t3d_jax.tasks import ERROR_PREFIX, load_task
+from t3d_jax.tasks import ERROR_PREFIX, grader_for
 from t3d_jax.train.preemption import StopRequests
 from t3d_jax.workdir import Workdir
 
@@ -236,7 +236,7 @@ def run(config) -> Result:
   out = Workdir(config).eval
   models = parse_models(config)
   settings = parse_settings(config)
-  grader = load_task(config.task.name)  # an unknown or broken grader: before decoding
+  grader = grader_for(config)  # an unknown or broken grader: before decoding
   questions = load_rows(e, config.workdir or str(out))
   grader.check(questions, e.data)  # rows it cannot grade: before decoding
   if e.num_samples < 1:

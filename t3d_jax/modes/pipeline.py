@@ -36,7 +36,8 @@ from t3d_jax.train.recipe import LOGGING_KEYS
 from t3d_jax.workdir import Workdir, resolve_paths
 
 NOT_RESULT = LOGGING_KEYS + ("plot_trajectories", "chunk_prompts", "name",
-                             "min_teacher_accuracy")  # a check on the result, not its cause
+                             "min_teacher_accuracy",  # checks on the result, not its cause
+                             "allow_unsandboxed")
 # keys that choose which results eval computes, not how (each (model, setting) result is
 # keyed on its own settings): evaluating one more model or setting is not another config
 SELECTS = ("eval.models", "eval.tokens_per_forward", "eval.strategies", "eval.thresholds",

@@ -40,7 +40,7 @@ from t3d_jax.config_keys import stage_seed
 from t3d_jax.digests import content_digest
 from t3d_jax.modes.stage import Result, Stage, workdir_data
 from t3d_jax.sampling import Decoder
-from t3d_jax.tasks import load_task
+from t3d_jax.tasks import grader_for
 from t3d_jax.train import loop, recipe
 from t3d_jax.train import pretrain as pt
 from t3d_jax.workdir import Workdir
@@ -105,7 +105,7 @@ def run(config) -> Result:
   heldout.check_settings(p.eval_every, p.target_accuracy)
   held = []
   if p.eval_every:
-    grader = load_task(config.task.name)
+    grader = grader_for(config)
     rows, held = heldout.split(rows, p.eval_questions, p.data)
     grader.check(held, p.data)
   texts = [tok_lib.math_prompt(tokenizer, r["question"], config.prompt_template or None)

@@ -75,7 +75,7 @@ from t3d_jax.digests import content_digest
 from t3d_jax.digests import fingerprint as config_fingerprint
 from t3d_jax.distributed import broadcast_from_main, is_main_process
 from t3d_jax.modes.stage import Result, Stage, workdir_data
-from t3d_jax.tasks import Task, load_task
+from t3d_jax.tasks import Task, grader_for
 from t3d_jax.train.preemption import StopRequests
 from t3d_jax.workdir import Workdir
 
@@ -170,7 +170,7 @@ def run(config) -> Result:
     if value < 1:
       raise InputError(f"config {key} must be >= 1, got {value}")
   teacher.check_minimum(r.min_teacher_accuracy)
-  grader = load_task(config.task.name)  # an unknown or broken grader: before decoding
+  grader = grader_for(config)  # an unknown or broken grader: before decoding
   src = layout.model
   model = load_model(src, "teacher", config.tokenizer_dir, Numerics.of(config.model))
   decoder = Decoder.from_config(d, model.ids, model.cfg)

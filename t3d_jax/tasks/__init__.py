@@ -127,7 +127,8 @@ class Task:
   ``question_problem(question, answer)`` says why a row cannot be graded (None: it can);
   ``user_message(question)`` is the prompt's user turn; ``prefix(question)`` the text the
   response continues (appended to the prompt); ``extract_answer(response)`` the answer
-  part rollout stores; ``synthetic``: the data it builds (task mode), if any."""
+  part rollout stores; ``synthetic``: the data it builds (task mode), if any;
+  ``machine_check(config)`` refuses (InputError) where this machine cannot grade safely."""
   name: str
   fn: Callable[..., GradeResult]
   question_problem: Callable[[str, object], Optional[str]] = _no_problem
@@ -135,6 +136,7 @@ class Task:
   prefix: Callable[[str], str] = _no_prefix
   extract_answer: Callable[[str], str] = _stripped
   synthetic: Optional[Synthetic] = None
+  machine_check: Callable[[object], None] = lambda config: None
 
   def __call__(self, question, answer, response: str, timeout_s: float = 5.0) -> GradeResult:
     """Grades ``response`` (special tokens removed); an exception in the grader grades
@@ -165,13 +167,18 @@ def _code(question, answer, response, timeout_s) -> GradeResult:
   return grade_code(question, answer, response, timeout_s)
 
 
+def _code_machine_check(config) -> None:
+  from t3d_jax.tasks import sandbox
+  sandbox.require_file_system_layer(bool(config.eval.allow_unsandboxed))
+
+
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("math", _math, extract_answer=_boxed),
     Task("words", _words, _words_question_problem, synthetic=_synthetic(words)),
     Task("sort", _sort, sort.question_problem, synthetic=_synthetic(sort)),
     Task("exact", _exact),
     Task("code", _code, _code_question_problem, code_sets.code_user_message,
-         code_sets.prefix_of),
+         code_sets.prefix_of, machine_check=_code_machine_check),
 )}
 
 
@@ -207,6 +214,15 @@ def load_task(name: str) -> Task:
     return _user(name)
   raise InputError(f"config task.name={name!r} is not one of {', '.join(TASKS)} or "
                    "package.module:function")
+
+
+def grader_for(config) -> Task:
+  """The task ``config.task.name`` names, checked able to grade on this machine (the
+  code task: a kernel-enforced sandbox, or ``eval.allow_unsandboxed``): what every
+  stage that grades calls, before it decodes."""
+  task = load_task(config.task.name)
+  task.machine_check(config)
+  return task
 
 
 def grade_response(task: str, question: str, answer: str, response: str,

@@ -35,16 +35,11 @@ def extract_code(question: str, response: str) -> str | None:
 
 
 def note_isolation() -> None:
-  """Says once per process what isolation this machine does not allow."""
-  iso = sandbox.isolation()
-  for key, text in (("net", iso["net"]), ("user", iso["user_note"] if iso["user"] is None
-                                           and iso["user_note"] != "not root" else "")):
-    if text and key not in _noted:
-      _noted.add(key)
-      what = ("network access is not isolated" if key == "net"
-              else "programs run as this user (not nobody)")
-      print(f"[code grader] {what}: {text}; the other limits apply",
-            file=sys.stderr, flush=True)
+  """Says once per process which isolation layers this machine lacks."""
+  for text in sandbox.missing():
+    if text not in _noted:
+      _noted.add(text)
+      print(f"[code grader] {text}; the other layers apply", file=sys.stderr, flush=True)
 
 
 def grade_code(question, answer, response, timeout_s: float = 10.0) -> GradeResult:

@@ -1,22 +1,28 @@
 """Runs model-written Python in a contained child process (the code grader's executor).
 
-Each program runs in its own child with, in layers:
+Each program runs in its own child with, in layers (:func:`isolation` says which ones
+this machine allows; the grader prints once what it lacks, :func:`missing`):
 
-* OS limits (``resource``): CPU seconds, address space, file size, process count, and a
-  wall-clock limit after which the whole process group (its own session) is killed;
+* **kernel-enforced, applied before the program's interpreter starts**
+  (:mod:`t3d_jax.tasks.confine`): Landlock file-system rules (read and execute only this
+  Python's installation and its libraries, read-write only the program's directory,
+  TCP bind/connect refused with ABI >= 4, signals scoped with ABI >= 6), a seccomp
+  filter refusing new processes (holds for root), its own PID namespace (it is PID 1;
+  whatever it leaves dies with it) and network namespace (no interfaces up). Without
+  Landlock, :func:`require_file_system_layer` makes ``task.name=code`` refuse unless
+  ``eval.allow_unsandboxed``;
+* OS limits (``resource``): CPU seconds, address space, file size, and a wall-clock
+  limit after which the whole process group (its own session) is killed;
 * a fresh temporary directory as cwd and HOME (removed afterwards), an empty environment,
   stdin closed, Python in isolated mode (no user site, no PYTHON* variables);
-* a new network namespace (no interfaces up: every connection fails) where the OS allows
-  it (:func:`isolation`; where it does not, the grader says so once);
 * when the grader runs as root, the program runs as ``nobody`` where nobody can run this
-  Python (then the process-count limit applies to it, and file permissions and signals
-  are those of nobody);
-* inside the program, an audit hook (PEP 578) installed before the code runs refuses:
-  reading or listing anything but its directory and this Python's standard library
-  (credentials, checkpoints and data stay unread, so no error message can carry them),
-  writing, creating, renaming or removing files outside the temporary directory,
-  creating processes (fork, exec, spawn, subprocess, os.system), signalling processes,
-  sockets, loading native code (ctypes) and adding or removing audit hooks.
+  Python (file permissions and signals are then those of nobody, RLIMIT_NPROC applies);
+* inside the program, an audit hook (PEP 578) installed before the code runs, an inner
+  layer that also gives clear messages, refuses: reading or listing anything but its
+  directory and this Python's standard library, writing, creating, renaming or removing
+  files outside the temporary directory, creating processes (fork, exec, spawn,
+  subprocess, os.system), signalling processes, sockets, loading native code (ctypes)
+  and adding or removing audit hooks.
 
 A program passes when it exits 0 within the limits; otherwise ``reason`` names the
 limit it hit or the last line of its stderr (the failing assertion or exception).
@@ -34,6 +40,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from t3d_jax.errors import InputError
+from t3d_jax.tasks import confine
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
@@ -99,7 +108,7 @@ def _hook(event, args):
     writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
         isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT
                                             | os.O_APPEND | os.O_TRUNC))
-    if writes and not _inside(path):
+    if writes and not _inside(path) and _real(path) != "/dev/null":
       raise PermissionError(f"sandbox: writing {path!r} outside the sandbox is not allowed")
     if not writes and not _readable(path):
       raise PermissionError(f"sandbox: reading {path!r} outside the sandbox is not allowed")
@@ -117,45 +126,28 @@ exec(compile(_src, "program.py", "exec"), {"__name__": "__main__"})
 '''
 
 
-# Runs first in the child (a fresh single-threaded Python, so nothing of the parent's
-# threads is forked): limits, network namespace, user; then it becomes the guard.
-_LAUNCHER = r'''
-import json, os, resource, sys
-cfg = json.loads(sys.argv[1])
-mb = 1024 * 1024
-resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_s"], cfg["cpu_s"] + 1))
-resource.setrlimit(resource.RLIMIT_AS, (cfg["memory_mb"] * mb,) * 2)
-resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["file_mb"] * mb,) * 2)
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-if cfg["net"]:
-  import ctypes
-  if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:  # CLONE_NEWNET
-    sys.exit(f"unshare(CLONE_NEWNET): errno {ctypes.get_errno()}")
-if cfg["user"]:
-  os.setgroups([])
-  os.setgid(cfg["user"][1])
-  os.setuid(cfg["user"][0])
-resource.setrlimit(resource.RLIMIT_NPROC, (cfg["processes"],) * 2)
-os.execv(sys.executable, [sys.executable, "-I", "-S", "-B"] + cfg["argv"])
-'''
+_CONFINE = str(Path(__file__).with_name("confine.py"))
 
 
-def _launch(limits: Limits, net: bool, user, cwd, argv=("guard.py",), stdout=subprocess.PIPE,
+def _launch(limits: Limits, layers: dict, cwd, argv=("guard.py",), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE) -> subprocess.Popen:
-  cfg = dict(dataclasses.asdict(limits), net=net, user=user, argv=list(argv))
-  return subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg)],
+  """The launcher (:mod:`t3d_jax.tasks.confine`, a fresh single-threaded Python, so
+  nothing of the parent's threads is forked) applies the limits and ``layers``, then
+  execs the program's interpreter."""
+  cfg = dict(dataclasses.asdict(limits), **layers, argv=list(argv))
+  return subprocess.Popen([sys.executable, "-I", "-S", _CONFINE, json.dumps(cfg)],
                           cwd=cwd, env={"HOME": str(cwd), "PATH": "/usr/bin:/bin"},
                           stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                           close_fds=True, start_new_session=True)
 
 
-def _probe(net: bool, user) -> str:
-  """'' when a child launched so runs Python, else why not."""
+def _probe(layers: dict, user=None) -> str:
+  """'' when a child launched with ``layers`` runs Python, else why not."""
   tmp = tempfile.mkdtemp(prefix="t3d_sandbox_")
   try:
     if user is not None:
       os.chown(tmp, *user)
-    proc = _launch(Limits(), net, user, tmp, argv=("-c", "pass"))
+    proc = _launch(Limits(), dict(layers, user=user), tmp, argv=("-c", "pass"))
     _, err = proc.communicate(timeout=60)
   except (OSError, subprocess.SubprocessError) as e:
     return f"{type(e).__name__}: {e}"
@@ -169,29 +161,85 @@ def _probe(net: bool, user) -> str:
 
 @functools.lru_cache(maxsize=None)
 def isolation() -> dict:
-  """What this machine allows, checked once: ``net`` ('' = every program gets a new
-  network namespace, else why not) and ``user`` (the uid/gid programs run as, None =
-  this process's user, with ``user_note`` saying why)."""
-  net = _probe(True, None)
+  """What this machine allows, checked once by launching Python with each layer:
+  ``landlock`` (the ABI the programs get, 0 = none, ``landlock_note`` why), ``seccomp``,
+  ``pidns`` and ``net`` ('' = applied, else why not), ``user`` (the uid/gid programs
+  run as, None = this process's user, ``user_note`` why), ``audit_hook`` (always)."""
+  abi = confine.landlock_abi()
+  landlock_note = "" if abi else "the kernel has no Landlock (or it is disabled)"
+  if abi:
+    landlock_note = _probe(dict(landlock=abi))
+    abi = 0 if landlock_note else abi
+  out = dict(landlock=abi, landlock_note=landlock_note,
+             seccomp=_probe(dict(seccomp=True)), pidns=_probe(dict(pidns=True)),
+             net=_probe(dict(net=True)), audit_hook=True)
   user, note = None, "not root"
   if os.geteuid() == 0:
     try:
       p = pwd.getpwnam("nobody")
       user = (p.pw_uid, p.pw_gid)
-      note = _probe(False, user)
+      note = _probe({}, user)
       if note:
         user, note = None, f"nobody cannot run {sys.executable} ({note})"
     except KeyError:
       note = "no user nobody"
-  return dict(net=net, user=user, user_note=note)
+  return dict(out, user=user, user_note=note)
 
 
-def run_program(source: str, limits: Limits = Limits()) -> Outcome:
-  """Runs ``source`` contained (see the module docstring); never raises for anything
-  the program does."""
-  tmp = Path(tempfile.mkdtemp(prefix="t3d_sandbox_"))
+def layers() -> dict:
+  """The layers every program gets on this machine (what :func:`isolation` found)."""
   iso = isolation()
-  user = iso["user"]
+  return dict(landlock=iso["landlock"], seccomp=not iso["seccomp"], pidns=not iso["pidns"],
+              net=not iso["net"], user=iso["user"])
+
+
+def missing() -> list[str]:
+  """One phrase per layer this machine lacks (the grader prints them once)."""
+  iso = isolation()
+  out = []
+  if not iso["landlock"]:
+    out.append(f"no Landlock file-system rules ({iso['landlock_note']})")
+  elif iso["landlock"] < 4:
+    out.append(f"Landlock ABI {iso['landlock']} < 4: TCP is not refused by Landlock")
+  for key, what in (("seccomp", "no seccomp process limit"), ("pidns", "no PID namespace"),
+                    ("net", "no network namespace")):
+    if iso[key]:
+      out.append(f"{what} ({iso[key]})")
+  if iso["user"] is None and iso["user_note"] != "not root":
+    out.append(f"programs run as this user, not nobody ({iso['user_note']})")
+  return out
+
+
+def describe() -> str:
+  """The layers as one line (the bench and README's table)."""
+  iso = isolation()
+  yes = lambda key: "yes" if not iso[key] else "no"  # noqa: E731
+  return (f"Landlock ABI {iso['landlock'] or 'none'}; seccomp no-new-processes "
+          f"{yes('seccomp')}; PID namespace {yes('pidns')}; network namespace {yes('net')}; "
+          f"user {'nobody' if iso['user'] else 'this one'}; audit hook yes")
+
+
+def require_file_system_layer(allow_unsandboxed: bool) -> None:
+  """Refuses to run model-written code where the kernel enforces no file-system rules
+  (unless ``eval.allow_unsandboxed``): the audit hook alone is not a boundary."""
+  iso = isolation()
+  if not iso["landlock"] and not allow_unsandboxed:
+    raise InputError(f"task.name=code: this kernel enforces no file-system rules for graded "
+                     f"programs ({iso['landlock_note']}); only the in-process audit hook would "
+                     "stand between model-written code and this machine's files. Run on a "
+                     "kernel with Landlock (Linux >= 5.13, enabled), or pass "
+                     "--config.eval.allow_unsandboxed=True to accept that")
+
+
+def run_program(source: str, limits: Limits = Limits(), *, with_layers: dict | None = None,
+                audit_hook: bool = True) -> Outcome:
+  """Runs ``source`` contained (see the module docstring); never raises for anything
+  the program does. ``with_layers`` (default: every layer this machine allows,
+  :func:`layers`) and ``audit_hook=False`` take layers away, for the hostile-program
+  table (``python -m t3d_jax.bench hostile``) and its tests."""
+  tmp = Path(tempfile.mkdtemp(prefix="t3d_sandbox_"))
+  chosen = layers() if with_layers is None else dict(with_layers)
+  user = chosen.get("user")
   try:
     (tmp / "program.py").write_text(source)
     (tmp / "guard.py").write_text(_GUARD)
@@ -202,8 +250,8 @@ def run_program(source: str, limits: Limits = Limits()) -> Outcome:
     err_path = tmp / ".stderr"  # a file, bounded by the file-size limit (not a pipe the
     try:                        # parent would have to drain into its own memory)
       with open(err_path, "wb") as err_file:
-        proc = _launch(limits, not iso["net"], user, tmp, stdout=subprocess.DEVNULL,
-                       stderr=err_file)
+        proc = _launch(limits, chosen, tmp, stdout=subprocess.DEVNULL, stderr=err_file,
+                       argv=("guard.py",) if audit_hook else ("program.py",))
     except (OSError, subprocess.SubprocessError) as e:
       return Outcome(False, f"could not start the program ({type(e).__name__}: {e})")
     try:
