@@ -72,9 +72,13 @@ def make_question(rng: np.random.Generator, n: int) -> str:
   return " ".join(name + str(rng.choice(list(KEYS))) for name in names)
 
 
-def answer_for(question: str) -> str:
-  """One valid answer: the items in key order, ties in question order."""
-  return " ".join(sorted(question.split(), key=lambda x: x[2])) + "."
+def answer_for(question: str, rng: np.random.Generator) -> str:
+  """One valid answer drawn uniformly: the items in key order, ties in a random order (as
+  words draws one word of each category: the data shows every valid answer, so the
+  model learns several, which is what decoding a block in one forward mixes up)."""
+  items = question.split()
+  order = rng.permutation(len(items))
+  return " ".join(sorted((items[i] for i in order), key=lambda x: x[2])) + "."
 
 
 def make_rows(num: int, *, seed: int, min_items: int, max_items: int,
@@ -87,7 +91,7 @@ def make_rows(num: int, *, seed: int, min_items: int, max_items: int,
   while len(rows) < num:
     q = make_question(rng, int(rng.integers(min_items, max_items + 1)))
     if q not in exclude:
-      rows.append(dict(question=q, answer=answer_for(q)))
+      rows.append(dict(question=q, answer=answer_for(q, rng)))
   return rows
 
 
