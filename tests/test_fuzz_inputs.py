@@ -247,3 +247,269 @@ def test_question_answer_rows(work, rows, how, limit, fields):
     assert isinstance(r["question"], str) and r["question"].strip()
     assert isinstance(r["answer"], str) and r["answer"].strip()
     assert isinstance(r.get("prefix", ""), str)
+
+
+# --- config.json of every family (convert, load_params) -----------------------------------
+
+# keys a family's translation reads beyond what the tiny checkpoints write
+FAMILY_KEYS = {
+    "sdar": ("rope_scaling", "rope_parameters", "head_dim", "num_key_value_heads",
+             "tie_word_embeddings", "attention_bias", "rms_norm_eps", "rope_theta"),
+    "llada": ("n_kv_heads", "multi_query_attention", "mlp_ratio", "mlp_hidden_size",
+              "embedding_size", "weight_tying", "include_qkv_bias", "clip_qkv", "rope_theta",
+              "mask_token_id"),
+    "dream": ("use_sliding_window", "rope_scaling", "rope_parameters", "mask_token_id",
+              "num_key_value_heads", "rope_theta"),
+}
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(work):
+  """A tiny random checkpoint of each family (sdar = Qwen3), written by transformers."""
+  from hf_models import make_dream, make_llada, make_qwen3
+  makers = dict(sdar=make_qwen3, llada=make_llada, dream=make_dream)
+  return {name: (make(work / f"hf_{name}"), work / f"hf_{name}")[1]
+          for name, make in makers.items()}
+
+
+def check_model_config(cfg) -> None:
+  """What a loaded config must be for a network to be built from it."""
+  for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+            "num_kv_heads", "head_dim"):
+    v = getattr(cfg, f)
+    assert type(v) is int and v > 0, (f, v)
+  for f in ("rope_theta", "rms_norm_eps"):
+    v = getattr(cfg, f)
+    assert type(v) is float and math.isfinite(v) and v > 0, (f, v)
+  for f in ("tie_word_embeddings", "attention_bias"):
+    assert type(getattr(cfg, f)) is bool, f
+  assert cfg.mask_token_id is None or (type(cfg.mask_token_id) is int
+                                       and 0 <= cfg.mask_token_id < cfg.vocab_size)
+
+
+@pytest.mark.parametrize("family", ["sdar", "llada", "dream"])
+@settings(FUZZ, max_examples=40)
+@given(data=st.data(), how=st.sampled_from(("none",) * 6 + ("empty", "latin1", "huge_int",
+                                                              "deep_nesting", "truncate_half",
+                                                              "json_array_line")))
+def test_hf_config_json(work, hf_dirs, family, data, how):
+  from t3d_jax.convert import load_params
+  src = hf_dirs[family]
+  hf = json.loads((src / "config.json").read_text())
+  hf = data.draw(mutated(hf, extra_keys=FAMILY_KEYS[family]))
+  d = work / f"cfg_{family}"
+  shutil.rmtree(d, ignore_errors=True)
+  shutil.copytree(src, d)
+  if how == "json_array_line":  # a config.json that is JSON but no object
+    (d / "config.json").write_text(json.dumps([hf]))
+  else:
+    body = json.dumps(hf, allow_nan=True).encode("utf-8", "surrogatepass")
+    (d / "config.json").write_bytes(corrupt(body, how) if how != "none" else body)
+  out = loads_or_one_line(lambda: load_params(d), str(d))
+  if out is None:
+    return
+  params, cfg = out
+  check_model_config(cfg)
+  check_params(params, cfg)
+
+
+def check_params(params, cfg) -> None:
+  """The params are the ones the config's network builds, and finite."""
+  import flax.linen as nn
+  from t3d_jax.models import family as families
+  want = nn.unbox(families.of_config(cfg).network.abstract_params(cfg))
+  shapes = lambda t: {jax.tree_util.keystr(k): np.shape(x)  # noqa: E731
+                      for k, x in jax.tree_util.tree_flatten_with_path(t)[0]}
+  assert shapes(want) == shapes(params)
+  assert all(np.isfinite(np.asarray(x, np.float32)).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("family, change, words", [
+    ("sdar", dict(rope_theta=float("nan")), "rope_theta=nan must be a finite number > 0"),
+    ("sdar", dict(rms_norm_eps=-1.0), "rms_norm_eps=-1.0 must be a finite number > 0"),
+    ("sdar", dict(tie_word_embeddings="false"), "tie_word_embeddings='false' must be true"),
+    ("sdar", dict(num_hidden_layers=None), "num_layers=None must be a positive integer"),
+    ("sdar", dict(num_attention_heads=0), "num_attention_heads=0 must be a positive integer"),
+    ("sdar", dict(num_hidden_layers=10**12), "says 1000000000000 layers"),
+    ("sdar", dict(rope_parameters=[1]), "rope_parameters=[1] must be an object"),
+    ("llada", dict(mlp_ratio="ab", mlp_hidden_size=None), "mlp_ratio='ab' must be a positive"),
+    ("llada", dict(n_heads=2.0), "n_heads=2.0 must be a positive integer"),
+    ("llada", dict(mask_token_id=10**6), "mask_token_id=1000000 must be an id in"),
+    ("dream", dict(num_key_value_heads=True), "num_key_value_heads=True must be a positive"),
+    ("dream", dict(mask_token_id=-5), "mask_token_id=-5 must be an integer >= 0"),
+])
+def test_config_json_findings(work, hf_dirs, family, change, words):
+  """What the fuzzer found: a NaN model (NaN RoPE base), a silently tied head ("false"),
+  a hang (10**12 layers) and TypeError / ZeroDivisionError / AttributeError tracebacks."""
+  from t3d_jax.convert import load_params
+  d = work / f"found_{family}"
+  shutil.rmtree(d, ignore_errors=True)
+  shutil.copytree(hf_dirs[family], d)
+  hf = json.loads((d / "config.json").read_text())
+  (d / "config.json").write_text(json.dumps(dict(hf, **change)))
+  with time_limit(LIMIT_S), pytest.raises(InputError, match=f"{d}.*" + re.escape(words)):
+    load_params(d)
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"[1]", "an object expected, got list"),
+    ('{"model_type": "caf\xe9"}'.encode("latin-1"), "UnicodeDecodeError"),
+    (b'{"vocab_size": ' + b"9" * 5000 + b"}", "ValueError: Exceeds the limit"),
+    (b"[" * 100_000, "RecursionError"),
+])
+def test_config_json_not_an_object_is_one_line(work, hf_dirs, body, words):
+  from t3d_jax.convert import load_params
+  d = work / "found_json"
+  shutil.rmtree(d, ignore_errors=True)
+  shutil.copytree(hf_dirs["sdar"], d)
+  (d / "config.json").write_bytes(body)
+  with pytest.raises(InputError, match=f"{d}/config.json: invalid JSON.*{re.escape(words)}"):
+    load_params(d)
+
+
+# --- safetensors shards and their index (convert) ----------------------------------------
+
+ST_DTYPES = ["F32", "F16", "BF16", "F64", "I32", "I64", "U8", "BOOL", "F8_E4M3", "XX", ""]
+
+
+@pytest.fixture(scope="module")
+def sharded_dir(work):
+  """The tiny SDAR checkpoint in two shards and an index (transformers' layout)."""
+  from hf_models import make_qwen3
+  make_qwen3(work / "hf_sharded", max_shard_size="200KB")
+  assert (work / "hf_sharded" / "model.safetensors.index.json").is_file()
+  return work / "hf_sharded"
+
+
+def split_shard(data: bytes) -> tuple[dict, bytes]:
+  n = struct.unpack("<Q", data[:8])[0]
+  return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def join_shard(header: dict, body: bytes) -> bytes:
+  raw = json.dumps(header, allow_nan=True).encode()
+  return struct.pack("<Q", len(raw)) + raw + body
+
+
+NAN_WORDS = [b"\x00\x00\xc0\x7f", b"\x00\x00\x80\x7f", b"\xff\xff\xff\xff", b"\x01\x02\x03\x04"]
+
+
+@st.composite
+def shard_edit(draw, data: bytes) -> tuple:
+  """How to damage a safetensors file (drawn small, so a failure prints readably):
+  truncate it, set its header length, overwrite header or tensor bytes, or give a
+  tensor a hostile dtype, shape or offsets, drop it, or add hostile metadata."""
+  how = draw(st.sampled_from(["truncate", "length", "header_bytes", "dtype", "shape",
+                              "offsets", "drop", "metadata", "data_bytes", "none"]))
+  header, body = split_shard(data)
+  name = draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
+  if how == "truncate":
+    return how, draw(st.integers(0, len(data) - 1))
+  if how == "length":
+    return how, draw(st.sampled_from([0, 1, 7, 2**63 - 1, 2**64 - 1, len(data), len(data) - 8]))
+  if how == "header_bytes":
+    at = draw(st.integers(8, 8 + struct.unpack("<Q", data[:8])[0] - 1))
+    return how, at, draw(st.binary(min_size=1, max_size=8))
+  if how == "data_bytes":  # the tensor bytes: NaN, inf or just other numbers
+    return how, draw(st.integers(0, len(body) // 4 - 1)), draw(st.sampled_from(NAN_WORDS))
+  if how == "dtype":
+    return how, name, draw(st.one_of(st.sampled_from(ST_DTYPES), HOSTILE))
+  if how == "shape":
+    return how, name, draw(st.one_of(st.lists(st.integers(-2, 2**40), max_size=3), HOSTILE))
+  if how == "offsets":
+    return how, name, draw(st.one_of(st.lists(st.integers(-1, 2**64), max_size=3), HOSTILE))
+  if how == "metadata":
+    return how, draw(HOSTILE)
+  return how, name
+
+
+def apply_edit(data: bytes, edit: tuple) -> bytes:
+  how, *args = edit
+  header, body = split_shard(data)
+  if how == "truncate":
+    return data[:args[0]]
+  if how == "length":
+    return struct.pack("<Q", args[0]) + data[8:]
+  if how == "header_bytes":
+    at, junk = args
+    return data[:at] + junk + data[at + len(junk):]
+  if how == "data_bytes":
+    at = 4 * args[0]
+    return join_shard(header, body[:at] + args[1] + body[at + 4:])
+  if how == "drop":
+    return join_shard({k: v for k, v in header.items() if k != args[0]}, body)
+  if how == "metadata":
+    return join_shard(dict(header, __metadata__=args[0]), body)
+  if how in ("dtype", "shape", "offsets"):
+    key = dict(dtype="dtype", shape="shape", offsets="data_offsets")[how]
+    return join_shard(dict(header, **{args[0]: dict(header[args[0]], **{key: args[1]})}), body)
+  return data
+
+
+def convert_property(src: Path, root: Path) -> None:
+  """Converting ``src`` either writes a model dir whose params are finite and the
+  config's, or fails with one line and leaves nothing beside it (no half-written dir)."""
+  from t3d_jax.convert import convert_hf_to_model_dir, load_params
+  shutil.rmtree(root, ignore_errors=True)
+  root.mkdir()
+  out = loads_or_one_line(lambda: convert_hf_to_model_dir(src, root / "model"), str(src))
+  if out is None:
+    assert not any(root.iterdir()), list(root.iterdir())
+    return
+  assert [p.name for p in root.iterdir()] == ["model"]
+  check_params(*load_params(root / "model"))
+
+
+@settings(FUZZ, max_examples=40)
+@given(data=st.data())
+def test_safetensors_shard(work, hf_dirs, data):
+  src = work / "st_src"
+  shutil.rmtree(src, ignore_errors=True)
+  shutil.copytree(hf_dirs["sdar"], src)
+  shard = src / "model.safetensors"
+  shard.write_bytes(apply_edit(shard.read_bytes(), data.draw(shard_edit(shard.read_bytes()))))
+  convert_property(src, work / "st_out")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("dtype", "model.layers.1.mlp.up_proj.weight", "I32"),
+     "model.safetensors: tensor 'model.layers.1.mlp.up_proj.weight' has dtype int32"),
+    (("data_bytes", 5, NAN_WORDS[0]), "st_src: param lm_head has 1 NaN/inf values"),
+])
+def test_safetensors_findings(work, hf_dirs, edit, words):
+  """What the fuzzer found: an int32 tensor of a float's size was converted into a model
+  dir that no load could read; a NaN weight was refused naming the output dir, not the
+  checkpoint."""
+  from t3d_jax.convert import convert_hf_to_model_dir
+  src, root = work / "st_src", work / "st_out"
+  for d in (src, root):
+    shutil.rmtree(d, ignore_errors=True)
+  shutil.copytree(hf_dirs["sdar"], src)
+  shard = src / "model.safetensors"
+  shard.write_bytes(apply_edit(shard.read_bytes(), edit))
+  with pytest.raises(InputError, match=re.escape(words)):
+    convert_hf_to_model_dir(src, root / "model")
+  assert not root.exists() or not any(root.iterdir())
+
+
+@settings(FUZZ, max_examples=25)
+@given(data=st.data(), how=st.sampled_from(["map", "map", "file", "shard"]))
+def test_safetensors_index(work, sharded_dir, data, how):
+  src = work / "idx_src"
+  shutil.rmtree(src, ignore_errors=True)
+  shutil.copytree(sharded_dir, src)
+  index = src / "model.safetensors.index.json"
+  if how == "map":  # the weight map: entries hostile, missing, or pointing elsewhere
+    body = json.loads(index.read_text())
+    wm = body["weight_map"]
+    body["weight_map"] = data.draw(st.one_of(
+        mutated(wm), HOSTILE,
+        st.just({k: "../" + v for k, v in wm.items()}),
+        st.just({k: "nope.safetensors" for k in wm})))
+    index.write_text(json.dumps(body, allow_nan=True))
+  elif how == "file":
+    index.write_bytes(corrupt(index.read_bytes(), data.draw(st.sampled_from(CORRUPTIONS))))
+  else:  # one shard of two damaged
+    shard = sorted(src.glob("model-*.safetensors"))[data.draw(st.integers(0, 1))]
+    shard.write_bytes(apply_edit(shard.read_bytes(), data.draw(shard_edit(shard.read_bytes()))))
+  convert_property(src, work / "idx_out")

@@ -196,7 +196,11 @@ def iter_hf_params(hf_dir, cfg: SDARConfig, cast: str | None = None):
     if src.shape(name) != want:
       raise ConversionError(f"{src.file_of(name)}: tensor {name!r} has shape {src.shape(name)}, "
                             f"config.json implies {want}")
-    arr = row.to_param(src.get(name), cfg)
+    arr = src.get(name)
+    if arr.dtype.name not in _SAFETENSORS_DTYPES.values():  # an int tensor is no weight
+      raise ConversionError(f"{src.file_of(name)}: tensor {name!r} has dtype {arr.dtype}, "
+                            f"expected one of {', '.join(_SAFETENSORS_DTYPES.values())}")
+    arr = row.to_param(arr, cfg)
     if cast is not None and arr.dtype != cast:
       arr = arr.astype(cast)
     used.add(name)
