@@ -513,3 +513,93 @@ def test_safetensors_index(work, sharded_dir, data, how):
     shard = sorted(src.glob("model-*.safetensors"))[data.draw(st.integers(0, 1))]
     shard.write_bytes(apply_edit(shard.read_bytes(), data.draw(shard_edit(shard.read_bytes()))))
   convert_property(src, work / "idx_out")
+
+
+# --- tokenizer files (every mode that decodes or trains) ----------------------------------
+
+JINJA = st.sampled_from([
+    "", "{% for m in messages %}{{ m['content'] }}{% endfor %}", "{% for", "{{ x.y.z }}",
+    "{{ raise_exception('no') }}", "{% for i in range(10**9) %}x{% endfor %}",
+    "{{ messages[5]['content'] }}", "{% set x = 1 %}{{ x / 0 }}", "\xff\x00", "{{ }}"])
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(work):
+  from t3d_jax.data.tokenizer_build import gsm8k_texts, train_tiny_bpe
+  return train_tiny_bpe(work / "bpe_tok", texts=gsm8k_texts(limit=100), vocab_size=300)
+
+
+@st.composite
+def tokenizer_edit(draw, src: Path) -> tuple:
+  """(file, new bytes or None = delete): tokenizer_config.json or tokenizer.json with
+  hostile fields or a corrupt body, a hostile chat template, or a file missing."""
+  name = draw(st.sampled_from(["tokenizer_config.json", "tokenizer.json",
+                               "chat_template.jinja"]))
+  how = draw(st.sampled_from(["fields", "fields", "corrupt", "delete"]))
+  if how == "delete":
+    return name, None
+  body = (src / name).read_bytes()
+  if how == "corrupt":
+    return name, corrupt(body, draw(st.sampled_from(CORRUPTIONS)))
+  if name == "chat_template.jinja":
+    return name, draw(JINJA).encode("utf-8", "surrogateescape")
+  obj = json.loads(body)
+  if name == "tokenizer.json" and draw(st.booleans()):
+    obj["model"] = draw(mutated(obj["model"]))
+  else:
+    obj = draw(mutated(obj, extra_keys=("chat_template", "auto_map", "unk_token",
+                                        "bos_token", "added_tokens_decoder")))
+  if "chat_template" in obj and draw(st.booleans()):
+    obj["chat_template"] = draw(JINJA)
+  return name, json.dumps(obj, allow_nan=True).encode("utf-8", "surrogatepass")
+
+
+@settings(FUZZ, max_examples=40)
+@given(data=st.data())
+def test_tokenizer_files(work, bpe_dir, data):
+  from t3d_jax.data import tokenizer as tok_lib
+  d = work / "tok"
+  shutil.rmtree(d, ignore_errors=True)
+  shutil.copytree(bpe_dir, d)
+  name, body = data.draw(tokenizer_edit(bpe_dir))
+  if body is None:
+    (d / name).unlink()
+  else:
+    (d / name).write_bytes(body)
+
+  def use():  # what rollout, eval and distill do with a tokenizer dir
+    tok = tok_lib.load_tokenizer(d)
+    ids = tok_lib.special_ids(tok)
+    prompt = tok_lib.math_prompt(tok, "What is 1+1?")
+    return ids, tok_lib.encode(tok, [prompt])[0]
+  out = loads_or_one_line(use, str(d))
+  if out is None:
+    return
+  ids, prompt_ids = out
+  for i in (ids.mask_id, ids.pad_id, ids.eos_id, *ids.stop_ids, *prompt_ids):
+    assert type(i) is int and 0 <= i < ids.vocab_size
+
+
+@pytest.mark.parametrize("name, body, words", [
+    ("chat_template.jinja", b"{% set x = 1 %}{{ x / 0 }}", "ZeroDivisionError: division by zero"),
+    ("chat_template.jinja", b"{% for", "its chat_template fails (TemplateSyntaxError"),
+    ("chat_template.jinja", b"{{ x.y.z }}", "its chat_template fails (UndefinedError"),
+    ("chat_template.jinja", b"{% for i in range(10**9) %}x{% endfor %}", "OverflowError"),
+    ("tokenizer.json", None, "cannot load tokenizer (ValueError: Couldn't instantiate"),
+])
+def test_tokenizer_findings(work, bpe_dir, name, body, words):
+  """What the fuzzer found: a chat template that fails to render was a jinja / Python
+  traceback; transformers' multi-line message for a dir without tokenizer.json was
+  printed as several lines."""
+  from t3d_jax.data import tokenizer as tok_lib
+  d = work / "tok_found"
+  shutil.rmtree(d, ignore_errors=True)
+  shutil.copytree(bpe_dir, d)
+  if body is None:
+    (d / name).unlink()
+  else:
+    (d / name).write_bytes(body)
+  with pytest.raises(InputError) as e:
+    tok_lib.math_prompt(tok_lib.load_tokenizer(d), "1+1")
+  assert str(e.value).startswith(f"{d}: ") and words in str(e.value)
+  assert "\n" not in str(e.value)
