@@ -12,6 +12,7 @@ a failure reproduces.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import re
@@ -28,6 +29,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 
+from t3d_jax import config_keys
 from t3d_jax.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -603,3 +605,110 @@ def test_tokenizer_findings(work, bpe_dir, name, body, words):
     tok_lib.math_prompt(tok_lib.load_tokenizer(d), "1+1")
   assert str(e.value).startswith(f"{d}: ") and words in str(e.value)
   assert "\n" not in str(e.value)
+
+
+# --- config overrides (--config.<key>=..., api keyword overrides) ------------------------
+
+@functools.lru_cache(maxsize=None)
+def base_config():
+  """configs/distill.py's config (a function, not a fixture: hypothesis prints fixtures)."""
+  from t3d_jax.config_base import config_module
+  return config_module(REPO / "configs" / "distill.py").get_config()
+
+
+def leaf_keys(config) -> list[str]:
+  from t3d_jax.config_keys import flatten
+  return sorted(flatten(config.to_dict()))
+
+
+SECTION_KEYS = ("decode.", "examples.", "loss.", "optim.", "model.")
+HOSTILE_KEYS = st.sampled_from(["", ".", "..", "distill.", ".seed", "distill..max_steps",
+                                "distill__max_steps", "decode.block_size.x", "seed.x",
+                                "nope", "dé.ç", "mesh.rules", "pipeline.variants", "decode"])
+
+
+def read_sections(config):
+  """What the stages build from the typed sections before they run."""
+  from t3d_jax.data.tokenizer import SpecialIds
+  from t3d_jax.distill.examples import ExampleConfig
+  from t3d_jax.distill.losses import LossConfig
+  from t3d_jax.models.numerics import Numerics
+  from t3d_jax.sampling.config import Batching, DecodeConfig
+  from t3d_jax.train.trainer import OptimConfig
+  Numerics.of(config.model)
+  ExampleConfig.from_config(config.examples, block_size=config.examples.block_size or 4)
+  LossConfig.from_config(config.loss, block_size=4)
+  OptimConfig.from_config(config.optim)
+  ids = SpecialIds(mask_id=299, pad_id=0, eos_id=2, stop_ids=(2,), vocab_size=300)
+  Batching.of(config.decode)
+  return DecodeConfig.from_config(config.decode, ids)
+
+
+@settings(FUZZ, max_examples=60)
+@given(data=st.data())
+def test_config_overrides(data):
+  import copy
+  keys = leaf_keys(base_config())
+  config = copy.deepcopy(base_config())
+  section_keys = [k for k in keys if k.startswith(SECTION_KEYS)]
+  key = data.draw(st.one_of(st.sampled_from(section_keys), st.sampled_from(keys), HOSTILE_KEYS))
+  value = data.draw(st.one_of(HOSTILE, st.sampled_from([0, -1, 1, 0.5, "none", "x", (), (1,),
+                                                        (2.0,), [], float("nan")])))
+  dotted = key.replace("__", ".")
+  out = loads_or_one_line(lambda: (config_keys.apply_overrides(config, {key: value}),
+                                   read_sections(config)),
+                          dotted, dotted.rpartition(".")[2] or dotted)
+  if out is None:
+    return
+  dcfg = out[1]
+  assert dcfg.block_size >= 1 and dcfg.max_new_tokens >= 1
+  assert math.isfinite(dcfg.temperature) and math.isfinite(dcfg.top_p)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("decode.batch_size", "\n", "config decode.batch_size: not a config key or a bad value"),
+    ("decode.block_size", None, "block_size=None must be an integer"),
+    ("decode.temperature", float("nan"), "temperature=nan must be a finite number"),
+    ("decode.batch_size", None, "batch_size=None must be an integer"),
+    ("decode.extra_stop_ids", [-1], "extra_stop_ids=(-1,) must be a list of token ids"),
+    ("decode", None, "decode is a section: set its keys"),
+    ("decode", {}, "decode is a section: set its keys"),
+    ("decode.batch_size", {".": 0}, "config decode.batch_size: not a config key"),
+    ("model.param_dtype", "0", "config.model.param_dtype: unknown dtype '0'"),
+    ("examples.mask_ratios", [[]], "mask_ratios must be a non-empty list"),
+    ("optim.warmup_steps", None, "warmup_steps=None must be an integer"),
+    ("optim.lr", float("nan"), "lr=nan must be a finite number"),
+])
+def test_config_override_findings(key, value, words):
+  """What the fuzzer found: None, NaN or a nested list in a typed section were TypeError /
+  ValueError tracebacks or a message naming no key (or a NaN decode temperature that
+  passed); a section replaced by None or {} lost its keys; ml_collections' message
+  spanned two lines."""
+  import copy
+  config = copy.deepcopy(base_config())
+  with pytest.raises(InputError) as e:
+    config_keys.apply_overrides(config, {key: value})
+    read_sections(config)
+  assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+CLI_FLAGS = st.sampled_from([
+    "--config.decode.temperature=nan", "--config.seed=1e400", "--config.decode.block_size=-4",
+    "--config.eval.tokens_per_forward=(1,", "--config.model.dtype=float64",
+    "--config.examples.mask_ratios=[2.0]", "--config.dé=1", "--config.distill=3",
+    "--config.distill.max_steps=" + "9" * 5000, "--config.decode.top_p=inf",
+    "--config.mode=nope", "--config.optim.lr=None", "--config", "--config.=1"])
+
+
+@settings(FUZZ, max_examples=8)
+@given(flag=CLI_FLAGS)
+def test_config_overrides_through_the_cli(tmp_path_factory, flag):
+  """The real command line: exit 2 and one stderr line (or a run that starts)."""
+  env = dict(__import__("os").environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  work = tmp_path_factory.mktemp("cli")
+  cmd = [sys.executable, "-m", "t3d_jax.main", "--config", "configs/distill.py",
+         f"--config.workdir={work}", flag]
+  r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (
+      r.returncode, r.stderr[-2000:])
