@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import re
 import shutil
 import signal
@@ -33,8 +34,16 @@ from t3d_jax import config_keys
 from t3d_jax.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+# T3D_FUZZ_SCALE=k runs k times the examples from a random seed (a longer search than the
+# default suite's fixed, reproducible one)
+SCALE = int(os.environ.get("T3D_FUZZ_SCALE", "1"))
+
+
+def fuzz(examples: int) -> settings:
+  return settings(max_examples=examples * SCALE, deadline=None, derandomize=SCALE == 1,
+                  database=None, suppress_health_check=list(HealthCheck))
+
+
 LIMIT_S = 30.0  # per example: a hang fails the test
 
 
@@ -170,7 +179,7 @@ def trajectory_row(draw, vocab: int):
   return draw(mutated(row, extra_keys=("extracted_output",)))
 
 
-@settings(FUZZ, max_examples=60)
+@fuzz(150)
 @given(data=st.data(), how=st.sampled_from(CORRUPTIONS), retokenize=st.booleans(),
        original_prompts=st.booleans(), max_gen=st.sampled_from([None, 0, 2]))
 def test_trajectory_rows(work, char_tokenizer, data, how, retokenize, original_prompts,
@@ -227,7 +236,7 @@ def data_section(path, **kw) -> ml_collections.ConfigDict:
       use_tfds=False, tfds_dir=""), **kw))
 
 
-@settings(FUZZ, max_examples=60)
+@fuzz(150)
 @given(rows=st.lists(st.sampled_from([QA, MBPP, HUMANEVAL]).flatmap(mutated), min_size=1,
                      max_size=4),
        how=st.sampled_from(CORRUPTIONS), limit=st.sampled_from([0, 0, 1, 3]),
@@ -290,7 +299,7 @@ def check_model_config(cfg) -> None:
 
 
 @pytest.mark.parametrize("family", ["sdar", "llada", "dream"])
-@settings(FUZZ, max_examples=40)
+@fuzz(50)
 @given(data=st.data(), how=st.sampled_from(("none",) * 6 + ("empty", "latin1", "huge_int",
                                                               "deep_nesting", "truncate_half",
                                                               "json_array_line")))
@@ -462,7 +471,7 @@ def convert_property(src: Path, root: Path) -> None:
   check_params(*load_params(root / "model"))
 
 
-@settings(FUZZ, max_examples=40)
+@fuzz(60)
 @given(data=st.data())
 def test_safetensors_shard(work, hf_dirs, data):
   src = work / "st_src"
@@ -477,11 +486,12 @@ def test_safetensors_shard(work, hf_dirs, data):
     (("dtype", "model.layers.1.mlp.up_proj.weight", "I32"),
      "model.safetensors: tensor 'model.layers.1.mlp.up_proj.weight' has dtype int32"),
     (("data_bytes", 5, NAN_WORDS[0]), "st_src: param lm_head has 1 NaN/inf values"),
+    (("dtype", "lm_head.weight", "\n"), "unreadable safetensors (Error while deserializing"),
 ])
 def test_safetensors_findings(work, hf_dirs, edit, words):
   """What the fuzzer found: an int32 tensor of a float's size was converted into a model
   dir that no load could read; a NaN weight was refused naming the output dir, not the
-  checkpoint."""
+  checkpoint; a header echoing a newline gave a two-line message."""
   from t3d_jax.convert import convert_hf_to_model_dir
   src, root = work / "st_src", work / "st_out"
   for d in (src, root):
@@ -489,12 +499,13 @@ def test_safetensors_findings(work, hf_dirs, edit, words):
   shutil.copytree(hf_dirs["sdar"], src)
   shard = src / "model.safetensors"
   shard.write_bytes(apply_edit(shard.read_bytes(), edit))
-  with pytest.raises(InputError, match=re.escape(words)):
+  with pytest.raises(InputError, match=re.escape(words)) as e:
     convert_hf_to_model_dir(src, root / "model")
+  assert "\n" not in str(e.value)
   assert not root.exists() or not any(root.iterdir())
 
 
-@settings(FUZZ, max_examples=25)
+@fuzz(40)
 @given(data=st.data(), how=st.sampled_from(["map", "map", "file", "shard"]))
 def test_safetensors_index(work, sharded_dir, data, how):
   src = work / "idx_src"
@@ -556,7 +567,7 @@ def tokenizer_edit(draw, src: Path) -> tuple:
   return name, json.dumps(obj, allow_nan=True).encode("utf-8", "surrogatepass")
 
 
-@settings(FUZZ, max_examples=40)
+@fuzz(60)
 @given(data=st.data())
 def test_tokenizer_files(work, bpe_dir, data):
   from t3d_jax.data import tokenizer as tok_lib
@@ -588,11 +599,15 @@ def test_tokenizer_files(work, bpe_dir, data):
     ("chat_template.jinja", b"{{ x.y.z }}", "its chat_template fails (UndefinedError"),
     ("chat_template.jinja", b"{% for i in range(10**9) %}x{% endfor %}", "OverflowError"),
     ("tokenizer.json", None, "cannot load tokenizer (ValueError: Couldn't instantiate"),
+    ("tokenizer_config.json", b'{"auto_map": true}', "cannot load tokenizer (AttributeError"),
+    ("tokenizer_config.json", b'{"model_max_length": "", "eos_token": "<|im_end|>"}',
+     "the tokenizer cannot encode text (TypeError"),
 ])
 def test_tokenizer_findings(work, bpe_dir, name, body, words):
   """What the fuzzer found: a chat template that fails to render was a jinja / Python
   traceback; transformers' multi-line message for a dir without tokenizer.json was
-  printed as several lines."""
+  printed as several lines; an auto_map that is no object was a TypeError; a tokenizer
+  that loads but cannot encode (a model_max_length "") failed at the first prompt."""
   from t3d_jax.data import tokenizer as tok_lib
   d = work / "tok_found"
   shutil.rmtree(d, ignore_errors=True)
@@ -602,7 +617,8 @@ def test_tokenizer_findings(work, bpe_dir, name, body, words):
   else:
     (d / name).write_bytes(body)
   with pytest.raises(InputError) as e:
-    tok_lib.math_prompt(tok_lib.load_tokenizer(d), "1+1")
+    tok = tok_lib.load_tokenizer(d)
+    tok_lib.encode(tok, [tok_lib.math_prompt(tok, "1+1")])
   assert str(e.value).startswith(f"{d}: ") and words in str(e.value)
   assert "\n" not in str(e.value)
 
@@ -644,7 +660,7 @@ def read_sections(config):
   return DecodeConfig.from_config(config.decode, ids)
 
 
-@settings(FUZZ, max_examples=60)
+@fuzz(200)
 @given(data=st.data())
 def test_config_overrides(data):
   import copy
@@ -700,11 +716,11 @@ CLI_FLAGS = st.sampled_from([
     "--config.mode=nope", "--config.optim.lr=None", "--config", "--config.=1"])
 
 
-@settings(FUZZ, max_examples=8)
+@fuzz(8)
 @given(flag=CLI_FLAGS)
 def test_config_overrides_through_the_cli(tmp_path_factory, flag):
   """The real command line: exit 2 and one stderr line (or a run that starts)."""
-  env = dict(__import__("os").environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   work = tmp_path_factory.mktemp("cli")
   cmd = [sys.executable, "-m", "t3d_jax.main", "--config", "configs/distill.py",
          f"--config.workdir={work}", flag]

@@ -95,8 +95,8 @@ def _safe_open(path: Path, name: str | None = None):
       yield f
   except SafetensorError as e:
     what = f", tensor {name!r}" if name else ""
-    raise ConversionError(f"{path}{what}: unreadable safetensors ({e}); the file is "
-                          "truncated or corrupt: copy or download it again") from None
+    raise ConversionError(f"{path}{what}: unreadable safetensors ({' '.join(str(e).split())});"
+                          " the file is truncated or corrupt: copy or download it again") from None
 
 
 class TensorSource:

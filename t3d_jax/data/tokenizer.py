@@ -62,10 +62,11 @@ def _one_line(e: Exception) -> str:
 
 def _ships_code(path: str) -> bool:
   try:
-    with open(os.path.join(path, "tokenizer_config.json")) as f:
-      return "AutoTokenizer" in (json.load(f).get("auto_map") or {})
-  except (OSError, ValueError):
+    with open(os.path.join(path, "tokenizer_config.json"), "rb") as f:
+      auto_map = json.load(f).get("auto_map")
+  except (OSError, ValueError, RecursionError, AttributeError):  # AttributeError: no object
     return False
+  return isinstance(auto_map, dict) and "AutoTokenizer" in auto_map
 
 
 def _without_its_code(path: str):
@@ -120,7 +121,11 @@ def math_prompt(tokenizer, question: str, prompt_template: Optional[str] = None,
 
 def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
   """Token ids of each text, no BOS/EOS added (prompts already carry their specials)."""
-  out = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+  try:
+    out = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+  except Exception as e:  # a tokenizer dir that loads but cannot encode (its files' fault)
+    raise TokenizerError(f"{_dir(tokenizer)}: the tokenizer cannot encode text "
+                         f"({_one_line(e)})") from None
   return [list(map(int, ids)) for ids in out]
 
 
