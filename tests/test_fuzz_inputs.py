@@ -7,7 +7,9 @@ holds: ids in range, a config that builds its network, finite params), or it fai
 one :class:`InputError` whose message is a single line naming the file, row or key.
 Anything else (another exception, a hang past the time limit, a NaN model, a half-written
 output) fails the test. Examples are few and derandomised, so the suite stays fast and
-a failure reproduces.
+a failure reproduces; ``T3D_FUZZ_SCALE=10 python -m pytest tests/test_fuzz_inputs.py``
+searches ten times longer from a random seed. The ``*_findings`` tests hold, as plain
+examples, what the search found (each was a traceback, a hang or a NaN model before).
 """
 from __future__ import annotations
 
