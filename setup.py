@@ -42,7 +42,7 @@ setup(
     extras_require={
         # torch: the PyTorch side of tests and export checks. Pinned: on these machines
         # 2.13.0 is a local CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
-        "test": ["pytest>=9.2,<10", "torch==2.13.0"],
+        "test": ["pytest>=9.2,<10", "torch==2.13.0", "hypothesis>=6.150,<7"],
         "torch": ["torch==2.13.0"],
     },
 )

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from collections.abc import Mapping
+
+import numpy as np
 
 from t3d_jax.errors import InputError
 
@@ -24,10 +28,40 @@ def dataclass_from_config(cls, cfg, **overrides):
     elif hasattr(cfg, field.name):
       kw[field.name] = getattr(cfg, field.name)
   kw.update(overrides)
+  problem = field_type_problem(cls, kw)
+  if problem:
+    raise InputError(f"config ({cls.__name__}): {problem}")
   try:
     return cls(**kw)
   except (TypeError, ValueError) as e:  # a bad value: name the config section and key
     raise InputError(f"config ({cls.__name__}): {e}") from None
+
+
+_KINDS = {  # annotation -> (test, what the value must be)
+    "int": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+            "an integer"),
+    "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
+              and math.isfinite(v), "a finite number"),
+    "bool": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def field_type_problem(cls, values: Mapping) -> str | None:
+  """"name=value must be ..." for the first of ``values`` that is not of the kind its
+  field of dataclass ``cls`` is annotated with (int, float, bool, str, each optionally
+  Optional); None when all are. A None, a string or a NaN where a number belongs would
+  otherwise fail later with a message that names no key, or decode with NaN."""
+  for f in dataclasses.fields(cls):
+    if f.name not in values:
+      continue
+    ann, v = str(f.type), values[f.name]
+    optional = ann.startswith("Optional[")
+    kind = _KINDS.get(ann[len("Optional["):-1] if optional else ann)
+    if kind is None or (optional and v is None) or kind[0](v):
+      continue
+    return f"{f.name}={v!r} must be {kind[1]}" + (" or None" if optional else "")
+  return None
 
 
 def apply_overrides(config, overrides: Mapping, where: str = "") -> None:
@@ -41,10 +75,13 @@ def apply_overrides(config, overrides: Mapping, where: str = "") -> None:
       node = config[section] if section else config
       if leaf not in node:
         raise KeyError(leaf)
+      if hasattr(node[leaf], "keys") and (len(node[leaf]) or not isinstance(value, Mapping)):
+        # ml_collections would replace the section (None, or a dict without its keys)
+        raise TypeError(f"{key} is a section: set its keys ({key}.<name>=...)")
       node[leaf] = value
-    except (KeyError, AttributeError, TypeError) as e:
+    except (KeyError, AttributeError, TypeError, ValueError) as e:  # one line of its text
       raise InputError(f"config {where}{key}: not a config key or a bad value "
-                       f"({type(e).__name__}: {e})") from None
+                       f"({type(e).__name__}: {' '.join(str(e).split())})") from None
 
 
 def as_json(settings):

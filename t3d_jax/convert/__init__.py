@@ -131,6 +131,7 @@ def convert_hf_to_model_dir(hf_dir, model_dir, param_dtype: str | None = None,
   """HF checkpoint dir -> orbax model dir (params + config + copied HF meta files);
   ``this_process_only``: the one writer of a multi-process run (see save_params)."""
   params, cfg, _ = load_hf_params(hf_dir, param_dtype)
+  checkpoint.check_finite(params, hf_dir)  # name the checkpoint, not the dir not written
   checkpoint.save_model_dir(model_dir, params, cfg, meta_dir=hf_dir, overwrite=overwrite,
                             this_process_only=this_process_only)
   return cfg

@@ -37,14 +37,25 @@ def dtype_name(dtype) -> str:
     raise ConversionError(str(e)) from None
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+  """A JSON file holding one object; anything else (not UTF-8, malformed, a number of
+  more digits than Python converts, nesting deeper than the parser recurses, a list) is
+  a ConversionError naming the file."""
+  try:
+    obj = json.loads(path.read_bytes())
+  except (ValueError, RecursionError) as e:
+    raise ConversionError(f"{path}: invalid JSON ({type(e).__name__}: {e})") from None
+  if not isinstance(obj, dict):
+    raise ConversionError(f"{path}: invalid JSON (an object expected, got "
+                          f"{type(obj).__name__})")
+  return obj
+
+
 def read_hf_config(hf_dir) -> dict[str, Any]:
   path = Path(hf_dir) / "config.json"
   if not path.is_file():
     raise ConversionError(f"{path}: missing config.json (is {hf_dir} a Hugging Face model dir?)")
-  try:
-    hf = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ConversionError(f"{path}: invalid JSON ({e})") from None
+  hf = read_json_object(path)
   try:
     families.for_model_type(hf.get("model_type"), str(path))
   except InputError as e:
@@ -84,8 +95,8 @@ def _safe_open(path: Path, name: str | None = None):
       yield f
   except SafetensorError as e:
     what = f", tensor {name!r}" if name else ""
-    raise ConversionError(f"{path}{what}: unreadable safetensors ({e}); the file is "
-                          "truncated or corrupt: copy or download it again") from None
+    raise ConversionError(f"{path}{what}: unreadable safetensors ({' '.join(str(e).split())});"
+                          " the file is truncated or corrupt: copy or download it again") from None
 
 
 class TensorSource:
@@ -95,10 +106,12 @@ class TensorSource:
     self.dir = Path(hf_dir)
     index, single = self.dir / INDEX_FILE, self.dir / SINGLE_FILE
     if index.is_file():
-      try:
-        self.weight_map = dict(json.loads(index.read_text())["weight_map"])
-      except (json.JSONDecodeError, KeyError) as e:
-        raise ConversionError(f"{index}: not a safetensors index ({e!r})") from None
+      self.weight_map = read_json_object(index).get("weight_map")
+      if not (isinstance(self.weight_map, dict) and self.weight_map and all(
+          isinstance(f, str) and f.endswith(".safetensors") and Path(f).name == f
+          for f in self.weight_map.values())):
+        raise ConversionError(f"{index}: not a safetensors index (its 'weight_map' must map "
+                              "tensor names to .safetensors file names in this dir)")
     elif single.is_file():
       with _safe_open(single) as f:
         self.weight_map = {k: SINGLE_FILE for k in f.keys()}
@@ -107,6 +120,13 @@ class TensorSource:
     for fname in sorted(set(self.weight_map.values())):
       if not (self.dir / fname).is_file():
         raise ConversionError(f"{self.dir / fname}: weight shard listed in the index is missing")
+
+  def check_layers(self, cfg) -> None:
+    """A layer count the checkpoint cannot hold (every layer is several tensors) is
+    refused before the config's tensor list is made (10**12 layers would never finish)."""
+    if cfg.num_layers > len(self.weight_map):
+      raise ConversionError(f"{self.dir}: config.json says {cfg.num_layers} layers, but the "
+                            f"checkpoint holds only {len(self.weight_map)} tensors")
 
   def __contains__(self, name: str) -> bool:
     return name in self.weight_map
@@ -130,6 +150,8 @@ class TensorSource:
       return f.get_tensor(name)
 
   def file_of(self, name: str) -> Path:
+    if name not in self.weight_map:
+      raise ConversionError(f"{self.dir}: tensor {name!r} is missing from the checkpoint")
     return self.dir / self.weight_map[name]
 
 
@@ -152,6 +174,7 @@ def read_hf_model_config(hf_dir, param_dtype: str | None = None) -> SDARConfig:
   if param_dtype:
     return cfg.replace(param_dtype=param_dtype)
   src = TensorSource(hf_dir)
+  src.check_layers(cfg)
   return cfg.replace(param_dtype=src.dtype_name(entries(cfg)[0][0]))
 
 
@@ -161,6 +184,7 @@ def iter_hf_params(hf_dir, cfg: SDARConfig, cast: str | None = None):
   converts to that dtype, else tensors keep their stored dtype. Peak host memory is one
   stacked param; the caller decides where each goes (host tree or device shards)."""
   src = TensorSource(hf_dir)
+  src.check_layers(cfg)
   cast = None if not cast else as_dtype(cast)
   used, stack, current = set(), None, None
   for name, row, layer in entries(cfg):
@@ -172,7 +196,11 @@ def iter_hf_params(hf_dir, cfg: SDARConfig, cast: str | None = None):
     if src.shape(name) != want:
       raise ConversionError(f"{src.file_of(name)}: tensor {name!r} has shape {src.shape(name)}, "
                             f"config.json implies {want}")
-    arr = row.to_param(src.get(name), cfg)
+    arr = src.get(name)
+    if arr.dtype.name not in _SAFETENSORS_DTYPES.values():  # an int tensor is no weight
+      raise ConversionError(f"{src.file_of(name)}: tensor {name!r} has dtype {arr.dtype}, "
+                            f"expected one of {', '.join(_SAFETENSORS_DTYPES.values())}")
+    arr = row.to_param(arr, cfg)
     if cast is not None and arr.dtype != cast:
       arr = arr.astype(cast)
     used.add(name)

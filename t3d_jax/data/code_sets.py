@@ -16,6 +16,7 @@ import gzip
 import json
 from pathlib import Path
 
+from t3d_jax.data import jsonl
 from t3d_jax.errors import InputError
 
 HUMANEVAL = "humaneval"
@@ -93,30 +94,28 @@ def first_object(path: str):
         if line.strip():
           obj = json.loads(line)
           return obj if isinstance(obj, dict) else None
-  except (OSError, ValueError):
+  except (OSError, ValueError, RecursionError):
     return None
   return None
 
 
+def _objects(data: str):
+  """(row, object) of "humaneval" (the package's gzipped file) or of a user JSONL, read
+  as every JSONL is (:func:`t3d_jax.data.jsonl.iter_jsonl`: one error per bad line)."""
+  if data != HUMANEVAL:
+    yield from jsonl.iter_jsonl(data)
+    return
+  with gzip.open(humaneval_file(), "rt") as f:
+    for i, line in enumerate(f, 1):
+      if line.strip():
+        yield i, json.loads(line)
+
+
 def load_code_rows(data: str, limit: int | None = None) -> list[dict]:
   """Rows {question, answer, prefix, index} of "humaneval" or a code-layout JSONL."""
-  if data == HUMANEVAL:
-    path, opener = humaneval_file(), gzip.open
-  else:
-    path, opener = Path(data), open
   rows = []
-  with opener(path, "rt") as f:
-    for i, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{data}, row {i}"
-      try:
-        obj = json.loads(line)
-      except ValueError as e:
-        raise InputError(f"{where}: not JSON ({e})") from None
-      if not isinstance(obj, dict):
-        raise InputError(f"{where}: expected a JSON object")
-      rows.append(dict(code_row(obj, where), index=len(rows)))
-      if limit is not None and len(rows) >= limit:
-        break
+  for i, obj in _objects(data):
+    rows.append(dict(code_row(obj, f"{data}, row {i}"), index=len(rows)))
+    if limit is not None and len(rows) >= limit:
+      break
   return rows

@@ -57,15 +57,24 @@ def iter_jsonl(path: PathLike) -> Iterator[tuple[int, dict]]:
                        f"column {e.start + 1})") from None
     if not line.strip():
       continue
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise JsonlError(f"{_where(path, lineno)}: malformed JSON ({e.msg} at column "
-                       f"{e.colno})") from None
+    obj = parse_json(line, _where(path, lineno))
     if not isinstance(obj, dict):
       raise JsonlError(f"{_where(path, lineno)}: expected a JSON object, got "
                        f"{type(obj).__name__}")
     yield lineno, obj
+
+
+def parse_json(text: str, where: str) -> Any:
+  """``json.loads(text)``; malformed JSON, a number of more digits than Python converts
+  (4300) and nesting deeper than the parser recurses are a JsonlError naming ``where``."""
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise JsonlError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+  except ValueError as e:  # an integer literal of more than sys.get_int_max_str_digits()
+    raise JsonlError(f"{where}: malformed JSON ({e})") from None
+  except RecursionError:
+    raise JsonlError(f"{where}: malformed JSON (nested too deeply)") from None
 
 
 def read_jsonl(path: PathLike) -> list[dict]:
@@ -156,7 +165,7 @@ def count_rows(path: PathLike) -> int:
       continue
     try:
       json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, malformed, huge int, too deep
       raise JsonlError(f"{_where(path, lineno)}: complete row is not valid JSON; refusing "
                        f"to resume onto a corrupt file") from None
     n += 1

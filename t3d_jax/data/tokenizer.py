@@ -52,15 +52,21 @@ def load_tokenizer(path: PathLike):
   except Exception as e:  # transformers raises many types; keep the dir in the message
     if _ships_code(path):
       return _without_its_code(path)
-    raise TokenizerError(f"{path}: cannot load tokenizer ({type(e).__name__}: {e})") from e
+    raise TokenizerError(f"{path}: cannot load tokenizer ({_one_line(e)})") from e
+
+
+def _one_line(e: Exception) -> str:
+  """An exception of a library (transformers, tokenizers, jinja) as one line."""
+  return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def _ships_code(path: str) -> bool:
   try:
-    with open(os.path.join(path, "tokenizer_config.json")) as f:
-      return "AutoTokenizer" in (json.load(f).get("auto_map") or {})
-  except (OSError, ValueError):
+    with open(os.path.join(path, "tokenizer_config.json"), "rb") as f:
+      auto_map = json.load(f).get("auto_map")
+  except (OSError, ValueError, RecursionError, AttributeError):  # AttributeError: no object
     return False
+  return isinstance(auto_map, dict) and "AutoTokenizer" in auto_map
 
 
 def _without_its_code(path: str):
@@ -80,7 +86,7 @@ def _without_its_code(path: str):
     return cls.from_pretrained(path, local_files_only=True)
   except Exception as e:
     raise TokenizerError(f"{path}: cannot load tokenizer with {cls.__name__} "
-                         f"({type(e).__name__}: {e})") from e
+                         f"({_one_line(e)})") from e
 
 
 def _dir(tokenizer) -> str:
@@ -106,12 +112,20 @@ def math_prompt(tokenizer, question: str, prompt_template: Optional[str] = None,
     raise TokenizerError(f"{_dir(tokenizer)}: tokenizer has no chat_template; set "
                          f"prompt_template (a string with {{question}}) instead")
   messages = [{"role": "user", "content": user_message(question)}]
-  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+  try:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+  except Exception as e:  # the template is the dir's own code: anything can go wrong in it
+    raise TokenizerError(f"{_dir(tokenizer)}: its chat_template fails ({_one_line(e)}); fix "
+                         "it or set prompt_template (a string with {question})") from None
 
 
 def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
   """Token ids of each text, no BOS/EOS added (prompts already carry their specials)."""
-  out = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+  try:
+    out = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+  except Exception as e:  # a tokenizer dir that loads but cannot encode (its files' fault)
+    raise TokenizerError(f"{_dir(tokenizer)}: the tokenizer cannot encode text "
+                         f"({_one_line(e)})") from None
   return [list(map(int, ids)) for ids in out]
 
 

@@ -38,6 +38,11 @@ def _per_sample(value, n=None):
   return [value] if n in (None, 1) else None
 
 
+def _int_list(x) -> bool:
+  """A list of JSON integers (true/false are not token ids)."""
+  return isinstance(x, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
+
+
 def _check_ranges(where: str, k: int, resp, step_map, vocab: int, nfe) -> None:
   """Token ids in [0, vocab); step_map entries -1 (revealed before decoding, e.g. a
   prompt tail) or a 1-based step, at most the sample's forwards (``nfe``, when given)."""
@@ -98,10 +103,14 @@ def load_trajectory_samples(path, tokenizer, *, original_prompts: bool = False,
     if "step_map" not in obj:
       raise InputError(f"{where}: no 'step_map' field (is this a rollout trajectories file?)")
     maps = _per_sample(obj["step_map"])
+    if not all(_int_list(m) for m in maps):
+      raise InputError(f"{where}: 'step_map' must be a list of integer lists (one per sample)")
     if retokenize:
       if "full_output" not in obj:
         raise InputError(f"{where}: retokenize needs a 'full_output' field")
       outs = obj["full_output"] if isinstance(obj["full_output"], list) else [obj["full_output"]]
+      if not all(isinstance(t, str) for t in outs):
+        raise InputError(f"{where}: 'full_output' must be a string or a list of strings")
       resps = [encode(tokenizer, [t])[0] for t in outs]
       check_encodable(tokenizer, outs, resps, [f"{where}, full_output {k}"
                                                for k in range(len(outs))])
@@ -118,15 +127,16 @@ def load_trajectory_samples(path, tokenizer, *, original_prompts: bool = False,
     nfe = obj.get("nfe")
     nfe = nfe if isinstance(nfe, list) and len(nfe) == len(maps) else None
     for k, (r, m) in enumerate(zip(resps, maps)):
-      if len(r) != len(m) or not all(isinstance(x, int) for x in list(r) + list(m)):
-        raise InputError(f"{where}, sample {k}: response_ids ({len(r)}) and step_map ({len(m)}) "
+      if not _int_list(r) or len(r) != len(m):
+        size = len(r) if isinstance(r, list) else type(r).__name__
+        raise InputError(f"{where}, sample {k}: response_ids ({size}) and step_map ({len(m)}) "
                          "must be integer lists of equal length")
       _check_ranges(where, k, r, m, vocab, nfe)
     if not isinstance(obj.get("answer"), (str, int, float)) or str(obj["answer"]).strip() == "":
       raise InputError(f"{where}: empty or missing 'answer' (reference answer of the question)")
     if original_prompts:
-      if "question" not in obj:
-        raise InputError(f"{where}: original_prompts needs a 'question' field")
+      if not isinstance(obj.get("question"), str):
+        raise InputError(f"{where}: original_prompts needs a 'question' string")
       text = tokenizer.apply_chat_template([{"role": "user", "content": obj["question"]}],
                                            tokenize=False, add_generation_prompt=True)
     else:

@@ -90,7 +90,11 @@ class ExampleConfig:
                        f"got {self.mask_strategy!r}")
     if self.mask_order not in _MASK_ORDERS:
       raise ValueError(f"mask_order must be one of {_MASK_ORDERS}, got {self.mask_order!r}")
-    ratios = tuple(float(r) for r in np.atleast_1d(np.asarray(self.mask_ratios, float)))
+    try:  # a number or a flat list of numbers
+      ratios = np.atleast_1d(np.asarray(self.mask_ratios, float))
+      ratios = tuple(float(r) for r in ratios) if ratios.ndim == 1 else ()
+    except (TypeError, ValueError):
+      ratios = ()
     if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios):
       raise ValueError(f"mask_ratios must be a non-empty list of values in [0, 1], "
                        f"got {self.mask_ratios!r}")

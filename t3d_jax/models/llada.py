@@ -15,7 +15,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from t3d_jax.models.sdar import SDARConfig
-from t3d_jax.models.sdar_hf import ROWS_NO_QK_NORM, Row, order_entries
+from t3d_jax.models.sdar_hf import ROWS_NO_QK_NORM, Row, check_types, order_entries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +73,10 @@ def config_from_hf(hf: dict[str, Any], **overrides) -> LLaDAConfig:
     if key in hf and hf[key] != want:
       raise ValueError(f"{key}={hf[key]!r} is not supported for LLaDA "
                        f"(the published checkpoints have {want!r})")
+  check_types(hf, sizes=("n_heads", "n_kv_heads", "d_model", "mlp_hidden_size", "mlp_ratio",
+                         "n_layers", "embedding_size", "vocab_size"), ids=("mask_token_id",),
+              numbers_=("rope_theta", "rms_norm_eps"),
+              bools=("multi_query_attention", "weight_tying", "include_qkv_bias"))
   nh = hf["n_heads"]
   nkv = hf.get("n_kv_heads") or (1 if hf.get("multi_query_attention") else nh)
   d = hf["d_model"]

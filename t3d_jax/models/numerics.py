@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from t3d_jax.dtypes import as_dtype
 from t3d_jax.errors import InputError
 from t3d_jax.models.sdar import SDARConfig, check_numerics
 
@@ -21,6 +22,11 @@ class Numerics:
                                 # flash, bf16) | auto (splash on TPU, else dense)
 
   def __post_init__(self):
+    for key in ("dtype", "param_dtype"):  # which of the two: "unknown dtype" does not say
+      try:
+        as_dtype(getattr(self, key) or "float32")
+      except (TypeError, ValueError) as e:
+        raise InputError(f"config.model.{key}: {e}") from None
     try:
       check_numerics(self.dtype or "float32", self.param_dtype or "float32",
                      self.remat or "none", self.attention or "dense")

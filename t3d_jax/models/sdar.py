@@ -15,6 +15,8 @@ per forward. Every param carries logical axis names
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any, ClassVar, NamedTuple, Optional
 
 import flax.linen as nn
@@ -51,6 +53,31 @@ def check_numerics(dtype: str, param_dtype: str, remat: Any, kernel: str) -> str
   return name
 
 
+SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+         "num_kv_heads", "head_dim")
+
+
+def check_sizes(cfg) -> None:
+  """ValueError naming the first field a network cannot be built from: a size that is
+  no positive integer, a RoPE base or norm epsilon that is no finite positive number (a
+  NaN there is a NaN model), a flag that is no bool, a mask id outside the vocabulary."""
+  for f in SIZES:
+    v = getattr(cfg, f)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+      raise ValueError(f"{f}={v!r} must be a positive integer")
+  for f in ("rope_theta", "rms_norm_eps"):
+    v = getattr(cfg, f)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf:
+      raise ValueError(f"{f}={v!r} must be a finite number > 0")
+  for f in ("tie_word_embeddings", "attention_bias"):
+    if not isinstance(getattr(cfg, f), bool):
+      raise ValueError(f"{f}={getattr(cfg, f)!r} must be true or false")
+  m = cfg.mask_token_id
+  if m is not None and (isinstance(m, bool) or not isinstance(m, numbers.Integral)
+                        or not 0 <= m < cfg.vocab_size):
+    raise ValueError(f"mask_token_id={m!r} must be an id in [0, vocab_size={cfg.vocab_size})")
+
+
 @dataclasses.dataclass(frozen=True)
 class SDARConfig:
   """Architecture plus numerics. Hashable, so it can be a static jit argument.
@@ -79,6 +106,7 @@ class SDARConfig:
   mask_token_id: Optional[int] = None  # the checkpoint's own mask id (LLaDA, Dream config.json)
 
   def __post_init__(self):
+    check_sizes(self)
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")

@@ -141,6 +141,29 @@ def hf_order_entries(cfg: SDARConfig) -> list[tuple[str, Row, int | None]]:
   return order_entries(ROWS, cfg, hf_order=True)
 
 
+def _int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_types(hf: dict[str, Any], sizes=(), ids=(), numbers_=(), bools=(), dicts=()) -> None:
+  """ValueError naming the first of these config.json keys, where present and not null,
+  that has the wrong JSON type: ``bool("false")`` would read as true, a layer count of
+  2.5 or "2" as no count at all, and 0 heads divide by zero."""
+  for keys, ok, what in (
+      (sizes, lambda v: _int(v) and v > 0, "a positive integer"),
+      (ids, lambda v: _int(v) and v >= 0, "an integer >= 0"),
+      (numbers_, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+      (bools, lambda v: isinstance(v, bool), "true or false"),
+      (dicts, lambda v: isinstance(v, dict), "an object")):
+    for key in keys:
+      if hf.get(key) is not None and not ok(hf[key]):
+        raise ValueError(f"{key}={hf[key]!r} must be {what}")
+
+
+QWEN_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "head_dim")
+
+
 def config_from_hf(hf: dict[str, Any], **overrides) -> SDARConfig:
   """SDARConfig of a transformers config.json dict (Qwen3 or SDAR); the inverse of
   :func:`hf_config_from`."""
@@ -149,6 +172,10 @@ def config_from_hf(hf: dict[str, Any], **overrides) -> SDARConfig:
 
 def qwen_fields(hf: dict[str, Any]) -> dict[str, Any]:
   """The config fields of a Qwen-style config.json (Qwen2 / Qwen3 keys)."""
+  check_types(hf, sizes=QWEN_SIZES, ids=("mask_token_id",),
+              numbers_=("rope_theta", "rms_norm_eps"),
+              bools=("tie_word_embeddings", "attention_bias", "use_sliding_window"),
+              dicts=("rope_parameters", "rope_scaling"))
   rope = hf.get("rope_parameters") or {}
   scaling = hf.get("rope_scaling") or {}
   rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))

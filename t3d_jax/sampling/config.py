@@ -6,10 +6,12 @@ semantics follow docs/method.md §1 with the t3d_jax defaults of §6.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Optional
 
 import numpy as np
 
+from t3d_jax.config_keys import field_type_problem
 from t3d_jax.errors import InputError
 from t3d_jax.sampling import strategies
 
@@ -38,6 +40,13 @@ MAX_STOP_IDS = 8
 
 class DecodeError(InputError):
   """Bad decoding configuration or input; the message names the offending field."""
+
+
+def token_ids(value, vocab_size: float = float("inf")) -> bool:
+  """A list or tuple of integer ids in [0, vocab_size) (JSON true/false are no ids)."""
+  return isinstance(value, (list, tuple)) and all(
+      isinstance(t, numbers.Integral) and not isinstance(t, bool) and 0 <= t < vocab_size
+      for t in value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +120,9 @@ class DecodeConfig:
     """From the ``config.decode`` section and a tokenizer's special ids (stop ids: EOS
     plus <|im_end|>/<|endoftext|> where present, plus ``dc.extra_stop_ids``); ``0`` for
     ``max_length`` means none. Validated: a bad value is a DecodeError naming the key."""
+    if not token_ids(dc.extra_stop_ids, ids.vocab_size):
+      raise DecodeError(f"config.decode: extra_stop_ids={dc.extra_stop_ids!r} must be a list "
+                        f"of token ids in [0, {ids.vocab_size})")
     stops = tuple(ids.stop_ids) + tuple(int(t) for t in dc.extra_stop_ids
                                         if int(t) not in ids.stop_ids)
     kw = {f.name: dc[f.name] for f in dataclasses.fields(cls)
@@ -141,6 +153,9 @@ class DecodeConfig:
     """Raise DecodeError naming the first bad field; return self."""
     def bad(msg):
       raise DecodeError(f"DecodeConfig: {msg}")
+    problem = field_type_problem(type(self), vars(self))
+    if problem:
+      bad(problem)
     if self.mask_id is None:
       bad("mask_id is required (the tokenizer has no mask token?); "
           "t3d_jax never falls back to the pad id")
@@ -233,6 +248,12 @@ class Batching:
   extra_stop_ids: tuple = ()   # added to EOS/<|im_end|>/<|endoftext|>
 
   def __post_init__(self):
+    problem = field_type_problem(type(self), vars(self))
+    if problem:
+      raise DecodeError(f"config decode.{problem}")
+    if not token_ids(self.extra_stop_ids):
+      raise DecodeError(f"config decode.extra_stop_ids={self.extra_stop_ids!r} must be a "
+                        "list of token ids")
     for key in ("batch_size", "width_multiple"):
       if getattr(self, key) < 1:
         raise DecodeError(f"config decode.{key} must be >= 1, got {getattr(self, key)}")
