@@ -77,7 +77,10 @@ def test_own_task_end_to_end_as_in_readme(tmp_path):
     assert all(row["reason"].startswith("read ") for row in samples)
     assert x["accuracy"] == sum(row["correct"] for row in samples) / len(samples)
   # README "From Python (notebooks)", as written, in the same directory after the command
-  (tmp_path / "nb.py").write_text(readme_python())
+  nb = readme_python()
+  assert '{"rollout.limit": 64}' in nb   # shortened as the command is: no teacher gate
+  (tmp_path / "nb.py").write_text(nb.replace(
+      '{"rollout.limit": 64}', '{"rollout.limit": 64, "rollout.min_teacher_accuracy": 0}'))
   r = subprocess.run([sys.executable, "nb.py"], cwd=tmp_path, env=env, capture_output=True,
                      text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-4000:]
@@ -102,6 +105,7 @@ def test_a_character_the_tokenizer_lacks_is_an_error_naming_the_row(tmp_path):
   data.write_text('{"question": "1+2", "answer": "3"}\n{"question": "4+4", "answer": "8"}\n')
   c = load_config("own_task")
   c.workdir, c.pretrain.data = str(tmp_path / "w"), str(data)
+  c.pretrain.eval_every, c.pretrain.target_accuracy = 0, 0.0   # two rows: none to hold out
   tokenizer.run(c)
   other = tmp_path / "other.jsonl"
   other.write_text('{"question": "1+2", "answer": "3"}\n{"question": "5*5", "answer": "25"}\n')

@@ -214,12 +214,14 @@ def test_heldout_settings_errors(every, target, msg):
 
 
 def test_heldout_split_takes_the_last_distinct_questions():
-  rows = [dict(question=q, answer="") for q in ("a", "b", "a", "c", "d", "c")]
+  rows = [dict(question=q, answer="") for q in "a b a c d c e f g h".split()]
   train, held = heldout.split(rows, 2, "f")
-  assert [r["question"] for r in held] == ["d", "c"]
-  assert [r["question"] for r in train] == ["a", "b", "a"]
-  with pytest.raises(InputError, match="too few to hold out pretrain.eval_questions=4"):
-    heldout.split(rows, 4, "f")
+  assert [r["question"] for r in held] == ["g", "h"]
+  assert [r["question"] for r in train] == list("abacdcef")
+  train, held = heldout.split(rows, 5, "f")   # at most a quarter of the 8 questions
+  assert [r["question"] for r in held] == ["g", "h"]
+  with pytest.raises(InputError, match="3 distinct questions: too few to hold some out"):
+    heldout.split(rows[:3], 1, "f")
 
 
 def test_sigterm_during_measured_pretraining_resumes_bit_exactly(task_dir):

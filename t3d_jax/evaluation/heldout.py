@@ -1,7 +1,7 @@
 """The model's full-step accuracy on questions it does not train on, while it trains.
 
 ``pretrain.eval_every`` > 0 holds out the last ``pretrain.eval_questions`` distinct
-questions of the training data (every row asking one of them leaves the training set);
+questions of the training data (at most a quarter of them) (every row asking one of them leaves the training set);
 every ``eval_every`` updates and after the last, :class:`HeldOut` decodes them with the
 ``decode`` section (the teacher's full-step setting, the sampler rollout uses) and grades
 the responses with ``task.name`` (each evaluation's responses and verdicts in
@@ -33,9 +33,15 @@ FIGURE = "heldout_accuracy"
 
 def split(rows: Sequence[dict], n: int, data: str) -> tuple[list[dict], list[dict]]:
   """(training rows, held-out rows): the last ``n`` distinct questions of ``rows`` (one
-  row each, the last asking it) are held out, with every row asking one of them."""
+  row each, the last asking it), at most a quarter of them, are held out, with every row
+  asking one of them."""
   if n < 1:
     raise InputError(f"config pretrain.eval_questions={n}: must be >= 1")
+  distinct = len({str(r["question"]) for r in rows})
+  n = min(n, distinct // 4)
+  if n < 1:
+    raise InputError(f"{data}: {len(rows)} rows with {distinct} distinct questions: too few "
+                     "to hold some out (pretrain.eval_every needs at least 4)")
   held: dict[str, dict] = {}
   for r in reversed(rows):
     q = str(r["question"])
@@ -44,9 +50,6 @@ def split(rows: Sequence[dict], n: int, data: str) -> tuple[list[dict], list[dic
       if len(held) == n:
         break
   train = [r for r in rows if str(r["question"]) not in held]
-  if len(held) < n or not train:
-    raise InputError(f"{data}: {len(rows)} rows with {len(held)} distinct questions: too few "
-                     f"to hold out pretrain.eval_questions={n} and train on the rest")
   return train, list(reversed(held.values()))
 
 
