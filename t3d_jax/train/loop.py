@@ -111,7 +111,8 @@ def run(lc: LoopConfig, *, state, reference, step_fn: Callable, batch_fn: Callab
   every ``lc.data_every`` updates but the last, once those are known finite and before
   their checkpoint; ``evaluate(done, state) -> figures`` every ``lc.eval_every`` updates
   and after the last (logged with that update's row; ``stop_when(figures)`` true stops
-  the run there, recorded in its checkpoint); ``extra(done)`` adds keys to the checkpoint meta (data position, ...).
+  the run there, recorded in its checkpoint); ``extra(done)`` adds keys to the checkpoint
+  meta (data position, ...).
   ``defaults``: the library's values of the settings' config sections (distill, examples,
   loss, optim, ...: config_base.library_defaults): a key the checkpoints lack is the
   same run only at its default."""
