@@ -44,8 +44,8 @@ At the end every sample is graded with ``task.name`` when the rows carry answers
 <output stem>.meta.json (``teacher``) and the stage summary, and below
 ``rollout.min_teacher_accuracy`` the stage fails with one line saying what to do (the
 trajectories stay; ``--config.force=True`` goes on), so nothing distils a teacher that
-cannot do the task. Also a step_map heat-map of the first ``rollout.plot_trajectories`` rows is
-written next to the output (<output stem>.step_maps.png).
+cannot do the task. A step_map heat-map of the first ``rollout.plot_trajectories`` rows
+is written next to the output (<output stem>.step_maps.png).
 """
 from __future__ import annotations
 
