@@ -163,7 +163,8 @@ def test_distill_bad_inputs(setup, tmp_path):
       (dict(good, step_map=[[0, 2]]), "row 2, sample 0: step_map value 0"),
       (dict(good, step_map=[[1, 10**6]]), "row 2, sample 0: step_map value 1000000"),
       (dict(good, response_ids=[[5]]), "bad.jsonl, row 2, sample 0: response_ids (1) and step_map (2)"),
-      (dict(good, step_map=[[1, 2.5]]), "bad.jsonl, row 2, sample 0"),
+      (dict(good, step_map=[[1, 2.5]]),
+       "bad.jsonl, row 2: 'step_map' must be a list of integer lists"),
       (dict(good, answer=""), "bad.jsonl, row 2: empty or missing 'answer'"),
       ({k: v for k, v in good.items() if k != "response_ids"}, "row 2: no 'response_ids' field")]:
     bad.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
