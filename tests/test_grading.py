@@ -195,7 +195,7 @@ def test_graders_by_name(tmp_path, monkeypatch):
   wrong, reason says so), and one-line errors for unknown names, failed imports and rows
   a grader cannot grade."""
   from t3d_jax.errors import InputError
-  from t3d_jax.tasks import ERROR_PREFIX, load_task
+  from t3d_jax.tasks import ERROR_PREFIX, TASKS, load_task
   exact = load_task("exact")
   assert exact("q", "Paris", "  paris \n").correct
   assert not exact("q", "Paris", "Paris, France").correct
@@ -212,7 +212,8 @@ def test_graders_by_name(tmp_path, monkeypatch):
   assert not g.correct and g.reason == f"{ERROR_PREFIX}ValueError: bad row"
   g = load_task("my_grader:bad")("q", "a", "b")
   assert not g.correct and g.reason.startswith(f"{ERROR_PREFIX}TypeError: returned str")
-  for name, match in [("chess", "task.name='chess' is not one of math, words, exact, code or "
+  names = ", ".join(TASKS)  # every built-in task, so a new one does not stale this line
+  for name, match in [("chess", f"task.name='chess' is not one of {names} or "
                        "package.module:function"),
                       ("no_such_mod:f", "task.name='no_such_mod:f': cannot import it "
                        "\\(ModuleNotFoundError"),
