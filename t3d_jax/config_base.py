@@ -95,8 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
   # the architecture of a model trained from scratch (pretrain without init) and of a
   # memory plan (bench memory); converted models bring their own (sdar_config.json).
   # vocab_size 0: the tokenizer's size (pretrain) / unknown (plan from the model dir).
+  # family: sdar (block-causal), llada or dream (bidirectional; t3d_jax/models/family.py)
   c.arch = ml_collections.ConfigDict(dict(
-      vocab_size=0, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
+      family="sdar", vocab_size=0, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
       num_kv_heads=2, head_dim=32, rope_theta=10000.0, rms_norm_eps=1e-6,
       tie_word_embeddings=False, attention_bias=False))
 

@@ -1,6 +1,8 @@
-"""distill.method: each objective's loss on a real micro-batch of a tiny model equals a
-numpy re-derivation from the same logits (written here, from the equations in
-t3d_jax/distill/methods.py), and each method trains through the CLI."""
+"""distill.method: each objective's loss on a real micro-batch of a tiny model of each
+family equals a numpy re-derivation from the same logits (written here, from the
+equations in t3d_jax/distill/methods.py; for LLaDA and Dream the logits come from a naive
+loop that builds each (example, block) row as the decoder sees it, see
+t3d_jax/train/views.py), and each method trains through the CLI."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,12 +12,14 @@ from t3d_jax import masks
 from t3d_jax.distill import methods
 from t3d_jax.distill.examples import ExampleConfig, build_examples
 from t3d_jax.distill.losses import LossConfig
-from t3d_jax.models import SDARConfig, forward, init_params
+from t3d_jax.models import family as families
+from t3d_jax.models import forward, init_params
 from t3d_jax.train import pretrain as pt
 
 V, PAD, MASK = 64, 0, 63
-MODEL = SDARConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_layers=2,
-                   num_heads=4, num_kv_heads=2, head_dim=8)
+SIZES = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+             num_kv_heads=2, head_dim=8)
+MODELS = {name: f.config_class(**SIZES) for name, f in families.FAMILIES.items()}
 LOSS = LossConfig(block_size=4, path_k_steps=2, alpha=0.7, beta=0.3)
 L0, L1 = 6, 8
 
@@ -49,12 +53,36 @@ def random_mask_batch():
   return mb
 
 
-def noisy_logits(params, mb):
-  """The full-layout forward (no row skipping) in numpy float64, noisy rows only."""
-  layout = masks.TrainingLayout.of_batch(mb["ids"].shape[-1], mb["labels"].shape[-1], 4)
-  out = forward(params, MODEL, jnp.asarray(mb["ids"]),
-                layout.batch_mask(jnp.asarray(mb["ids"]), PAD), jnp.asarray(mb["positions"]))
-  return np.asarray(out, np.float64)[:, L0 + L1:]
+def noisy_logits(model, params, mb, block=4):
+  """The logits scoring each response token at the state xt, float64 [B, L1, V].
+
+  SDAR: the full-layout forward (no row skipping), the noisy rows. LLaDA / Dream: per
+  example and block i, the decoder's input [prompt | x0 blocks < i | xt block i | masks]
+  with the prompt pads hidden, forwarded alone; token j read from output j - offset."""
+  fam = families.of_config(model)
+  if fam.attention == "block_causal":
+    layout = masks.TrainingLayout.of_batch(mb["ids"].shape[-1], mb["labels"].shape[-1],
+                                           block)
+    out = forward(params, model, jnp.asarray(mb["ids"]),
+                  layout.batch_mask(jnp.asarray(mb["ids"]), PAD), jnp.asarray(mb["positions"]))
+    return np.asarray(out, np.float64)[:, L0 + L1:]
+  ids = np.asarray(mb["ids"])
+  out = np.zeros((len(ids), L1, V))
+  for b, row in enumerate(ids):
+    prompt, x0, xt = row[:L0], row[L0:L0 + L1], row[L0 + L1:]
+    valid = np.concatenate([prompt != PAD, np.ones(L1, bool)])
+    pos = np.maximum(np.cumsum(valid) - 1, 0)
+    for i in range(L1 // block):
+      resp = np.full(L1, MASK)
+      resp[:i * block] = x0[:i * block]
+      resp[i * block:(i + 1) * block] = xt[i * block:(i + 1) * block]
+      x = np.concatenate([prompt, resp])[None]
+      mask = np.broadcast_to(valid[None, None, :], (1, len(valid), len(valid)))
+      logits = np.asarray(forward(params, model, jnp.asarray(x), jnp.asarray(mask),
+                                  jnp.asarray(pos[None])), np.float64)[0]
+      for j in range(i * block, (i + 1) * block):
+        out[b, j] = logits[L0 + j - fam.prediction_offset]
+  return out
 
 
 def log_softmax(x):
@@ -79,57 +107,59 @@ def log_sigmoid(x):
   return -np.log1p(np.exp(-x))
 
 
-def run(method, params, ref, mb):
-  fn = methods.loss_fn(method, MODEL, LOSS, mask_id=MASK, pad_id=PAD)
+def run(method, model, params, ref, mb):
+  fn = methods.loss_fn(method, model, LOSS, mask_id=MASK, pad_id=PAD)
   loss, metrics = jax.jit(fn)(params, ref, jax.tree.map(jnp.asarray, mb), jax.random.key(0))
   return float(loss), metrics
 
 
-@pytest.fixture(scope="module")
-def models():
-  return init_params(MODEL, jax.random.key(0)), init_params(MODEL, jax.random.key(1))
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def models(request):
+  """(model config, params, reference params) of each family."""
+  model = MODELS[request.param]
+  return model, init_params(model, jax.random.key(0)), init_params(model, jax.random.key(1))
 
 
 def test_ddo_is_the_ddo_loss_alone(models):
-  params, ref = models
+  model, params, ref = models
   mb = trajectory_batch()
-  tgt, rl = noisy_logits(params, mb), noisy_logits(ref, mb)
+  tgt, rl = noisy_logits(model, params, mb), noisy_logits(model, ref, mb)
   labels, pm, w = mb["labels"][:, L0:], mb["p_mask"][:, L0:], mb["weight"]
   fake = rl.argmax(-1)
   lt_real, lt_fake = masked_means(picked(tgt, labels), pm), masked_means(picked(tgt, fake), pm)
   lr_real, lr_fake = masked_means(picked(rl, labels), pm), masked_means(picked(rl, fake), pm)
   want = (wmean(-log_sigmoid(LOSS.beta * (lt_real - lr_real)), w)
           + wmean(-LOSS.alpha * log_sigmoid(-LOSS.beta * (lt_fake - lr_fake)), w))
-  loss, m = run("ddo", params, ref, mb)
+  loss, m = run("ddo", model, params, ref, mb)
   assert loss == pytest.approx(want, rel=1e-5)
-  t3d, mt = run("t3d", params, ref, mb)  # the same DDO term, plus lambda * path
+  t3d, mt = run("t3d", model, params, ref, mb)  # the same DDO term, plus lambda * path
   assert float(mt["loss"]) == pytest.approx(want, rel=1e-5)
   assert t3d == pytest.approx(want + LOSS.lambda_path * float(mt["loss_path"]), rel=1e-5)
 
 
 def test_naive_td_is_cross_entropy_on_the_teacher_tokens(models):
-  params, ref = models
+  model, params, ref = models
   mb = trajectory_batch()
-  lp = masked_means(picked(noisy_logits(params, mb), mb["labels"][:, L0:]),
+  lp = masked_means(picked(noisy_logits(model, params, mb), mb["labels"][:, L0:]),
                     mb["p_mask"][:, L0:])
-  loss, m = run("naive_td", params, ref, mb)
+  loss, m = run("naive_td", model, params, ref, mb)
   assert loss == pytest.approx(wmean(-lp, mb["weight"]), rel=1e-5)
-  loss_other_ref, _ = run("naive_td", params, params, mb)  # no reference in it
+  loss_other_ref, _ = run("naive_td", model, params, params, mb)  # no reference in it
   assert loss_other_ref == loss
 
 
 def test_sft_is_the_masked_diffusion_objective(models):
-  params, ref = models
+  model, params, ref = models
   mb = random_mask_batch()
-  nll = -picked(noisy_logits(params, mb), mb["labels"][:, L0:]) * mb["p_mask"][:, L0:]
+  nll = -picked(noisy_logits(model, params, mb), mb["labels"][:, L0:]) * mb["p_mask"][:, L0:]
   per = nll.sum(-1) / mb["t"] / np.maximum(mb["num_eligible"], 1)
-  loss, _ = run("sft", params, ref, mb)
+  loss, _ = run("sft", model, params, ref, mb)
   assert loss == pytest.approx(float(per.mean()), rel=1e-5)
   assert 0 < mb["p_mask"].sum() < mb["num_eligible"].sum() + 1  # random masks, some kept
 
 
 def test_dparallel_is_certainty_forcing_on_a_mask_and_its_complement(models):
-  params, ref = models
+  model, params, ref = models
   prompts, resp, _ = _inputs()
   ex = methods.certainty_examples(prompts, resp, np.arange(4), ratio=0.5, post_num=2,
                                   pad_id=PAD, mask_id=MASK)
@@ -139,7 +169,7 @@ def test_dparallel_is_certainty_forcing_on_a_mask_and_its_complement(models):
   assert (pm[:4] ^ pm[4:] == eligible).all() and not (pm[:4] & pm[4:]).any()
   mb = {k: ex[k] for k in ("ids", "positions", "labels", "p_mask")}
   mb["weight"] = np.ones(8, np.float32)
-  logits = noisy_logits(params, mb)
+  logits = noisy_logits(model, params, mb)
   labels = mb["labels"][:, L0:]
   ce = -masked_means(picked(logits, labels), pm)
   scaled = log_softmax(logits / LOSS.entropy_temperature)
@@ -147,7 +177,7 @@ def test_dparallel_is_certainty_forcing_on_a_mask_and_its_complement(models):
   right = (logits.argmax(-1) == labels) & pm
   h = masked_means(entropy, right)
   per_example = (ce + LOSS.entropy_weight * h)[:4] + (ce + LOSS.entropy_weight * h)[4:]
-  loss, m = run("dparallel", params, ref, mb)
+  loss, m = run("dparallel", model, params, ref, mb)
   assert loss == pytest.approx(float(per_example.mean()), rel=1e-5)
   assert float(m["entropy"]) == pytest.approx(float(h.mean()), rel=1e-5)
   # the batch: both copies of an example in one micro-batch

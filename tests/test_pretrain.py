@@ -55,7 +55,7 @@ def test_batch_layout_and_loss_falls_on_the_words_task(tmp_path):
   o = OptimConfig(lr=3e-3, warmup_steps=2, total_steps=40, weight_decay=0.0)
   tx = make_optimizer(o)
   step = jax.jit(make_train_step(lambda p, r, mb, k: pt.micro_loss(
-      p, r, mb, k, model=cfg, block_size=4, pad_id=ids.pad_id), o))
+      p, r, mb, k, model=cfg, block_size=4, pad_id=ids.pad_id, mask_id=ids.mask_id), o))
   state = TrainState.create(init_params(cfg, jax.random.key(0)), tx)
   losses = []
   for s in range(40):

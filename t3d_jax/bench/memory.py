@@ -67,14 +67,14 @@ def tpu_slice(name: str) -> Slice:
 
 
 def model_config(config):
-  """SDARConfig of a config: ``config.arch`` when it names its vocab_size (planning
-  configs, training from scratch), else the model dir's sdar_config.json; numerics from
-  ``config.model``."""
+  """The model config of a config: ``config.arch`` when it names its vocab_size (planning
+  configs, training from scratch; its family's config class), else the model dir's
+  sdar_config.json; numerics from ``config.model``."""
+  from t3d_jax.models.family import arch_config
   from t3d_jax.models.numerics import Numerics
-  from t3d_jax.models.sdar import SDARConfig
   numerics = Numerics.of(config.model) if "model" in config else Numerics()
   if "arch" in config and config.arch.vocab_size:
-    return numerics.apply(SDARConfig(**dict(config.arch), param_dtype=numerics.param_dtype),
+    return numerics.apply(arch_config(config.arch, param_dtype=numerics.param_dtype),
                           train=True)
   from pathlib import Path
 

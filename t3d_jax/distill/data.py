@@ -59,14 +59,41 @@ def _check_ranges(where: str, k: int, resp, step_map, vocab: int, nfe) -> None:
                      f"{limit}")
 
 
-def recorded_block_size(path) -> int | None:
-  """The block size the rollout decoded ``path`` with (from its ``<stem>.meta.json``);
-  None for a file without one (e.g. written by the released code)."""
+def rollout_record(path) -> dict:
+  """What the rollout recorded beside ``path`` (its ``<stem>.meta.json``): ``block_size``
+  and ``canvas`` (decode.max_new_tokens) it decoded with, the model ``family``; each None
+  when unknown (a file of the released code, or written before families were recorded)."""
   meta = pathlib.Path(path).with_name(pathlib.Path(path).stem + ".meta.json")
   try:
-    return int(json.loads(meta.read_text())["settings"]["decode"]["block_size"])
-  except (OSError, ValueError, KeyError, TypeError):
-    return None
+    rec = json.loads(meta.read_text())
+  except (OSError, ValueError):
+    rec = {}
+  rec = rec if isinstance(rec, dict) else {}
+  dec = rec.get("settings", {}).get("decode", {}) if isinstance(rec.get("settings"), dict) else {}
+
+  def num(key):
+    try:
+      return int(dec[key])
+    except (KeyError, TypeError, ValueError):
+      return None
+  family = rec.get("family")
+  return dict(block_size=num("block_size"), canvas=num("max_new_tokens"),
+              family=family if isinstance(family, str) else None)
+
+
+def check_family(record: dict, family, canvas: int, data: str, model: str) -> None:
+  """Trajectories are distilled into a model of the family that wrote them, and a
+  bidirectional family at the canvas they were decoded on (``canvas``: the width the
+  batches are padded to, 0 for a block-causal family); one-line errors otherwise."""
+  if record["family"] is not None and record["family"] != family.name:
+    raise InputError(f"{data}: trajectories written by a {record['family']} model, but "
+                     f"{model} is a {family.name} model: roll out with the model you distil "
+                     "(a step map is the decoding order of one family's sampler)")
+  if canvas and record["canvas"] is not None and record["canvas"] != canvas:
+    raise InputError(f"{data}: decoded on a canvas of {record['canvas']} tokens, but "
+                     f"decode.max_new_tokens={canvas}: a {family.name} model trains on the "
+                     "canvas it decodes, so set --config.decode.max_new_tokens="
+                     f"{record['canvas']} (or roll out again)")
 
 
 def training_block_size(configured: int, recorded: int | None, allow_other: bool,

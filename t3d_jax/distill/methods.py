@@ -35,18 +35,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t3d_jax import masks
 from t3d_jax.distill import step as t3d_step
 from t3d_jax.distill.data import make_batch as trajectory_make_batch
 from t3d_jax.distill.examples import ExampleConfig
 from t3d_jax.errors import InputError
 from t3d_jax.distill.losses import argmax_last
-from t3d_jax.models.sdar import SDARConfig, forward
+from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.train import pretrain as pt
 from t3d_jax.train.examples import (as_seeds, assemble, check_batching, check_inputs,
                                     example_seeds, pad_batch, pad_positions,
                                     response_lengths, split_micro_batches, uniform)
 from t3d_jax.train.logprobs import batch_mean, masked_mean, token_logprobs
+from t3d_jax.train.views import prompt_len, response_logits
 
 Array = jax.Array
 _STREAM_CERTAINTY = 7                 # the example's random stream (T3D 1-4, pretrain 5-6)
@@ -62,15 +62,13 @@ def trajectory_ce_loss(logits: Array, labels: Array, p_mask: Array,
 
 
 def naive_td_micro_loss(params, ref_params, mb: dict, rng, *, model: SDARConfig,
-                        block_size: int, pad_id: int):
-  """``loss_fn`` of the trainer for naive_td (reference and rng unused): one forward,
-  the noisy rows through the head."""
+                        block_size: int, pad_id: int, mask_id: int):
+  """``loss_fn`` of the trainer for naive_td (reference and rng unused): the response's
+  logits in the family's training view."""
   del ref_params, rng
-  layout = masks.TrainingLayout.of_batch(mb["ids"].shape[-1], mb["labels"].shape[-1],
-                                         block_size)
-  l0 = layout.prompt_len
-  logits = forward(params, model, mb["ids"], layout.attention(mb["ids"], pad_id),
-                   mb["positions"], logits_start=layout.noisy_start)
+  l0 = prompt_len(mb)
+  logits = response_logits(params, model, mb, block_size=block_size, pad_id=pad_id,
+                           mask_id=mask_id)
   return trajectory_ce_loss(logits, mb["labels"][:, l0:], mb["p_mask"][:, l0:], mb["weight"])
 
 
@@ -137,13 +135,11 @@ def certainty_loss(logits: Array, labels: Array, p_mask: Array, entropy_weight: 
 
 
 def dparallel_micro_loss(params, ref_params, mb: dict, rng, *, model: SDARConfig, loss_cfg,
-                         pad_id: int):
+                         pad_id: int, mask_id: int):
   del ref_params, rng
-  layout = masks.TrainingLayout.of_batch(mb["ids"].shape[-1], mb["labels"].shape[-1],
-                                         loss_cfg.block_size)
-  l0 = layout.prompt_len
-  logits = forward(params, model, mb["ids"], layout.attention(mb["ids"], pad_id),
-                   mb["positions"], logits_start=layout.noisy_start)
+  l0 = prompt_len(mb)
+  logits = response_logits(params, model, mb, block_size=loss_cfg.block_size, pad_id=pad_id,
+                           mask_id=mask_id)
   return certainty_loss(logits, mb["labels"][:, l0:], mb["p_mask"][:, l0:],
                         loss_cfg.entropy_weight, loss_cfg.entropy_temperature, mb["weight"])
 
@@ -198,20 +194,18 @@ def _ddo_loss(model, loss_cfg, mask_id, pad_id):
 
 
 def _naive_td_loss(model, loss_cfg, mask_id, pad_id):
-  del mask_id
   return functools.partial(naive_td_micro_loss, model=model, block_size=loss_cfg.block_size,
-                           pad_id=pad_id)
+                           pad_id=pad_id, mask_id=mask_id)
 
 
 def _sft_loss(model, loss_cfg, mask_id, pad_id):
-  del mask_id
   return functools.partial(pt.micro_loss, model=model, block_size=loss_cfg.block_size,
-                           pad_id=pad_id)
+                           pad_id=pad_id, mask_id=mask_id)
 
 
 def _dparallel_loss(model, loss_cfg, mask_id, pad_id):
-  del mask_id
-  return functools.partial(dparallel_micro_loss, model=model, loss_cfg=loss_cfg, pad_id=pad_id)
+  return functools.partial(dparallel_micro_loss, model=model, loss_cfg=loss_cfg, pad_id=pad_id,
+                           mask_id=mask_id)
 
 
 @dataclasses.dataclass(frozen=True)

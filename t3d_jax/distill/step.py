@@ -22,8 +22,9 @@ import jax
 
 from t3d_jax import masks
 from t3d_jax.distill.losses import LossConfig, t3d_loss
-from t3d_jax.models.sdar import SDARConfig, forward
+from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.train import trainer
+from t3d_jax.train.views import response_logits
 from t3d_jax.train.trainer import OptimConfig
 
 Array = jax.Array
@@ -33,16 +34,15 @@ def micro_loss(params, ref_params, mb: dict, rng: Array, *, model: SDARConfig,
                loss_cfg: LossConfig, mask_id: int, pad_id: int):
   """T3D loss of one micro-batch (weighted mean over its examples) and its metrics.
 
-  Only the noisy rows' logits enter the loss (p_mask is False on the prompt rows, and
-  the path loss reads the response rows), so both forwards run the final norm, the
-  head and the vocabulary log-softmax on the last L1 rows only; the prompt and clean
-  rows are context, and attention skips the score blocks the layout hides."""
+  Only the response's logits enter the loss (p_mask is False on the prompt rows, and
+  the path loss reads the response rows): both forwards are the family's training view
+  (:func:`t3d_jax.train.views.response_logits`; SDAR: the head on the last L1 rows only,
+  attention skipping the score blocks the layout hides)."""
   layout = masks.TrainingLayout.of_batch(mb["ids"].shape[-1], mb["labels"].shape[-1],
                                          loss_cfg.block_size)
-  attn = layout.attention(mb["ids"], pad_id)
-  tgt = forward(params, model, mb["ids"], attn, mb["positions"], logits_start=layout.noisy_start)
-  ref = forward(ref_params, model, mb["ids"], attn, mb["positions"],
-                logits_start=layout.noisy_start)
+  logits = functools.partial(response_logits, model=model, mb=mb,
+                             block_size=loss_cfg.block_size, pad_id=pad_id, mask_id=mask_id)
+  tgt, ref = logits(params), logits(ref_params)
   return t3d_loss(tgt, jax.lax.stop_gradient(ref), mb["labels"], mb["p_mask"], mb["step_map"],
                   loss_cfg, prompt_len=layout.prompt_len, mask_id=mask_id, pad_id=pad_id,
                   rng=rng, weight=mb["weight"], logits_start=layout.prompt_len)

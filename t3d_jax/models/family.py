@@ -91,3 +91,15 @@ def config_from_json(record: dict):
   dirs written before families were recorded)."""
   record = dict(record)
   return get(record.pop("family", "sdar")).config_class(**record)
+
+
+def arch_config(arch, vocab_size: int = 0, param_dtype: str = "float32"):
+  """The model config of a ``config.arch`` section (its ``family``'s config class;
+  ``vocab_size`` fills an arch vocab_size of 0), an InputError naming the key otherwise."""
+  fields = dict(arch)
+  fam = get(fields.pop("family", "sdar"))
+  fields["vocab_size"] = fields.get("vocab_size") or vocab_size
+  try:
+    return fam.config_class(**fields, param_dtype=param_dtype)
+  except (TypeError, ValueError) as e:
+    raise InputError(f"config arch: {e}") from None

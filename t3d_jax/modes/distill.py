@@ -28,18 +28,19 @@ from t3d_jax.config_base import library_defaults
 from t3d_jax.convert import model_config
 from t3d_jax.data.tokenizer import load_tokenizer, special_ids
 from t3d_jax.distill import methods, refresh
-from t3d_jax.distill.data import (load_trajectory_samples, recorded_block_size,
+from t3d_jax.distill.data import (check_family, load_trajectory_samples, rollout_record,
                                   training_block_size)
 from t3d_jax.distill.examples import ExampleConfig
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.errors import InputError
+from t3d_jax.models import family as families
 from t3d_jax.models.numerics import Numerics
 from t3d_jax.sampling import Decoder
 from t3d_jax.config_keys import stage_seed
 from t3d_jax.digests import content_digest
 from t3d_jax.modes.stage import Result, Stage
 from t3d_jax.tasks import grader_for
-from t3d_jax.train import loop, recipe
+from t3d_jax.train import loop, recipe, views
 from t3d_jax.workdir import Workdir
 
 
@@ -58,20 +59,26 @@ def run(config) -> Result:
   mcfg = numerics.apply(model_config(src, param_dtype=numerics.param_dtype), train=True)
   tokenizer = load_tokenizer(config.tokenizer_dir or checkpoint.meta_dir_of(src))
   ids = special_ids(tokenizer, model_mask_id=mcfg.mask_token_id)
+  record = rollout_record(data)
+  block = training_block_size(config.examples.block_size, record["block_size"],
+                              d.allow_other_block, data)
+  # bidirectional families: every batch padded to the decoder's canvas (train/views.py)
+  width = views.response_width(mcfg, block, config.decode.max_new_tokens,
+                               "config decode.max_new_tokens")
+  check_family(record, families.of_config(mcfg), width, data, str(src))
   samples, counts = load_trajectory_samples(
       data, tokenizer, original_prompts=d.original_prompts, retokenize=d.retokenize,
-      max_prompt_len=d.max_prompt_len, max_gen_length=d.max_gen_length)
+      max_prompt_len=d.max_prompt_len,
+      max_gen_length=min(d.max_gen_length, width) if width else d.max_gen_length)
   logging.info("trajectories %s: %s", data, counts)
   if d.filter_correct:
     samples = _verified(config, data, samples, tokenizer)
-  block = training_block_size(config.examples.block_size, recorded_block_size(data),
-                              d.allow_other_block, data)
   ex_cfg = ExampleConfig.from_config(config.examples, block_size=block)
   loss_cfg = LossConfig.from_config(config.loss, block_size=ex_cfg.block_size)
 
   method = methods.get(d.method)
   spec = methods.BatchSpec(examples=ex_cfg, loss=loss_cfg, mask_eps=config.pretrain.mask_eps,
-                           micro_batch=d.micro_batch, length_bucket=d.length_bucket,
+                           micro_batch=d.micro_batch, length_bucket=width or d.length_bucket,
                            pad_id=ids.pad_id, mask_id=ids.mask_id,
                            vocab_size=tokenizer.vocab_size, seed=seed)
   every = refresh.period(d.refresh_every, d.round_interval)

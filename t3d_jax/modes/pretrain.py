@@ -35,13 +35,13 @@ from t3d_jax.data.datasets import load_rows
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation import heldout
 from t3d_jax.models.numerics import Numerics
-from t3d_jax.models.sdar import SDARConfig
+from t3d_jax.models.family import arch_config
 from t3d_jax.config_keys import stage_seed
 from t3d_jax.digests import content_digest
 from t3d_jax.modes.stage import Result, Stage, workdir_data
 from t3d_jax.sampling import Decoder
 from t3d_jax.tasks import grader_for
-from t3d_jax.train import loop, recipe
+from t3d_jax.train import loop, recipe, views
 from t3d_jax.train import pretrain as pt
 from t3d_jax.workdir import Workdir
 
@@ -70,13 +70,7 @@ def _start(config, vocab_size: int) -> tuple[recipe.Start, Path | None]:
       raise InputError(f"config pretrain.init: {src} does not exist")
     cfg = model_config(src, param_dtype=param_dtype)
     return recipe.Start(cfg, str(src)), checkpoint.meta_dir_of(src)
-  arch = dict(config.arch)
-  arch["vocab_size"] = arch["vocab_size"] or vocab_size
-  try:
-    cfg = SDARConfig(**arch, param_dtype=param_dtype)
-  except (TypeError, ValueError) as e:
-    raise InputError(f"config arch: {e}") from None
-  return recipe.Start(cfg), None
+  return recipe.Start(arch_config(config.arch, vocab_size, param_dtype)), None
 
 
 def _write_meta(tmp: Path, tok_dir: Path, cfg) -> Path:
@@ -115,16 +109,20 @@ def run(config) -> Result:
   where = [f"{p.data}, row {r['index'] + 1}" for r in rows]
   tok_lib.check_encodable(tokenizer, texts, prompts, where)
   tok_lib.check_encodable(tokenizer, [str(r["answer"]) for r in rows], answers, where)
-  pairs = pt.make_pairs(prompts, answers, ids.eos_id, p.max_gen_length)
   start, meta_src = _start(config, ids.vocab_size)
+  block = config.examples.block_size or config.decode.block_size
+  # bidirectional families: every response padded to the decoder's canvas (train/views.py)
+  width = views.response_width(start.model, block, config.decode.max_new_tokens,
+                               "config decode.max_new_tokens")
+  pairs = pt.make_pairs(prompts, answers, ids.eos_id,
+                        min(p.max_gen_length, width) if width else p.max_gen_length)
   if ids.vocab_size > start.model.vocab_size:
     raise InputError(f"{tok_dir}: tokenizer has {ids.vocab_size} tokens but the model's "
                      f"vocabulary is {start.model.vocab_size}")
   mcfg = Numerics.of(config.model).apply(start.model, train=True)
   seed = stage_seed(config, "pretrain")
   ex_cfg = pt.PretrainExamples.from_config(  # 0: the block the model will decode with
-      config.examples, mask_eps=p.mask_eps,
-      block_size=config.examples.block_size or config.decode.block_size)
+      config.examples, mask_eps=p.mask_eps, block_size=block)
 
   probe, settings = None, {}
   if held:  # the same prompts and sampler as the rollout's
@@ -140,14 +138,14 @@ def run(config) -> Result:
 
   def batch(idx, step):
     return pt.make_batch(pairs, idx, ex_cfg, micro_batch=p.micro_batch,
-                         length_bucket=p.length_bucket, pad_id=ids.pad_id,
+                         length_bucket=width or p.length_bucket, pad_id=ids.pad_id,
                          mask_id=ids.mask_id, seed=seed, step=step), {}
 
   res = recipe.run(
       config, name="pretrain", section=p, optim_section=p.optim, out=work,
       n=len(pairs), data=p.data, start=recipe.Start(mcfg, start.path),
       loss_fn=lambda m: functools.partial(pt.micro_loss, model=m, block_size=ex_cfg.block_size,
-                                          pad_id=ids.pad_id),
+                                          pad_id=ids.pad_id, mask_id=ids.mask_id),
       make_batch=batch, reference=False, defaults=library_defaults(),
       evaluate=probe, eval_every=p.eval_every if probe else 0,
       stop_when=probe.reached if probe else None,
@@ -190,16 +188,20 @@ def run(config) -> Result:
   return dataclasses.replace(result, summary=summary)
 
 
-def _heldout_keys(config) -> tuple[str, ...]:
-  """What a pretraining that measures held-out accuracy (pretrain.eval_every) also reads."""
-  return ("decode", "task.name", "prompt_template") if config.pretrain.eval_every else ()
+def _more_keys(config) -> tuple[str, ...]:
+  """What a pretraining that measures held-out accuracy (pretrain.eval_every) also reads,
+  and a bidirectional one (or one from pretrain.init, whose family the config does not
+  say) the decoder's canvas."""
+  p = config.pretrain
+  canvas = (("decode.max_new_tokens",) if p.init or config.arch.family != "sdar" else ())
+  return ("decode", "task.name", "prompt_template") if p.eval_every else canvas
 
 
 STAGE = Stage("pretrain", run, "question/answer pairs -> model dir (masked diffusion; SFT "
               "with pretrain.init)",
               keys=("pretrain", "arch", "model", "model_dir", "tokenizer_dir",
                     "decode.block_size", "seed"),
-              more_keys=_heldout_keys,
+              more_keys=_more_keys,
               inputs=lambda config, layout: workdir_data(layout, config.pretrain.data) + (
                   [Path(layout.expand(config.pretrain.init))] if config.pretrain.init else []),
               outputs=lambda config, layout: [layout.model])

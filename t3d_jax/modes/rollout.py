@@ -89,8 +89,9 @@ def fingerprint(config, model_path: str, dcfg, prompts, questions) -> dict:
               decode=dataclasses.asdict(dcfg), **batched.key_record(dcfg))
 
 
-def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
-  """Refuse to resume onto rows written with other settings; record the settings."""
+def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool, family: str) -> None:
+  """Refuse to resume onto rows written with other settings; record the settings and the
+  model's family (distill refuses trajectories of another family)."""
   digest = config_fingerprint(fp)
   if count_rows(out) > 0:
     old = json.loads(meta.read_text()) if meta.is_file() else {}
@@ -107,16 +108,17 @@ def _prepare_output(out: Path, meta: Path, fp: dict, overwrite: bool) -> None:
     out.unlink()
   elif out.exists():
     out.unlink()  # empty or only a torn line
-  write_json_atomic(meta, dict(fingerprint=digest, settings=fp))
+  write_json_atomic(meta, dict(fingerprint=digest, settings=fp, family=family))
 
 
-def _open_output(out: Path, meta: Path, fp: dict, overwrite: bool, n: int, main: bool):
+def _open_output(out: Path, meta: Path, fp: dict, overwrite: bool, n: int, main: bool,
+                 family: str):
   """Process 0 checks / records the settings and opens the output; every process gets its
   row count (the rows to skip). Returns (writer or None, rows done)."""
   writer, done = None, -1
   try:
     if main:
-      _prepare_output(out, meta, fp, overwrite)
+      _prepare_output(out, meta, fp, overwrite, family)
       writer = JsonlAppender(out)
       if writer.rows > n:
         writer.close()
@@ -184,8 +186,8 @@ def run(config) -> Result:
   main = is_main_process()
   n, ns = len(questions), r.num_samples
   writer, done = _open_output(out, meta, fingerprint(config, src, dcfg, prompts, questions),
-                              config.overwrite, n,
-                              main)
+                              config.overwrite, n, main,
+                              families.of_config(decoder.cfg).name)
   logging.info("rollout: %d questions x %d samples from %s, model %s, %s", n, ns, r.data, src,
                dcfg)
   key = jax.random.key(stage_seed(config, "rollout"))

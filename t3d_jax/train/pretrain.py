@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t3d_jax import masks
 from t3d_jax.config_keys import dataclass_from_config
 from t3d_jax.train.logprobs import batch_mean, masked_mean_logp, token_logprobs
-from t3d_jax.models.sdar import SDARConfig, forward
+from t3d_jax.models.sdar import SDARConfig
+from t3d_jax.train.views import prompt_len, response_logits
 from t3d_jax.train.examples import (as_seeds, assemble, check_batching, check_inputs,
                                     example_seeds, pad_batch, pad_positions,
                                     response_lengths, split_micro_batches, uniform)
@@ -137,15 +137,13 @@ def make_batch(pairs: Sequence[Pair], indices: np.ndarray, ex_cfg: PretrainExamp
 
 
 def micro_loss(params, reference, mb: dict, rng, *, model: SDARConfig, block_size: int,
-               pad_id: int):
+               pad_id: int, mask_id: int):
   """``loss_fn`` of :func:`t3d_jax.train.trainer.make_train_step` (reference and rng
-  unused): the masked-diffusion loss of one micro-batch and its metrics. Prompt rows are
-  never trained, so only the noisy rows go through the head (as in the T3D step)."""
+  unused): the masked-diffusion loss of one micro-batch and its metrics, on the family's
+  training view of the response (:func:`t3d_jax.train.views.response_logits`)."""
   del reference, rng
-  layout = masks.TrainingLayout.of_batch(mb["ids"].shape[-1], mb["labels"].shape[-1],
-                                         block_size)
-  l0 = layout.prompt_len
-  logits = forward(params, model, mb["ids"], layout.attention(mb["ids"], pad_id),
-                   mb["positions"], logits_start=layout.noisy_start)  # noisy rows
+  l0 = prompt_len(mb)
+  logits = response_logits(params, model, mb, block_size=block_size, pad_id=pad_id,
+                           mask_id=mask_id)
   return pretrain_loss(logits, mb["labels"][:, l0:], mb["p_mask"][:, l0:], mb["t"],
                        mb["num_eligible"], mb["weight"])

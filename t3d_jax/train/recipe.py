@@ -22,7 +22,6 @@ from t3d_jax.convert import load_params_sharded
 from t3d_jax.data.loader import epoch_order
 from t3d_jax.errors import InputError
 from t3d_jax.config_keys import stage_seed
-from t3d_jax.models import family as families
 from t3d_jax.models.sdar import SDARConfig
 from t3d_jax.train import loop, sharded
 from t3d_jax.train.trainer import OptimConfig, copy_tree, make_optimizer, make_train_step
@@ -44,13 +43,6 @@ class Start:
   random weights of ``model`` (then ``path`` is empty)."""
   model: SDARConfig
   path: str = ""
-
-  def __post_init__(self):
-    fam = families.of_config(self.model)
-    if fam.attention != "block_causal":  # the training layouts are SDAR's (masks.py)
-      raise InputError(f"{self.path or 'the model'}: training a {fam.name} model (attention "
-                       f"{fam.attention}) is not implemented yet; it decodes, converts and "
-                       "exports (see README, Model families)")
 
 
 @dataclasses.dataclass
