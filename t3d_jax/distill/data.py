@@ -188,17 +188,19 @@ def load_trajectory_samples(path, tokenizer, *, original_prompts: bool = False,
 
 def make_batch(samples: Sequence[Sample], indices: np.ndarray, ex_cfg: ExampleConfig, *,
                micro_batch: int, length_bucket: int, pad_id: int, mask_id: int,
-               vocab_size: int, seed: int, noise_step: int) -> dict:
+               vocab_size: int, seed: int, noise_step: int, response_width: int = 0) -> dict:
   """One global batch as numpy arrays with leading [A, M] axes (A = len/M).
 
   Noise comes from per-example seeds (seed, noise_step, dataset index), so it does not
   depend on the batch neighbours; ``noise_step`` is the update step (fresh noise each
-  time an example is drawn) or 0 (the released fixed noise)."""
+  time an example is drawn) or 0 (the released fixed noise). ``response_width``: see
+  :func:`t3d_jax.train.examples.pad_batch`."""
   check_batching(len(indices), micro_batch, length_bucket, ex_cfg.block_size,
                  "distill.length_bucket")
   sel = [samples[i] for i in indices]
   padded = pad_batch([s.prompt_ids for s in sel], [s.response_ids for s in sel],
-                     [s.step_map for s in sel], pad_id=pad_id, multiple_of=length_bucket)
+                     [s.step_map for s in sel], pad_id=pad_id, multiple_of=length_bucket,
+                     response_width=response_width)
   ex = build_examples(padded["prompt_ids"], padded["response_ids"], padded["step_map"],
                       example_seeds(seed, noise_step, indices), ex_cfg, pad_id=pad_id,
                       mask_id=mask_id, vocab_size=vocab_size,

@@ -94,14 +94,14 @@ def certainty_examples(prompt_ids, response_ids, seeds, *, ratio: float, post_nu
 
 def certainty_make_batch(samples, indices, *, block_size: int, ratio: float, post_num,
                          micro_batch: int, length_bucket: int, pad_id: int, mask_id: int,
-                         seed: int, step: int) -> dict:
+                         seed: int, step: int, response_width: int = 0) -> dict:
   """The dparallel global batch [A, 2M, ...]: each micro-batch of M examples holds both
   copies of each (rows of one example stay in one micro-batch)."""
   check_batching(len(indices), micro_batch, length_bucket, block_size,
                  "distill.length_bucket")
   sel = [samples[i] for i in indices]
   padded = pad_batch([s.prompt_ids for s in sel], [s.response_ids for s in sel], None,
-                     pad_id=pad_id, multiple_of=length_bucket)
+                     pad_id=pad_id, multiple_of=length_bucket, response_width=response_width)
   parts = []
   for k in range(0, len(indices), micro_batch):  # copies of a micro-batch side by side
     sl = slice(k, k + micro_batch)
@@ -156,6 +156,7 @@ class BatchSpec:
   mask_id: int
   vocab_size: int
   seed: int
+  response_width: int = 0             # > 0: every response padded to it (bidirectional canvas)
 
 
 def _trajectory_batch(spec: BatchSpec, samples, idx, noise_step: int) -> dict:
@@ -163,7 +164,8 @@ def _trajectory_batch(spec: BatchSpec, samples, idx, noise_step: int) -> dict:
   return trajectory_make_batch(samples, idx, spec.examples, micro_batch=spec.micro_batch,
                                length_bucket=spec.length_bucket, pad_id=spec.pad_id,
                                mask_id=spec.mask_id, vocab_size=spec.vocab_size,
-                               seed=spec.seed, noise_step=noise_step)
+                               seed=spec.seed, noise_step=noise_step,
+                               response_width=spec.response_width)
 
 
 def _sft_batch(spec: BatchSpec, samples, idx, noise_step: int) -> dict:
@@ -173,7 +175,8 @@ def _sft_batch(spec: BatchSpec, samples, idx, noise_step: int) -> dict:
                             mask_eps=spec.mask_eps)
   return pt.make_batch(samples, idx, cfg, micro_batch=spec.micro_batch,
                        length_bucket=spec.length_bucket, pad_id=spec.pad_id,
-                       mask_id=spec.mask_id, seed=spec.seed, step=noise_step)
+                       mask_id=spec.mask_id, seed=spec.seed, step=noise_step,
+                       response_width=spec.response_width)
 
 
 def _certainty_batch(spec: BatchSpec, samples, idx, noise_step: int) -> dict:
@@ -181,7 +184,8 @@ def _certainty_batch(spec: BatchSpec, samples, idx, noise_step: int) -> dict:
       samples, idx, block_size=spec.examples.block_size,
       ratio=spec.loss.certainty_mask_ratio, post_num=spec.examples.post_num,
       micro_batch=spec.micro_batch, length_bucket=spec.length_bucket, pad_id=spec.pad_id,
-      mask_id=spec.mask_id, seed=spec.seed, step=noise_step)
+      mask_id=spec.mask_id, seed=spec.seed, step=noise_step,
+      response_width=spec.response_width)
 
 
 def _t3d_loss(model, loss_cfg, mask_id, pad_id):

@@ -78,7 +78,8 @@ def run(config) -> Result:
 
   method = methods.get(d.method)
   spec = methods.BatchSpec(examples=ex_cfg, loss=loss_cfg, mask_eps=config.pretrain.mask_eps,
-                           micro_batch=d.micro_batch, length_bucket=width or d.length_bucket,
+                           micro_batch=d.micro_batch, length_bucket=d.length_bucket,
+                           response_width=width,
                            pad_id=ids.pad_id, mask_id=ids.mask_id,
                            vocab_size=tokenizer.vocab_size, seed=seed)
   every = refresh.period(d.refresh_every, d.round_interval)

@@ -138,7 +138,7 @@ def run(config) -> Result:
 
   def batch(idx, step):
     return pt.make_batch(pairs, idx, ex_cfg, micro_batch=p.micro_batch,
-                         length_bucket=width or p.length_bucket, pad_id=ids.pad_id,
+                         length_bucket=p.length_bucket, response_width=width, pad_id=ids.pad_id,
                          mask_id=ids.mask_id, seed=seed, step=step), {}
 
   res = recipe.run(

@@ -151,15 +151,18 @@ def drop_empty(batch: dict) -> tuple[dict, int]:
 
 def pad_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
               step_maps: Optional[Sequence[Sequence[int]]], *, pad_id: int,
-              max_gen_length: Optional[int] = None, multiple_of: int = 1) -> dict:
+              max_gen_length: Optional[int] = None, multiple_of: int = 1,
+              response_width: int = 0) -> dict:
   """Collates ragged rows: prompts left-padded to L0, responses (cut at max_gen_length)
   right-padded to L1, step_maps right-padded with -1; both lengths rounded up to
-  ``multiple_of`` (e.g. the block size). Returns prompt_ids [B, L0], response_ids
-  [B, L1], step_map [B, L1] (if given), response_len [B]."""
+  ``multiple_of`` (e.g. the block size), or L1 = ``response_width`` when > 0 (responses
+  cut there: a bidirectional family's canvas, t3d_jax/train/views.py). Returns prompt_ids
+  [B, L0], response_ids [B, L1], step_map [B, L1] (if given), response_len [B]."""
   if len(prompts) != len(responses) or (step_maps is not None and len(step_maps) != len(prompts)):
     raise ValueError("prompts, responses and step_maps must have the same number of rows")
   cap = max_gen_length if max_gen_length is not None else max((len(r) for r in responses),
                                                                 default=0)
+  cap = min(cap, response_width) if response_width else cap
   resp = [list(r)[:cap] for r in responses]
   if step_maps is not None:
     for i, (r, s) in enumerate(zip(responses, step_maps)):
@@ -169,7 +172,7 @@ def pad_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int
         raise ValueError(f"row {i}: step_map must hold integers, got {np.asarray(s).dtype}")
   up = lambda x: -(-x // multiple_of) * multiple_of
   l0 = up(max((len(p) for p in prompts), default=0))
-  l1 = up(max((len(r) for r in resp), default=0))
+  l1 = response_width or up(max((len(r) for r in resp), default=0))
   b = len(prompts)
   prompt_ids = np.full((b, l0), pad_id, np.int32)
   response_ids = np.full((b, l1), pad_id, np.int32)

@@ -120,14 +120,14 @@ def pretrain_loss(logits: Array, labels: Array, p_mask: Array, t: Array,
 
 def make_batch(pairs: Sequence[Pair], indices: np.ndarray, ex_cfg: PretrainExamples, *,
                micro_batch: int, length_bucket: int, pad_id: int, mask_id: int, seed: int,
-               step: int) -> dict:
+               step: int, response_width: int = 0) -> dict:
   """Global batch of update ``step`` as numpy arrays with leading [A, M] axes. The noise
   of example i depends only on (seed, step, i)."""
   check_batching(len(indices), micro_batch, length_bucket, ex_cfg.block_size,
                  "pretrain.length_bucket")
   sel = [pairs[i] for i in indices]
   padded = pad_batch([s.prompt_ids for s in sel], [s.response_ids for s in sel], None,
-                     pad_id=pad_id, multiple_of=length_bucket)
+                     pad_id=pad_id, multiple_of=length_bucket, response_width=response_width)
   ex = build_pretrain_examples(padded["prompt_ids"], padded["response_ids"],
                                example_seeds(seed, step, indices), ex_cfg, pad_id=pad_id,
                                mask_id=mask_id, response_len=padded["response_len"])
