@@ -118,3 +118,49 @@ def test_a_canvas_of_partial_blocks_is_refused():
   with pytest.raises(Exception, match="must be a positive multiple of the block size 4"):
     views.response_width(model, 4, 10, "config decode.max_new_tokens")
   assert views.response_width(families.get("sdar").config_class(**SIZES), 4, 10, "x") == 0
+
+
+@pytest.mark.parametrize("name", ["llada", "dream"])
+def test_t3d_step_on_a_2x2x2_mesh_equals_one_device(name):
+  """The T3D update of a bidirectional family, sharded over data x fsdp x tensor of 8
+  devices, equals one device: metrics and params after one clip + SGD step <= 1e-6."""
+  import optax
+
+  from t3d_jax import sharding
+  from t3d_jax.distill.losses import LossConfig
+  from t3d_jax.distill.step import make_train_step
+  from t3d_jax.train import sharded
+  from t3d_jax.train.trainer import OptimConfig, copy_tree
+
+  model = families.get(name).config_class(**SIZES)
+  params = init_params(model, jax.random.key(4))
+  rng = np.random.RandomState(5)
+  prompts = [rng.randint(1, MASK, n).tolist() for n in (3, 6, 2, 5, 4, 6, 1, 3)]
+  resp = [rng.randint(1, MASK, rng.randint(5, CANVAS + 1)).tolist() for _ in prompts]
+  smap = [rng.permutation(len(r)).tolist() for r in resp]
+  smap = [[s + 1 for s in m] for m in smap]
+  padded = pad_batch(prompts, resp, smap, pad_id=PAD, multiple_of=BLOCK,
+                     response_width=CANVAS)
+  ex = build_examples(padded["prompt_ids"], padded["response_ids"], padded["step_map"],
+                      np.arange(8), ExampleConfig(block_size=BLOCK), pad_id=PAD, mask_id=MASK,
+                      vocab_size=V, response_len=padded["response_len"])
+  batch = {k: ex[k][None] for k in ("ids", "positions", "labels", "p_mask", "step_map")}
+  batch["weight"] = ex["keep"].astype(np.float32)[None]
+  loss, optim = LossConfig(block_size=BLOCK, path_k_steps=2), OptimConfig()
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.5))
+  step = make_train_step(model, loss, optim, mask_id=MASK, pad_id=PAD)
+  out = {}
+  for shape in ((1, 1, 1), (2, 2, 2)):
+    mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)),
+                              devices=jax.devices()[:int(np.prod(shape))])
+    sh = sharded.train_shardings(model, tx, mesh, sharding.DEFAULT_RULES)
+    p = sharding.shard_tree(jax.device_get(params), sh.params)
+    state = sharded.create_train_state(p, tx, sh)
+    new, metrics = sharded.jit_train_step(step, sh)(
+        state, copy_tree(p), sharding.make_global_batch(batch, sh.batch), jax.random.key(1))
+    out[shape] = jax.device_get((new.params, metrics))
+  (p1, m1), (p8, m8) = out[(1, 1, 1)], out[(2, 2, 2)]
+  for k in ("loss", "loss_path", "grad_norm", "logp_target_real"):
+    np.testing.assert_allclose(float(m8[k]), float(m1[k]), rtol=1e-6, atol=1e-7, err_msg=k)
+  for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)

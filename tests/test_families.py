@@ -321,9 +321,11 @@ def test_a_tokenizer_shipping_its_own_code_is_read_without_it(tmp_path, tokenize
   assert special_ids(tok) == special_ids(fast)
 
 
-def test_cli_convert_rollout_eval_on_llada(tmp_path_factory, tmp_path):
+def test_cli_convert_rollout_distill_sft_eval_on_llada(tmp_path_factory, tmp_path):
   """The real CLI on a LLaDA checkpoint: convert, rollout (trajectories with step maps
-  whose steps count the canvas' forwards), eval at 1, 2 and 4 tokens per forward."""
+  whose steps count the canvas' forwards, the family recorded), T3D distillation and SFT
+  on them, eval at 1, 2 and 4 tokens per forward; trajectories of another family or
+  canvas are refused with one line each."""
   from decode_setup import cli, write_questions
   from hf_models import family_model_dir
   family_model_dir(tmp_path_factory.getbasetemp() / "cli_llada", "llada")
@@ -341,6 +343,30 @@ def test_cli_convert_rollout_eval_on_llada(tmp_path_factory, tmp_path):
   for row in rows:
     n = row["response_length"][0]
     assert 1 <= n <= 12 and len(row["step_map"][0]) == n and min(row["step_map"][0]) >= 1
+  traj = work / "trajectories.jsonl"
+  assert json.loads((work / "trajectories.meta.json").read_text())["family"] == "llada"
+  small = ("--config.distill.global_batch=2", "--config.distill.micro_batch=2",
+           "--config.distill.max_steps=2", "--config.distill.round_interval=1",
+           "--config.distill.async_checkpoint=False", "--config.rollout.min_teacher_accuracy=0")
+  r = cli("distill", f"--config.distill.data={traj}", *flags, *small)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert (work / "distill" / "student" / "model" / "sdar_config.json").is_file()
+  r = cli("pretrain", f"--config.pretrain.init={work}/model", f"--config.pretrain.data={q}",
+          "--config.pretrain.max_steps=2", "--config.pretrain.global_batch=2",
+          "--config.pretrain.micro_batch=2", "--config.pretrain.async_checkpoint=False",
+          f"--config.model_dir={tmp_path}/sft", *flags)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "2 updates" in r.stdout
+  for edit, extra, line in [
+      (dict(family="sdar"), (), f"{traj}: trajectories written by a sdar model, but "),
+      ({}, ("--config.decode.max_new_tokens=16",), f"{traj}: decoded on a canvas of 12 "
+       "tokens, but decode.max_new_tokens=16")]:
+    meta = json.loads((work / "trajectories.meta.json").read_text())
+    (work / "trajectories.meta.json").write_text(json.dumps(dict(meta, **edit)))
+    r = cli("distill", f"--config.distill.data={traj}", *flags, *small, *extra,
+            "--config.distill.name=refused")
+    assert r.returncode == 2 and line in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (work / "trajectories.meta.json").write_text(json.dumps(meta))
   r = cli("eval", f"--config.eval.data={q}", *flags)
   assert r.returncode == 0, r.stderr[-3000:]
   s = json.loads((work / "eval" / "summary.json").read_text())
