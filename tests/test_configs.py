@@ -11,6 +11,7 @@ import ml_collections
 import pytest
 
 from t3d_jax import sharding
+from t3d_jax.models import family as families
 from t3d_jax.train import sharded
 from t3d_jax.bench import memory
 from t3d_jax.config_base import config_module
@@ -155,9 +156,10 @@ def test_base_config_defaults_are_the_dataclasses():
   from t3d_jax.models.sdar import SDARConfig
   assert set(c.model) == {"dtype", "param_dtype", "remat", "attention"}
   # (mask_token_id: a checkpoint's own mask id, from LLaDA / Dream config.json; a model
-  # trained from scratch takes the tokenizer's)
+  # trained from scratch takes the tokenizer's); family: which config class
   assert set(c.arch) == ({f.name for f in dataclasses.fields(SDARConfig)} - set(c.model)
-                         - {"mask_token_id"})
+                         - {"mask_token_id"} | {"family"})
+  assert c.arch.family in families.FAMILIES
 
 
 def _leaves(d, prefix=""):

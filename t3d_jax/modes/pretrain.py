@@ -35,6 +35,7 @@ from t3d_jax.data.datasets import load_rows
 from t3d_jax.errors import InputError
 from t3d_jax.evaluation import heldout
 from t3d_jax.models.numerics import Numerics
+from t3d_jax.models import family as families
 from t3d_jax.models.family import arch_config
 from t3d_jax.config_keys import stage_seed
 from t3d_jax.digests import content_digest
@@ -193,7 +194,8 @@ def _more_keys(config) -> tuple[str, ...]:
   and a bidirectional one (or one from pretrain.init, whose family the config does not
   say) the decoder's canvas."""
   p = config.pretrain
-  canvas = (("decode.max_new_tokens",) if p.init or config.arch.family != "sdar" else ())
+  on_canvas = p.init or families.get(config.arch.family).attention == "bidirectional"
+  canvas = ("decode.max_new_tokens",) if on_canvas else ()
   return ("decode", "task.name", "prompt_template") if p.eval_every else canvas
 
 
