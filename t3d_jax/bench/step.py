@@ -36,6 +36,13 @@ losses use, whichever side does more:
 * attention over the score blocks the training mask does not hide entirely: C^2 +
   L1 * (C + block) query-key pairs per layer, C = L0 + L1 (context rows x context keys,
   noisy rows x context keys and their own block), not the N^2 of dense attention.
+
+``--families sdar,llada,dream`` times the jitted step of each family on the same sizes
+and batch, interleaved, with each one's time relative to the first. A bidirectional
+family trains each (example, block) as its own row of C tokens (docs/method.md §2b):
+its model FLOPs count L1/block rows per example, every layer on all C tokens but the
+last (the block's rows only), C^2 query-key pairs per layer, the head on the block.
+The PyTorch side (the released algorithm) is SDAR's only.
 """
 from __future__ import annotations
 
@@ -52,6 +59,7 @@ from t3d_jax.bench.profile import op_breakdown
 from t3d_jax.distill.examples import ExampleConfig, build_examples
 from t3d_jax.distill.losses import LossConfig
 from t3d_jax.distill.step import make_train_step
+from t3d_jax.models import family as families
 from t3d_jax.models.sdar import REMAT, SDARConfig, init_params
 from t3d_jax.train.trainer import OptimConfig, TrainState, make_optimizer
 
@@ -78,6 +86,9 @@ def parse(argv):
                  help="what each layer's backward recomputes (config model.remat)")
   p.add_argument("--dtype", default="float32", help="compute dtype (model.dtype)")
   p.add_argument("--attention", default="dense", help="kernel (model.attention)")
+  p.add_argument("--families", default="sdar",
+                 help="comma list of model families to time side by side (sdar, llada, "
+                      "dream); the PyTorch side runs for sdar only")
   p.add_argument("--skip-torch", action="store_true")
   p.add_argument("--profile", metavar="DIR", default="",
                  help="also trace --updates jax updates into DIR and print their op time "
@@ -111,6 +122,18 @@ def model_flops(cfg: SDARConfig, prompt_len: int, response_len: int, block: int)
          + attn * ((L - 1) * pairs + response_len * (ctx + block))
          + 2 * response_len * h * cfg.vocab_size)
   return 4.0 * fwd  # target fwd + bwd (3x) + reference fwd (1x)
+
+
+def view_flops(cfg: SDARConfig, prompt_len: int, response_len: int, block: int) -> float:
+  """The same for a bidirectional family: L1 / block rows of C = L0 + L1 tokens."""
+  h, L = cfg.hidden_size, cfg.num_layers
+  c = prompt_len + response_len
+  kv = 2 * h * cfg.head_dim * cfg.num_kv_heads
+  rows = 2 * h * cfg.head_dim * cfg.num_heads + 3 * h * cfg.intermediate_size
+  attn = 4 * cfg.num_heads * cfg.head_dim
+  row = (2 * c * L * kv + 2 * ((L - 1) * c + block) * rows
+         + attn * ((L - 1) * c * c + block * c) + 2 * block * h * cfg.vocab_size)
+  return 4.0 * row * (response_len // block)
 
 
 def jax_update(a, cfg, ex, pad, mask):
@@ -242,31 +265,47 @@ def main(argv=None) -> int:
   a = parse(argv)
   if a.batch % a.micro or a.l1 % a.block:
     raise SystemExit("--batch must be a multiple of --micro and --l1 of --block")
-  cfg = SDARConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
-                   num_layers=a.layers, num_heads=a.heads, num_kv_heads=a.kv_heads,
-                   head_dim=a.head_dim, tie_word_embeddings=a.tie, remat=a.remat,
-                   dtype=a.dtype, attention=a.attention)
+  names = [n.strip() for n in a.families.split(",") if n.strip()]
+  cfgs = {n: families.get(n).config_class(
+      vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+      num_layers=a.layers, num_heads=a.heads, num_kv_heads=a.kv_heads, head_dim=a.head_dim,
+      tie_word_embeddings=a.tie, remat=a.remat, dtype=a.dtype, attention=a.attention)
+      for n in names}
+  cfg = cfgs[names[0]]
   pad, mask = 0, a.vocab - 1
   ex = make_data(a, cfg, pad, mask)
   n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
       lambda: init_params(cfg, jax.random.key(0)))))
   peak = limits.matmul_peak(dtype=a.dtype)
-  flops = model_flops(cfg, a.l0, a.l1, a.block) * a.batch
-  compile_s, jax_step, hlo = jax_update(a, cfg, ex, pad, mask)
-  torch_step = None if a.skip_torch or a.dtype != "float32" else torch_update(a, cfg, ex, pad, mask)
-  jax_t, torch_t = [], []
-  for k in range(a.updates):  # interleaved, so a drifting machine load hits both sides
-    jax_t.append(timed(lambda: jax_step(k + 1)))
+
+  def flops_of(c):
+    bidirectional = families.of_config(c).attention == "bidirectional"
+    return (view_flops if bidirectional else model_flops)(c, a.l0, a.l1, a.block) * a.batch
+  steps = {n: jax_update(a, c, ex, pad, mask) for n, c in cfgs.items()}
+  compile_s, jax_step, hlo = steps[names[0]]
+  with_torch = "sdar" in cfgs and not a.skip_torch and a.dtype == "float32"
+  torch_step = torch_update(a, cfgs["sdar"], ex, pad, mask) if with_torch else None
+  times, torch_t = {n: [] for n in names}, []
+  for k in range(a.updates):  # interleaved, so a drifting machine load hits every side
+    for n in names:
+      times[n].append(timed(lambda: steps[n][1](k + 1)))
     if torch_step is not None:
       torch_t.append(timed(torch_step))
+  jax_t = times["sdar"] if "sdar" in times else times[names[0]]
   jax_s = float(np.median(jax_t))
+  flops = flops_of(cfgs["sdar"] if "sdar" in cfgs else cfg)
   print(f"model {n_params / 1e6:.1f}M params; batch {a.batch} x (L0 {a.l0} + 2*L1 {a.l1}), "
         f"micro-batch {a.micro}, block {a.block}, remat {a.remat}, {a.dtype}, attention "
         f"{a.attention}; {jax.devices()[0].platform}, {a.dtype} matmul peak "
         f"{peak / 1e9:.1f} GFLOP/s; median of {a.updates} updates")
   print(f"{'step':<34}{'s/update':>10}{'MFU':>8}")
-  print(f"{'t3d_jax (jit, 1 tgt + 1 ref fwd)':<34}{jax_s:>10.2f}{flops / jax_s / peak:>8.1%}"
-        f"   (compile {compile_s:.1f}s)")
+  first = float(np.median(times[names[0]]))
+  for n in names:
+    s = float(np.median(times[n]))
+    vs = (f", {s / first:.2f}x {names[0]} (pairs {min(np.divide(times[n], times[names[0]])):.2f}"
+          f"-{max(np.divide(times[n], times[names[0]])):.2f})" if n != names[0] else "")
+    print(f"{'t3d_jax ' + n + ' (jit)':<34}{s:>10.2f}{flops_of(cfgs[n]) / s / peak:>8.1%}"
+          f"   (compile {steps[n][0]:.1f}s{vs})")
   if torch_t:
     torch_s = float(np.median(torch_t))
     ratios = np.asarray(torch_t) / np.asarray(jax_t)
