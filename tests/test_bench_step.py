@@ -45,11 +45,12 @@ def test_op_breakdown_reads_a_real_trace(tmp_path):
 
 def test_step_bench_cli(tmp_path):
   out = subprocess.run([sys.executable, "-m", "t3d_jax.bench", "step", *TINY, "--updates", "2",
-                        "--profile", str(tmp_path / "trace")],
+                        "--profile", str(tmp_path / "trace"), "--families", "sdar,llada"],
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   text = out.stdout
-  assert re.search(r"t3d_jax \(jit, 1 tgt \+ 1 ref fwd\)\s+\d+\.\d+\s+\d+\.\d+%", text), text
+  assert re.search(r"t3d_jax sdar \(jit\)\s+\d+\.\d+\s+\d+\.\d+%", text), text
+  assert re.search(r"t3d_jax llada \(jit\)\s+\d+\.\d+\s+\d+\.\d+%.*\d+\.\d+x sdar", text), text
   assert re.search(r"released algorithm, PyTorch\s+\d+\.\d+", text), text
   assert re.search(r"speed-up: \d+\.\d+x \(per interleaved pair: min \d+\.\d+x, max", text), text
   shares = [float(v) for v in re.findall(r"^\s+[a-z/]+\s+\d+\.\d+s\s+(\d+\.\d+)%$", text, re.M)]
