@@ -164,3 +164,21 @@ def test_t3d_step_on_a_2x2x2_mesh_equals_one_device(name):
     np.testing.assert_allclose(float(m8[k]), float(m1[k]), rtol=1e-6, atol=1e-7, err_msg=k)
   for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+
+
+def test_arch_family_picks_the_config_class():
+  """config.arch.family chooses the config class a model trained from scratch gets (the
+  pretrain mode and bench memory read it), vocab_size 0 takes the tokenizer's."""
+  from t3d_jax.config_base import base_config
+  from t3d_jax.errors import InputError
+  arch = base_config().arch
+  for name, fam in families.FAMILIES.items():
+    arch.family = name
+    cfg = families.arch_config(arch, vocab_size=50)
+    assert type(cfg) is fam.config_class and cfg.vocab_size == 50
+  arch.family = "gpt2"
+  with pytest.raises(InputError, match="config arch.family='gpt2' is not one of sdar, llada, dream"):
+    families.arch_config(arch, vocab_size=50)
+  arch.family, arch.num_heads = "llada", 0
+  with pytest.raises(InputError, match="config arch: "):
+    families.arch_config(arch, vocab_size=50)

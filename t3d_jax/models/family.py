@@ -97,7 +97,10 @@ def arch_config(arch, vocab_size: int = 0, param_dtype: str = "float32"):
   """The model config of a ``config.arch`` section (its ``family``'s config class;
   ``vocab_size`` fills an arch vocab_size of 0), an InputError naming the key otherwise."""
   fields = dict(arch)
-  fam = get(fields.pop("family", "sdar"))
+  name = fields.pop("family", "sdar")
+  if name not in FAMILIES:
+    raise InputError(f"config arch.family={name!r} is not one of {', '.join(FAMILIES)}")
+  fam = FAMILIES[name]
   fields["vocab_size"] = fields.get("vocab_size") or vocab_size
   try:
     return fam.config_class(**fields, param_dtype=param_dtype)
