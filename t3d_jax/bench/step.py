@@ -283,17 +283,19 @@ def main(argv=None) -> int:
     return (view_flops if bidirectional else model_flops)(c, a.l0, a.l1, a.block) * a.batch
   steps = {n: jax_update(a, c, ex, pad, mask) for n, c in cfgs.items()}
   compile_s, jax_step, hlo = steps[names[0]]
-  with_torch = "sdar" in cfgs and not a.skip_torch and a.dtype == "float32"
-  torch_step = torch_update(a, cfgs["sdar"], ex, pad, mask) if with_torch else None
+  # the released algorithm (PyTorch) is block-causal: it runs beside the first such family
+  causal = next((n for n in names if families.get(n).attention == "block_causal"), None)
+  with_torch = causal is not None and not a.skip_torch and a.dtype == "float32"
+  torch_step = torch_update(a, cfgs[causal], ex, pad, mask) if with_torch else None
   times, torch_t = {n: [] for n in names}, []
   for k in range(a.updates):  # interleaved, so a drifting machine load hits every side
     for n in names:
       times[n].append(timed(lambda: steps[n][1](k + 1)))
     if torch_step is not None:
       torch_t.append(timed(torch_step))
-  jax_t = times["sdar"] if "sdar" in times else times[names[0]]
+  jax_t = times[causal or names[0]]
   jax_s = float(np.median(jax_t))
-  flops = flops_of(cfgs["sdar"] if "sdar" in cfgs else cfg)
+  flops = flops_of(cfgs[causal or names[0]])
   print(f"model {n_params / 1e6:.1f}M params; batch {a.batch} x (L0 {a.l0} + 2*L1 {a.l1}), "
         f"micro-batch {a.micro}, block {a.block}, remat {a.remat}, {a.dtype}, attention "
         f"{a.attention}; {jax.devices()[0].platform}, {a.dtype} matmul peak "
