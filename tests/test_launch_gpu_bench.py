@@ -42,7 +42,7 @@ def test_tiny_run_writes_every_bench(tmp_path):
     assert rows == ["4", "1"], sampler   # s = 4 and 1, each with its MFU (tiny here: ~0-9 %)
     step = (tmp_path / f"step-{kernel}.txt").read_text()
     assert f"bfloat16, attention {kernel}" in step
-    assert re.search(r"t3d_jax \(jit, 1 tgt \+ 1 ref fwd\)\s+\d+\.\d+\s+\d+\.\d+%", step), step
+    assert re.search(r"t3d_jax sdar \(jit\)\s+\d+\.\d+\s+\d+\.\d+%", step), step
     assert "released algorithm" not in step  # the PyTorch side is fp32 only
 
 
