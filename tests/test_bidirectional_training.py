@@ -69,7 +69,7 @@ def test_training_view_is_the_decoders_input(name, monkeypatch):
     v = views.bidirectional_rows(jnp.asarray(ex["ids"]), jnp.asarray(ex["positions"]),
                                  prompt_len=7, block_size=BLOCK, mask_id=MASK, pad_id=PAD,
                                  offset=off)
-    v = {key: np.asarray(a[k]) for key, a in v.items()}  # block k of every example
+    v = {key: np.asarray(a[:, k]) for key, a in v.items()}  # block k of every example
     np.testing.assert_array_equal(v["valid"], valid)
     np.testing.assert_array_equal(np.where(valid, v["ids"], -1), np.where(valid, x, -1))
     np.testing.assert_array_equal(np.where(valid, v["positions"], -1),
@@ -105,11 +105,11 @@ def test_response_logits_gather_each_blocks_row(name):
                                offset=families.get(name).prediction_offset)
   for i in range(CANVAS // BLOCK):
     for b in range(2):
-      valid = v["valid"][i, b]
-      logits = sdar.forward(params, model, v["ids"][i, b][None],
+      valid = v["valid"][b, i]
+      logits = sdar.forward(params, model, v["ids"][b, i][None],
                             jnp.broadcast_to(valid[None, None], (1, len(valid), len(valid))),
-                            v["positions"][i, b][None])[0]
-      want = np.asarray(logits)[np.asarray(v["rows"][i, b])]
+                            v["positions"][b, i][None])[0]
+      want = np.asarray(logits)[np.asarray(v["rows"][b, i])]
       np.testing.assert_allclose(got[b, i * BLOCK:(i + 1) * BLOCK], want, atol=2e-5)
 
 

@@ -47,9 +47,10 @@ def bidirectional_rows(ids: Array, positions: Array, *, prompt_len: int, block_s
                        mask_id: int, pad_id: int, offset: int) -> dict:
   """The decoder's inputs for every (example, block) of a [prompt | x0 | xt] batch.
 
-  Returns ``ids`` / ``positions`` / ``valid`` [NB, B, L0 + L1] (block i of example b in
-  row [i, b]) and ``rows`` [NB, B, block_size]: the output rows whose logits score
-  block i's tokens (column L0 + i * block_size + k - offset)."""
+  Returns ``ids`` / ``positions`` / ``valid`` [B, NB, L0 + L1] (block i of example b in
+  row [b, i]; example-major, so a batch sharded over examples stays sharded when the two
+  axes merge) and ``rows`` [B, NB, block_size]: the output rows whose logits score block
+  i's tokens (column L0 + i * block_size + k - offset)."""
   b, n = ids.shape
   l0 = prompt_len
   l1 = (n - l0) // 2
@@ -61,15 +62,15 @@ def bidirectional_rows(ids: Array, positions: Array, *, prompt_len: int, block_s
   nb = l1 // block_size
   prompt, x0, xt = ids[:, :l0], ids[:, l0:l0 + l1], ids[:, l0 + l1:]
   blk = jnp.arange(l1) // block_size                                    # [L1]
-  i = jnp.arange(nb)[:, None, None]                                     # [NB, 1, 1]
-  resp = jnp.where(blk < i, x0[None], jnp.where(blk == i, xt[None], mask_id))
-  view = jnp.concatenate([jnp.broadcast_to(prompt[None], (nb, b, l0)),
+  i = jnp.arange(nb)[None, :, None]                                     # [1, NB, 1]
+  resp = jnp.where(blk < i, x0[:, None], jnp.where(blk == i, xt[:, None], mask_id))
+  view = jnp.concatenate([jnp.broadcast_to(prompt[:, None], (b, nb, l0)),
                           resp.astype(ids.dtype)], axis=-1)
-  pos = jnp.broadcast_to(positions[None, :, :l0 + l1], (nb, b, l0 + l1))
+  pos = jnp.broadcast_to(positions[:, None, :l0 + l1], (b, nb, l0 + l1))
   real = jnp.concatenate([prompt != pad_id, jnp.ones((b, l1), bool)], axis=-1)
   rows = (l0 + jnp.arange(nb)[:, None] * block_size + jnp.arange(block_size)[None] - offset)
-  rows = jnp.broadcast_to(rows[:, None, :], (nb, b, block_size)).astype(jnp.int32)
-  return dict(ids=view, positions=pos, valid=jnp.broadcast_to(real[None], view.shape),
+  rows = jnp.broadcast_to(rows[None], (b, nb, block_size)).astype(jnp.int32)
+  return dict(ids=view, positions=pos, valid=jnp.broadcast_to(real[:, None], view.shape),
               rows=rows)
 
 
@@ -87,12 +88,11 @@ def response_logits(params, model, mb: dict, *, block_size: int, pad_id: int,
   v = bidirectional_rows(ids, positions, prompt_len=layout.prompt_len,
                          block_size=block_size, mask_id=mask_id, pad_id=pad_id,
                          offset=fam.prediction_offset)
-  nb, b, w = v["ids"].shape
-  flat = lambda x: x.reshape((nb * b,) + x.shape[2:])  # noqa: E731
+  b, nb, w = v["ids"].shape
+  flat = lambda x: x.reshape((b * nb,) + x.shape[2:])  # noqa: E731
   logits = net.forward(params, model, flat(v["ids"]), masks.KeyMask(flat(v["valid"]), w),
                        flat(v["positions"]), logits_rows=flat(v["rows"]))
-  logits = logits.reshape(nb, b, block_size, -1)                      # block i of row b
-  return jnp.moveaxis(logits, 0, 1).reshape(b, nb * block_size, -1)
+  return logits.reshape(b, nb * block_size, -1)      # row (b, i) holds block i of example b
 
 
 def response_width(model, block_size: int, canvas: int, where: str) -> int:
