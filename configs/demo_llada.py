@@ -11,17 +11,6 @@ full step (checked every 200 updates, at most 4000); 3 distill seeds (t3d_s0 .. 
 """
 from t3d_jax.config_base import config_module
 
-SEEDS = (0, 1, 2)
-
 
 def get_config():
-  c = config_module("demo.py", relative_to=__file__).get_config()
-  c.workdir = "workdir/demo_llada"
-  c.arch.family = "llada"
-  c.pipeline.variants = {f"t3d_s{k}": {"distill": {"seed": k}} for k in SEEDS}
-  # pretrain until it can do the task: without SDAR's q/k norm the tiny model learns the
-  # words far slower (loss 1.25 after the SDAR demo's 600 updates, where SDAR has 0.46,
-  # and 0 % of the rollout's answers right), so a fixed count would guess
-  p = c.pretrain
-  p.eval_every, p.target_accuracy, p.max_steps = 200, 0.97, 4000
-  return c
+  return config_module("demo.py", relative_to=__file__).bidirectional("llada")
