@@ -131,19 +131,11 @@ def _metrics(work: Path) -> list[dict]:
   return [json.loads(x) for x in (work / RUN / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_distill_two_processes_checkpoint_resume_equal_one(model_root, tmp_path):
+def _distill_resumes_and_equals_one(tmp_path: Path, common: tuple) -> tuple[float, float]:
+  """Distill with ``common`` flags (4 updates, checkpoints at 2 and 4, a 2x2x2 mesh) on 2
+  processes; preempted after step 2 (newest checkpoint and student lost) the rerun equals
+  it bit for bit; one process with the same 8-device mesh equals it. Returns the walls."""
   from t3d_jax.convert import load_params
-  from tiny_setup import write_trajectories
-  data = tmp_path / "traj.jsonl"
-  write_trajectories(data, model_root / "tokenizer", questions=QUESTIONS)  # short prompts
-  common = (f"--config.model_dir={model_root / 'model'}", f"--config.distill.data={data}",
-            "--config.distill.global_batch=4", "--config.distill.micro_batch=4",
-            "--config.distill.max_steps=4", "--config.distill.checkpoint_every=2",
-            "--config.distill.round_interval=2", "--config.distill.length_bucket=160",
-            "--config.examples.block_size=4", "--config.optim.lr=1e-3",
-            "--config.optim.warmup_steps=1", "--config.distill.async_checkpoint=False",
-            "--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2",
-            "--config.mesh.shape.tensor=2")
   a = tmp_path / "mp"
   wall = launch(tmp_path / "logs_mp", "distill", f"--config.workdir={a}", *common)
   rows = _metrics(a)
@@ -180,6 +172,22 @@ def test_distill_two_processes_checkpoint_resume_equal_one(model_root, tmp_path)
   single, _ = load_params(tmp_path / "one" / RUN / "model")
   for x, y in zip(jax.tree.leaves(student), jax.tree.leaves(single)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-5)
+  return wall, wall_resume
+
+
+def test_distill_two_processes_checkpoint_resume_equal_one(model_root, tmp_path):
+  from tiny_setup import write_trajectories
+  data = tmp_path / "traj.jsonl"
+  write_trajectories(data, model_root / "tokenizer", questions=QUESTIONS)  # short prompts
+  common = (f"--config.model_dir={model_root / 'model'}", f"--config.distill.data={data}",
+            "--config.distill.global_batch=4", "--config.distill.micro_batch=4",
+            "--config.distill.max_steps=4", "--config.distill.checkpoint_every=2",
+            "--config.distill.round_interval=2", "--config.distill.length_bucket=160",
+            "--config.examples.block_size=4", "--config.optim.lr=1e-3",
+            "--config.optim.warmup_steps=1", "--config.distill.async_checkpoint=False",
+            "--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2",
+            "--config.mesh.shape.tensor=2")
+  wall, wall_resume = _distill_resumes_and_equals_one(tmp_path, common)
   print(f"\n2-process distill: {wall:.1f} s wall; resumed run: {wall_resume:.1f} s")
 
 
@@ -191,8 +199,6 @@ def test_bidirectional_distill_two_processes_resume_equal_one(tmp_path_factory, 
   equals the uninterrupted one bit for bit, and one process with the same mesh equals
   both."""
   from hf_models import family_model_dir
-
-  from t3d_jax.convert import load_params
   model = family_model_dir(tmp_path_factory.getbasetemp() / f"tiny_{family}", family)
   data = write_questions(tmp_path / "q.jsonl", N_QUESTIONS)
   canvas = ("--config.decode.max_new_tokens=12", *DECODE_FLAGS)
@@ -207,34 +213,7 @@ def test_bidirectional_distill_two_processes_resume_equal_one(tmp_path_factory, 
             "--config.optim.warmup_steps=1", "--config.distill.async_checkpoint=False",
             "--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2",
             "--config.mesh.shape.tensor=2", *canvas)
-  a = tmp_path / "mp"
-  launch(tmp_path / "logs_mp", "distill", f"--config.workdir={a}", *common)
-  rows = _metrics(a)
-  assert [x["step"] for x in rows] == [1, 2, 3, 4]
-  student, _ = load_params(a / RUN / "model")
-  b = tmp_path / "resumed"  # preempted after step 2
-  shutil.copytree(a, b)
-  shutil.rmtree(b / RUN / "checkpoints" / "4")
-  shutil.rmtree(b / RUN / "model")
-  (b / RUN / "metrics.jsonl").write_text("".join(
-      x + "\n" for x in (a / RUN / "metrics.jsonl").read_text().splitlines()[:2]))
-  launch(tmp_path / "logs_resume", "distill", f"--config.workdir={b}", *common)
-  assert "resuming from step 2" in log(tmp_path / "logs_resume", 0)
-  np.testing.assert_array_equal([x["loss"] for x in _metrics(b)], [x["loss"] for x in rows])
-  for x, y in zip(jax.tree.leaves(student), jax.tree.leaves(load_params(b / RUN / "model")[0])):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  r = subprocess.run([sys.executable, "-m", "t3d_jax.main", "--config", "configs/distill.py",
-                      f"--config.workdir={tmp_path / 'one'}", *common], cwd=REPO, env=env,
-                     capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-4000:]
-  for x, y in zip(rows, _metrics(tmp_path / "one"), strict=True):
-    for k in NAMES:
-      np.testing.assert_allclose(x[k], y[k], rtol=2e-5, atol=1e-7, err_msg=k)
-  single, _ = load_params(tmp_path / "one" / RUN / "model")
-  for x, y in zip(jax.tree.leaves(student), jax.tree.leaves(single)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-5)
+  _distill_resumes_and_equals_one(tmp_path, common)
 
 
 def test_demo_pipeline_on_two_processes(tmp_path):
